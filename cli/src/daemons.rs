@@ -1,0 +1,156 @@
+//! `cairn dev`, `cairn metad`, `cairn datad`: start the services, stop them
+//! gracefully on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where metad and datad keep their data.
+    #[arg(long, default_value_os_t = crate::default_data_dir())]
+    data_dir: PathBuf,
+    /// Address of the metadata service.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    meta_listen: String,
+    /// Address of the data service.
+    #[arg(long, default_value = "127.0.0.1:7100")]
+    data_listen: String,
+}
+
+#[derive(Args)]
+pub struct MetadArgs {
+    /// TOML configuration (see metad/metad.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DatadArgs {
+    /// TOML configuration (see datad/datad.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    token
+}
+
+pub async fn metad(args: MetadArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => cairn_metad::Config::load(path)?,
+        None => cairn_metad::Config::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate()?;
+    cairn_metad::run(config, shutdown_on_signal()).await?;
+    Ok(())
+}
+
+pub async fn datad(args: DatadArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => cairn_datad::Config::load(path)?,
+        None => cairn_datad::Config::default(),
+    };
+    if let Some(id) = args.id {
+        config.id = id;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate()?;
+    cairn_datad::run(config, shutdown_on_signal()).await?;
+    Ok(())
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let meta = cairn_metad::Config {
+        listen: args.meta_listen.clone(),
+        data_dir: args.data_dir.join("metad"),
+        replication: 1,
+        data_replication: 1,
+        ..Default::default()
+    };
+    meta.validate()?;
+    let data = cairn_datad::Config {
+        listen: args.data_listen.clone(),
+        data_dir: args.data_dir.join("datad"),
+        meta: vec![args.meta_listen.clone()],
+        ..Default::default()
+    };
+    data.validate()?;
+    let shutdown = shutdown_on_signal();
+    let mut metad = tokio::spawn(cairn_metad::run(meta, shutdown.clone()));
+    let mut datad = tokio::spawn(cairn_datad::run(data, shutdown.clone()));
+    println!(
+        "cairn dev is starting, data under {}",
+        args.data_dir.display()
+    );
+    println!(
+        "  metadata service: {}   (CAIRN_META={})",
+        args.meta_listen, args.meta_listen
+    );
+    println!("  data service:     {}", args.data_listen);
+    println!("  try: cairn status; cairn fs put ./file /file; cairn fs ls /");
+    // When either service stops (signal or failure), stop the other too.
+    let (m, d) = tokio::select! {
+        m = &mut metad => {
+            shutdown.cancel();
+            (m, datad.await)
+        }
+        d = &mut datad => {
+            shutdown.cancel();
+            (metad.await, d)
+        }
+    };
+    m.context("metad task")??;
+    d.context("datad task")??;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! The `cairn` binary: argument parsing only; every command calls into the crates.
+
+mod bench;
+mod daemons;
+mod fs;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use clap::Subcommand;
+
+/// Cairn: a distributed parallel file and object store.
+#[derive(Parser)]
+#[command(name = "cairn", version)]
+struct Cli {
+    /// Metadata servers to contact (comma-separated host:port).
+    #[arg(
+        long,
+        env = "CAIRN_META",
+        default_value = "127.0.0.1:7000",
+        global = true
+    )]
+    meta: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One process running metad and datad with embedded defaults.
+    Dev(daemons::DevArgs),
+    /// Run a metadata server.
+    Metad(daemons::MetadArgs),
+    /// Run a data server.
+    Datad(daemons::DatadArgs),
+    /// File-system commands through the client library.
+    Fs {
+        #[command(subcommand)]
+        command: fs::FsCommand,
+    },
+    /// Nodes, shards and leaders, placement groups, capacity; exits 0 only when
+    /// the cluster serves requests.
+    Status,
+    /// Big-file and small-file throughput through the client library.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cairn=info,cairn_metad=info,cairn_datad=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let seeds: Vec<String> = cli
+        .meta
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => daemons::dev(args).await,
+            Command::Metad(args) => daemons::metad(args).await,
+            Command::Datad(args) => daemons::datad(args).await,
+            Command::Fs { command } => fs::run(seeds, command).await,
+            Command::Status => status::run(seeds).await,
+            Command::Bench(args) => bench::run(seeds, args).await,
+        }
+    })
+}
+
+/// Parses sizes like `4K`, `1M`, `1G`, `128k` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let mult = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s}")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("not a size: {s}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s}"))
+}
+
+/// The data directory of `cairn dev` unless told otherwise.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("./cairn-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("128k"), Ok(128 << 10));
+        assert_eq!(parse_size("17"), Ok(17));
+        assert!(parse_size("3Q").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! `cairn status`: what the cluster looks like and whether it serves requests.
+
+use anyhow::bail;
+
+use cairn_client::Client;
+use cairn_proto::ids::ROOT_INO;
+
+pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
+    let client = Client::with_meta(
+        cairn_client::MetaClient::new(seeds, Default::default())
+            .with_deadline(std::time::Duration::from_secs(5)),
+    );
+    let map = client.meta.refresh_map().await?;
+    let name_of = |id: u64| {
+        map.meta_nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| format!("{id}@{}", n.addr))
+            .unwrap_or_else(|| "none".into())
+    };
+    println!("metadata nodes:");
+    for n in &map.meta_nodes {
+        println!("  {:>4}  {}", n.id, n.addr);
+    }
+    println!("shards:");
+    let mut problems = Vec::new();
+    for s in &map.shards {
+        let what = if s.id == 0 {
+            "cluster map"
+        } else {
+            "namespace"
+        };
+        println!(
+            "  {:>4}  {:<12} leader {:<24} replicas {:?}",
+            s.id,
+            what,
+            name_of(s.leader),
+            s.replicas
+        );
+        if s.leader == 0 {
+            problems.push(format!("shard {} has no known leader", s.id));
+        }
+    }
+    println!("data nodes:");
+    let (mut cap, mut used) = (0u64, 0u64);
+    for n in &map.data_nodes {
+        println!(
+            "  {:>4}  {:<22} {:<5} used {:>12} of {:>14} bytes, {} blocks",
+            n.id,
+            n.addr,
+            if n.alive { "up" } else { "DOWN" },
+            n.used_bytes,
+            n.capacity_bytes,
+            n.blocks
+        );
+        if n.alive {
+            cap += n.capacity_bytes;
+            used += n.used_bytes;
+        }
+    }
+    let alive = map.data_nodes.iter().filter(|n| n.alive).count();
+    if alive == 0 {
+        problems.push("no live data node".into());
+    }
+    let want = (map.replication as usize).min(alive.max(1));
+    let degraded = map
+        .groups
+        .iter()
+        .filter(|g| {
+            g.chain.len() < want
+                || g.chain
+                    .iter()
+                    .any(|id| !map.data_nodes.iter().any(|n| n.id == *id && n.alive))
+        })
+        .count();
+    println!(
+        "placement groups: {} ({} degraded), replication {}, block size {}",
+        map.groups.len(),
+        degraded,
+        map.replication,
+        map.block_size
+    );
+    if map.groups.is_empty() {
+        problems.push("no placement groups yet".into());
+    }
+    println!("capacity: {used} of {cap} bytes used");
+    if let Err(e) = client.meta.getattr(ROOT_INO).await {
+        problems.push(format!("root directory unavailable: {e}"));
+    }
+    if problems.is_empty() {
+        println!("status: serving");
+        Ok(())
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        bail!("cluster is not serving requests")
+    }
+}

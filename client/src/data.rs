@@ -1,0 +1,173 @@
+//! Block I/O against the data servers.
+//!
+//! A block's placement group is a hash of its id; the cluster map gives the
+//! group's ordered replica chain. Writes go to the chain head, which forwards
+//! down the chain and answers once every replica has the block durably. Reads
+//! try the chain's replicas in order, so a dead or corrupt replica costs one
+//! extra round trip, not an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::Channel;
+
+use cairn_proto::channel::Channels;
+use cairn_proto::ids::placement_group;
+use cairn_proto::pb;
+use cairn_proto::pb::data_client::DataClient as Grpc;
+use cairn_proto::retry::retry;
+use cairn_proto::retry::Backoff;
+use cairn_proto::MAX_MESSAGE_BYTES;
+
+use crate::error::from_status;
+use crate::error::ClientError;
+use crate::meta::MetaClient;
+use crate::meta::Result;
+
+pub struct DataClient {
+    channels: Channels,
+    meta: Arc<MetaClient>,
+}
+
+/// A placement group's replicas as addresses, head first.
+struct Chain {
+    group: u32,
+    version: u64,
+    addrs: Vec<String>,
+}
+
+impl DataClient {
+    pub fn new(meta: Arc<MetaClient>, channels: Channels) -> Self {
+        DataClient { channels, meta }
+    }
+
+    fn grpc(&self, addr: &str) -> Result<Grpc<Channel>> {
+        let ch = self
+            .channels
+            .get(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?;
+        Ok(Grpc::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    async fn chain(&self, slice_id: u64, index: u32, refresh: bool) -> Result<Chain> {
+        let map = if refresh {
+            self.meta.refresh_map().await?
+        } else {
+            self.meta.map().await?
+        };
+        if map.groups.is_empty() {
+            return Err(ClientError::Unavailable("no placement groups yet".into()));
+        }
+        let group = placement_group(slice_id, index, map.groups.len() as u32);
+        let g =
+            map.groups.iter().find(|g| g.id == group).ok_or_else(|| {
+                ClientError::Unavailable(format!("placement group {group} unknown"))
+            })?;
+        let addrs: Vec<String> = g
+            .chain
+            .iter()
+            .filter_map(|id| map.data_nodes.iter().find(|n| n.id == *id))
+            .map(|n| n.addr.clone())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Unavailable(format!(
+                "placement group {group} has no replicas"
+            )));
+        }
+        Ok(Chain {
+            group,
+            version: g.version,
+            addrs,
+        })
+    }
+
+    /// Stores one block on every replica of its chain.
+    pub async fn put_block(&self, slice_id: u64, index: u32, data: Bytes) -> Result<()> {
+        let crc = crc32c::crc32c(&data);
+        let backoff = Backoff {
+            first: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            deadline: Duration::from_secs(30),
+        };
+        // Any failure but a malformed request may be a chain change: refresh and retry.
+        retry(
+            backoff,
+            |e: &ClientError| !matches!(e, ClientError::Invalid(_)),
+            |attempt| {
+                let data = data.clone();
+                async move {
+                    let chain = self.chain(slice_id, index, attempt > 0).await?;
+                    let mut client = self.grpc(&chain.addrs[0])?;
+                    client
+                        .put_block(pb::PutBlockRequest {
+                            block: Some(pb::BlockId { slice_id, index }),
+                            crc32c: crc,
+                            data,
+                            group: chain.group,
+                            chain_version: chain.version,
+                            rest: chain.addrs[1..].to_vec(),
+                        })
+                        .await
+                        .map_err(|s| match from_status(&s) {
+                            ClientError::Fs { errno, message }
+                                if errno == cairn_proto::status::EINVAL =>
+                            {
+                                ClientError::Invalid(message)
+                            }
+                            e => e,
+                        })?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Reads bytes [offset, offset + len) of a block (len 0: to its end) from the
+    /// first replica that has it intact.
+    pub async fn get_block(
+        &self,
+        slice_id: u64,
+        index: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Bytes> {
+        let mut last_err = ClientError::Unavailable("no replica tried".into());
+        for refresh in [false, true] {
+            let chain = self.chain(slice_id, index, refresh).await?;
+            for addr in &chain.addrs {
+                let mut client = self.grpc(addr)?;
+                let reply = client
+                    .get_block(pb::GetBlockRequest {
+                        block: Some(pb::BlockId { slice_id, index }),
+                        offset,
+                        len,
+                    })
+                    .await;
+                match reply {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        // A whole block is checked here too; ranges are checked by the server.
+                        if offset == 0 && len == 0 && crc32c::crc32c(&r.data) != r.block_crc32c {
+                            last_err = ClientError::Data(format!(
+                                "block {slice_id}/{index} from {addr}: checksum mismatch"
+                            ));
+                            continue;
+                        }
+                        return Ok(r.data);
+                    }
+                    Err(s) => {
+                        tracing::debug!(addr, "block {slice_id}/{index}: {}", s.message());
+                        last_err = from_status(&s);
+                    }
+                }
+            }
+        }
+        Err(ClientError::Data(format!(
+            "block {slice_id}/{index} unreadable on every replica: {last_err}"
+        )))
+    }
+}

@@ -1,0 +1,470 @@
+//! Reading and writing file content: 64 MiB chunks holding ordered slices, each
+//! slice stored as immutable blocks.
+//!
+//! Writer: bytes written contiguously within a chunk extend that chunk's open
+//! slice; every full block is uploaded in the background while the caller keeps
+//! writing, with a bound on bytes in flight. `close` uploads the tails, waits for
+//! every upload, and then commits all new slices and the length in one metadata
+//! write: until then no metadata points at the new blocks.
+//!
+//! Reader: a chunk's slices are painted in order (later overlays earlier, slice 0
+//! is a hole) into the visible segments; the blocks a read needs are fetched in
+//! parallel. Sequential reads fetch whole blocks and read ahead.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use bytes::BytesMut;
+use futures::stream::StreamExt;
+use futures::stream::TryStreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use cairn_proto::ids::CHUNK_SIZE;
+use cairn_proto::pb;
+
+use crate::error::ClientError;
+use crate::meta::Result;
+use crate::Client;
+
+/// Blocks fetched or uploaded at once per file.
+const PARALLEL_BLOCKS: usize = 16;
+/// Whole blocks kept by a reader for sequential access.
+const READ_CACHE_BLOCKS: usize = 32;
+
+struct OpenSlice {
+    slice_id: u64,
+    pos: u32,
+    len: u32,
+    /// Bytes not yet uploaded (less than a block).
+    pending: BytesMut,
+    next_block: u32,
+}
+
+pub struct FileWriter {
+    client: Arc<Client>,
+    ino: u64,
+    block_size: usize,
+    open: BTreeMap<u32, OpenSlice>,
+    done: Vec<(u32, pb::Slice)>,
+    uploads: JoinSet<Result<()>>,
+    budget: Arc<Semaphore>,
+    length: u64,
+}
+
+impl FileWriter {
+    pub(crate) fn new(client: Arc<Client>, ino: u64, block_size: usize) -> Self {
+        let blocks_in_flight = (client.max_inflight_bytes / block_size).max(1);
+        FileWriter {
+            client,
+            ino,
+            block_size,
+            open: BTreeMap::new(),
+            done: Vec::new(),
+            uploads: JoinSet::new(),
+            budget: Arc::new(Semaphore::new(blocks_in_flight)),
+            length: 0,
+        }
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// Writes `data` at `offset`; blocks upload in the background.
+    pub async fn write_at(&mut self, mut offset: u64, data: &[u8]) -> Result<()> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let chunk = u32::try_from(offset / CHUNK_SIZE)
+                .map_err(|_| ClientError::fs(cairn_proto::status::EFBIG, "file too large"))?;
+            let pos = (offset % CHUNK_SIZE) as u32;
+            let n = rest.len().min((CHUNK_SIZE - u64::from(pos)) as usize);
+            let contiguous = self.open.get(&chunk).is_some_and(|s| s.pos + s.len == pos);
+            if !contiguous {
+                if let Some(old) = self.open.remove(&chunk) {
+                    self.finish(chunk, old).await?;
+                }
+                let slice_id = self.client.meta.next_slice_id().await?;
+                self.open.insert(
+                    chunk,
+                    OpenSlice {
+                        slice_id,
+                        pos,
+                        len: 0,
+                        pending: BytesMut::with_capacity(self.block_size),
+                        next_block: 0,
+                    },
+                );
+            }
+            self.append(chunk, &rest[..n]).await?;
+            offset += n as u64;
+            self.length = self.length.max(offset);
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    async fn append(&mut self, chunk: u32, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let full = {
+                let Some(slice) = self.open.get_mut(&chunk) else {
+                    return Err(ClientError::Invalid("no open slice".into()));
+                };
+                let take = data.len().min(self.block_size - slice.pending.len());
+                slice.pending.extend_from_slice(&data[..take]);
+                slice.len += take as u32;
+                data = &data[take..];
+                if slice.pending.len() == self.block_size {
+                    let block = slice.pending.split().freeze();
+                    let index = slice.next_block;
+                    slice.next_block += 1;
+                    Some((slice.slice_id, index, block))
+                } else {
+                    None
+                }
+            };
+            if let Some((slice_id, index, block)) = full {
+                self.upload(slice_id, index, block).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upload(&mut self, slice_id: u64, index: u32, block: Bytes) -> Result<()> {
+        // Surface an earlier failure as soon as possible.
+        while let Some(done) = self.uploads.try_join_next() {
+            done.map_err(|e| ClientError::Data(e.to_string()))??;
+        }
+        let permit = self
+            .budget
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ClientError::Data(e.to_string()))?;
+        let client = self.client.clone();
+        self.uploads.spawn(async move {
+            let r = client.data.put_block(slice_id, index, block).await;
+            drop(permit);
+            r
+        });
+        Ok(())
+    }
+
+    async fn finish(&mut self, chunk: u32, mut slice: OpenSlice) -> Result<()> {
+        if !slice.pending.is_empty() {
+            let block = slice.pending.split().freeze();
+            self.upload(slice.slice_id, slice.next_block, block).await?;
+        }
+        if slice.len > 0 {
+            self.done.push((
+                chunk,
+                pb::Slice {
+                    slice_id: slice.slice_id,
+                    pos: slice.pos,
+                    len: slice.len,
+                    off: 0,
+                    size: slice.len,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Uploads everything written so far and commits it; the file is durable and
+    /// visible to every client when this returns.
+    pub async fn flush(&mut self) -> Result<Option<pb::Attr>> {
+        let open = std::mem::take(&mut self.open);
+        for (chunk, slice) in open {
+            self.finish(chunk, slice).await?;
+        }
+        while let Some(done) = self.uploads.join_next().await {
+            done.map_err(|e| ClientError::Data(e.to_string()))??;
+        }
+        if self.done.is_empty() {
+            return Ok(None);
+        }
+        let mut chunks: BTreeMap<u32, Vec<pb::Slice>> = BTreeMap::new();
+        for (chunk, slice) in self.done.drain(..) {
+            chunks.entry(chunk).or_default().push(slice);
+        }
+        let commit = pb::CommitSlices {
+            ino: self.ino,
+            chunks: chunks
+                .into_iter()
+                .map(|(chunk, slices)| pb::ChunkSlices { chunk, slices })
+                .collect(),
+            length: self.length,
+            mtime_ns: 0,
+        };
+        Ok(Some(self.client.meta.commit(commit).await?))
+    }
+
+    /// Flushes and ends the writer.
+    pub async fn close(mut self) -> Result<Option<pb::Attr>> {
+        self.flush().await
+    }
+}
+
+/// A visible run of a chunk: chunk bytes [start, end) come from `slice` (id 0: zeros).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Segment {
+    start: u32,
+    end: u32,
+    slice: pb::Slice,
+}
+
+/// Paints slices in order into non-overlapping segments.
+fn visible_segments(slices: &[pb::Slice]) -> Vec<Segment> {
+    let mut segs: Vec<Segment> = Vec::new();
+    for s in slices {
+        let (start, end) = (s.pos, s.pos + s.len);
+        let mut next = Vec::with_capacity(segs.len() + 2);
+        for seg in segs {
+            if seg.end <= start || seg.start >= end {
+                next.push(seg);
+                continue;
+            }
+            if seg.start < start {
+                next.push(Segment { end: start, ..seg });
+            }
+            if seg.end > end {
+                next.push(Segment { start: end, ..seg });
+            }
+        }
+        next.push(Segment {
+            start,
+            end,
+            slice: *s,
+        });
+        next.sort_by_key(|s| s.start);
+        segs = next;
+    }
+    segs
+}
+
+/// One piece of a read: `len` bytes at `dst` in the output, from a block range.
+#[derive(Clone, Copy)]
+struct Piece {
+    dst: usize,
+    slice_id: u64,
+    index: u32,
+    offset: u32,
+    len: u32,
+}
+
+pub struct FileReader {
+    client: Arc<Client>,
+    ino: u64,
+    size: u64,
+    block_size: u32,
+    chunks: HashMap<u32, Arc<Vec<Segment>>>,
+    cache: BTreeMap<(u64, u32), Bytes>,
+    next_sequential: u64,
+}
+
+impl FileReader {
+    pub(crate) fn new(client: Arc<Client>, attr: &pb::Attr, block_size: u32) -> Self {
+        FileReader {
+            client,
+            ino: attr.ino,
+            size: attr.size,
+            block_size,
+            chunks: HashMap::new(),
+            cache: BTreeMap::new(),
+            next_sequential: 0,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn segments(&mut self, chunk: u32) -> Result<Arc<Vec<Segment>>> {
+        if let Some(s) = self.chunks.get(&chunk) {
+            return Ok(s.clone());
+        }
+        // Fetch a run of chunks at once: large files are read chunk after chunk.
+        let reply = self.client.meta.read_chunks(self.ino, chunk, 4).await?;
+        if let Some(attr) = &reply.attr {
+            self.size = attr.size;
+        }
+        for c in chunk..chunk + 4 {
+            let slices = reply
+                .chunks
+                .iter()
+                .find(|cs| cs.chunk == c)
+                .map(|cs| cs.slices.clone())
+                .unwrap_or_default();
+            self.chunks.insert(c, Arc::new(visible_segments(&slices)));
+        }
+        Ok(self.chunks.get(&chunk).cloned().unwrap_or_default())
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        if offset >= self.size {
+            return Ok(Bytes::new());
+        }
+        let len = len.min((self.size - offset) as usize);
+        let sequential = offset == self.next_sequential;
+        self.next_sequential = offset + len as u64;
+        let mut out = vec![0u8; len];
+        let pieces = self.plan(offset, len as u64).await?;
+        let end = offset + len as u64;
+        if sequential {
+            // Read ahead: the blocks of the next range of the same size (at least
+            // a few blocks) are fetched in the same parallel batch.
+            let ahead = (len as u64).max(4 * u64::from(self.block_size));
+            let mut wanted = self
+                .plan(end, ahead.min(self.size.saturating_sub(end)))
+                .await?;
+            wanted.extend(pieces.iter().copied());
+            self.fetch_whole_blocks(&wanted).await?;
+            for p in &pieces {
+                let block = self
+                    .cache
+                    .get(&(p.slice_id, p.index))
+                    .ok_or_else(|| ClientError::Data("block missing after fetch".into()))?;
+                let (a, b) = (p.offset as usize, (p.offset + p.len) as usize);
+                let src = block.get(a..b).ok_or_else(|| {
+                    ClientError::Data(format!(
+                        "block {}/{} shorter than its slice",
+                        p.slice_id, p.index
+                    ))
+                })?;
+                out[p.dst..p.dst + p.len as usize].copy_from_slice(src);
+            }
+        } else {
+            let data = &self.client.data;
+            let parts: Vec<(usize, Bytes)> = futures::stream::iter(pieces.iter())
+                .map(|p| async move {
+                    let bytes = data.get_block(p.slice_id, p.index, p.offset, p.len).await?;
+                    if bytes.len() != p.len as usize {
+                        return Err(ClientError::Data("short block read".into()));
+                    }
+                    Ok::<_, ClientError>((p.dst, bytes))
+                })
+                .buffer_unordered(PARALLEL_BLOCKS)
+                .try_collect()
+                .await?;
+            for (dst, bytes) in parts {
+                out[dst..dst + bytes.len()].copy_from_slice(&bytes);
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The block ranges that make up file bytes [offset, offset + len), with where
+    /// each lands relative to `offset`. Holes produce no piece (they read as zeros).
+    async fn plan(&mut self, offset: u64, len: u64) -> Result<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let chunk = (pos / CHUNK_SIZE) as u32;
+            let chunk_start = u64::from(chunk) * CHUNK_SIZE;
+            let chunk_end = (chunk_start + CHUNK_SIZE).min(end);
+            let segs = self.segments(chunk).await?;
+            for seg in segs.iter() {
+                let s = chunk_start + u64::from(seg.start);
+                let e = chunk_start + u64::from(seg.end);
+                let (from, to) = (s.max(pos), e.min(chunk_end));
+                if from >= to || seg.slice.slice_id == 0 {
+                    continue;
+                }
+                // Map onto the slice object and split at block boundaries.
+                let mut obj = u64::from(seg.slice.off) + (from - s);
+                let mut dst = (from - offset) as usize;
+                let mut left = to - from;
+                let bs = u64::from(self.block_size);
+                while left > 0 {
+                    let in_block = obj % bs;
+                    let n = left.min(bs - in_block);
+                    pieces.push(Piece {
+                        dst,
+                        slice_id: seg.slice.slice_id,
+                        index: (obj / bs) as u32,
+                        offset: in_block as u32,
+                        len: n as u32,
+                    });
+                    obj += n;
+                    dst += n as usize;
+                    left -= n;
+                }
+            }
+            pos = chunk_end;
+        }
+        Ok(pieces)
+    }
+
+    /// Fetches the whole blocks `pieces` touch that are not cached, in parallel.
+    async fn fetch_whole_blocks(&mut self, pieces: &[Piece]) -> Result<()> {
+        let mut want: Vec<(u64, u32)> = pieces
+            .iter()
+            .map(|p| (p.slice_id, p.index))
+            .filter(|k| !self.cache.contains_key(k))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        let data = &self.client.data;
+        let fetched: Vec<((u64, u32), Bytes)> = futures::stream::iter(want)
+            .map(|(slice_id, index)| async move {
+                Ok::<_, ClientError>((
+                    (slice_id, index),
+                    data.get_block(slice_id, index, 0, 0).await?,
+                ))
+            })
+            .buffer_unordered(PARALLEL_BLOCKS)
+            .try_collect()
+            .await?;
+        for (k, v) in fetched {
+            self.cache.insert(k, v);
+        }
+        let needed: std::collections::HashSet<(u64, u32)> =
+            pieces.iter().map(|p| (p.slice_id, p.index)).collect();
+        let stale: Vec<(u64, u32)> = self
+            .cache
+            .keys()
+            .filter(|k| !needed.contains(k))
+            .copied()
+            .collect();
+        let excess = self
+            .cache
+            .len()
+            .saturating_sub(READ_CACHE_BLOCKS.max(needed.len()));
+        for k in stale.into_iter().take(excess) {
+            self.cache.remove(&k);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(id: u64, pos: u32, len: u32) -> pb::Slice {
+        pb::Slice {
+            slice_id: id,
+            pos,
+            len,
+            off: 0,
+            size: len,
+        }
+    }
+
+    #[test]
+    fn later_slices_overlay_earlier() {
+        let segs = visible_segments(&[slice(1, 0, 100), slice(2, 10, 20), slice(0, 90, 30)]);
+        let runs: Vec<(u32, u32, u64)> = segs
+            .iter()
+            .map(|s| (s.start, s.end, s.slice.slice_id))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![(0, 10, 1), (10, 30, 2), (30, 90, 1), (90, 120, 0)]
+        );
+    }
+}

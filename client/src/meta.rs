@@ -1,0 +1,496 @@
+//! Metadata RPCs with routing and retries.
+//!
+//! The client caches the cluster map and the leader of every shard; a request
+//! goes to the leader of the shard that owns its inode (read from the inode id),
+//! and a `NotLeader` answer updates the cache and retries through the one retry
+//! helper. Every mutation carries (client id, sequence) once, and retries reuse
+//! it, so a retried mutation is applied exactly once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use cairn_proto::channel::Channels;
+use cairn_proto::ids::ino_shard;
+use cairn_proto::ids::ShardId;
+use cairn_proto::ids::MAP_SHARD;
+use cairn_proto::ids::ROOT_INO;
+use cairn_proto::name::split_path;
+use cairn_proto::name::validate_name;
+use cairn_proto::pb;
+use cairn_proto::pb::meta_client::MetaClient as Grpc;
+use cairn_proto::pb::mutate_request::Op;
+use cairn_proto::retry::retry;
+use cairn_proto::retry::Backoff;
+use cairn_proto::status::decode;
+use cairn_proto::status::WireError;
+use cairn_proto::status::ENOTDIR;
+use cairn_proto::MAX_MESSAGE_BYTES;
+
+use crate::error::from_status;
+use crate::error::ClientError;
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Slice ids fetched from shard 0 at a time.
+const SLICE_ID_BATCH: u32 = 256;
+
+pub struct MetaClient {
+    channels: Channels,
+    seeds: Vec<String>,
+    map: RwLock<Option<Arc<pb::ClusterMap>>>,
+    leaders: Mutex<HashMap<ShardId, String>>,
+    client_id: u64,
+    seq: AtomicU64,
+    slice_ids: tokio::sync::Mutex<(u64, u64)>,
+    backoff: Backoff,
+}
+
+impl MetaClient {
+    /// A client of the cluster reachable through any of `seeds` (metad addresses).
+    pub fn new(seeds: Vec<String>, channels: Channels) -> Self {
+        MetaClient {
+            channels,
+            seeds,
+            map: RwLock::new(None),
+            leaders: Mutex::new(HashMap::new()),
+            client_id: rand::random(),
+            seq: AtomicU64::new(1),
+            slice_ids: tokio::sync::Mutex::new((0, 0)),
+            backoff: Backoff {
+                deadline: Duration::from_secs(30),
+                ..Backoff::default()
+            },
+        }
+    }
+
+    /// Gives up on unavailable shards after `deadline` instead of the default 30 s.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.backoff.deadline = deadline;
+        self
+    }
+
+    fn grpc(&self, addr: &str) -> Result<Grpc<Channel>> {
+        let ch = self
+            .channels
+            .get(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?;
+        Ok(Grpc::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Where to send a request for `shard` on the given attempt.
+    fn target(&self, shard: ShardId, attempt: u32) -> String {
+        if let Some(addr) = self
+            .leaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+        {
+            return addr.clone();
+        }
+        let map = self.cached_map();
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(map) = map {
+            if let Some(info) = map.shards.iter().find(|s| s.id == shard) {
+                let addr_of = |id: u64| {
+                    map.meta_nodes
+                        .iter()
+                        .find(|n| n.id == id)
+                        .map(|n| n.addr.clone())
+                };
+                if let Some(leader) = addr_of(info.leader) {
+                    candidates.push(leader);
+                }
+                candidates.extend(info.replicas.iter().filter_map(|id| addr_of(*id)));
+            }
+        }
+        candidates.extend(self.seeds.iter().cloned());
+        candidates[attempt as usize % candidates.len()].clone()
+    }
+
+    fn note_error(&self, shard: ShardId, status: &tonic::Status) -> ClientError {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        match decode(status) {
+            WireError::NotLeader {
+                leader: Some((_, addr)),
+            } => {
+                leaders.insert(shard, addr);
+            }
+            _ => {
+                leaders.remove(&shard);
+            }
+        }
+        from_status(status)
+    }
+
+    /// Calls `f` on the leader of `shard`, retrying while leaders move.
+    async fn call<T, F, Fut>(&self, shard: ShardId, f: F) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        retry(self.backoff, ClientError::is_transient, |attempt| {
+            let addr = self.target(shard, attempt);
+            let client = self.grpc(&addr);
+            let f = &f;
+            async move {
+                match f(client?).await {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) => Err(self.note_error(shard, &s)),
+                }
+            }
+        })
+        .await
+    }
+
+    fn cached_map(&self) -> Option<Arc<pb::ClusterMap>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The cluster map, fetched on first use.
+    pub async fn map(&self) -> Result<Arc<pb::ClusterMap>> {
+        match self.cached_map() {
+            Some(m) => Ok(m),
+            None => self.refresh_map().await,
+        }
+    }
+
+    /// Fetches the cluster map from shard 0's leader.
+    pub async fn refresh_map(&self) -> Result<Arc<pb::ClusterMap>> {
+        let map = self
+            .call(MAP_SHARD, |mut c| async move {
+                c.get_cluster_map(pb::ClusterMapRequest {}).await
+            })
+            .await?;
+        let map = Arc::new(map);
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = Some(map.clone());
+        Ok(map)
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
+        validate_name(name).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
+        let reply = self
+            .call(ino_shard(parent), |mut c| async move {
+                c.lookup(pb::LookupRequest {
+                    parent,
+                    name: name.to_vec().into(),
+                })
+                .await
+            })
+            .await?;
+        reply
+            .attr
+            .ok_or_else(|| ClientError::Data("lookup answered no attributes".into()))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<pb::Attr> {
+        let reply = self
+            .call(ino_shard(ino), |mut c| async move {
+                c.get_attr(pb::GetAttrRequest { ino }).await
+            })
+            .await?;
+        reply
+            .attr
+            .ok_or_else(|| ClientError::Data("getattr answered no attributes".into()))
+    }
+
+    /// One page of a directory: entries after `after`, and whether more follow.
+    pub async fn readdir_page(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<pb::DirEntry>, bool)> {
+        let reply = self
+            .call(ino_shard(ino), |mut c| async move {
+                c.read_dir(pb::ReadDirRequest {
+                    ino,
+                    after: after.to_vec().into(),
+                    limit,
+                })
+                .await
+            })
+            .await?;
+        Ok((reply.entries, reply.more))
+    }
+
+    /// Every entry of a directory, page by page.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
+        let mut all = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let (page, more) = self.readdir_page(ino, &after, 1000).await?;
+            if let Some(last) = page.last() {
+                after = last.name.to_vec();
+            }
+            all.extend(page);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let reply = self
+            .call(ino_shard(ino), |mut c| async move {
+                c.read_link(pb::ReadLinkRequest { ino }).await
+            })
+            .await?;
+        Ok(reply.target.to_vec())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        let reply = self
+            .call(ino_shard(ino), |mut c| async move {
+                c.get_xattr(pb::GetXattrRequest {
+                    ino,
+                    name: name.to_vec().into(),
+                })
+                .await
+            })
+            .await?;
+        Ok(reply.value.to_vec())
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let reply = self
+            .call(ino_shard(ino), |mut c| async move {
+                c.list_xattr(pb::ListXattrRequest { ino }).await
+            })
+            .await?;
+        Ok(reply.names.into_iter().map(|n| n.to_vec()).collect())
+    }
+
+    /// The slices of chunks [first, first + count) and the file's attributes.
+    pub async fn read_chunks(
+        &self,
+        ino: u64,
+        first: u32,
+        count: u32,
+    ) -> Result<pb::ReadChunksReply> {
+        self.call(ino_shard(ino), |mut c| async move {
+            c.read_chunks(pb::ReadChunksRequest {
+                ino,
+                first_chunk: first,
+                chunk_count: count,
+            })
+            .await
+        })
+        .await
+    }
+
+    pub async fn statfs(&self) -> Result<pb::StatFsReply> {
+        self.call(MAP_SHARD, |mut c| async move {
+            c.stat_fs(pb::StatFsRequest {}).await
+        })
+        .await
+    }
+
+    /// Applies a mutation exactly once at the leader of `shard`.
+    pub async fn mutate(&self, shard: ShardId, op: Op) -> Result<Option<pb::Attr>> {
+        let id = pb::RequestId {
+            client_id: self.client_id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let reply = self
+            .call(shard, |mut c| {
+                let req = pb::MutateRequest {
+                    id: Some(id),
+                    uid: 0,
+                    gid: 0,
+                    op: Some(op.clone()),
+                };
+                async move { c.mutate(req).await }
+            })
+            .await?;
+        Ok(reply.attr)
+    }
+
+    fn expect_attr(attr: Option<pb::Attr>) -> Result<pb::Attr> {
+        attr.ok_or_else(|| ClientError::Data("mutation answered no attributes".into()))
+    }
+
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        exclusive: bool,
+    ) -> Result<pb::Attr> {
+        let op = Op::Create(pb::CreateOp {
+            parent,
+            name: name.to_vec().into(),
+            kind: pb::FileKind::Regular as i32,
+            perm,
+            rdev: 0,
+            exclusive,
+        });
+        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+    }
+
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: pb::FileKind,
+        perm: u32,
+        rdev: u32,
+    ) -> Result<pb::Attr> {
+        let op = Op::Create(pb::CreateOp {
+            parent,
+            name: name.to_vec().into(),
+            kind: kind as i32,
+            perm,
+            rdev,
+            exclusive: true,
+        });
+        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], perm: u32) -> Result<pb::Attr> {
+        let op = Op::Mkdir(pb::MkdirOp {
+            parent,
+            name: name.to_vec().into(),
+            perm,
+        });
+        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<pb::Attr> {
+        let op = Op::Symlink(pb::SymlinkOp {
+            parent,
+            name: name.to_vec().into(),
+            target: target.to_vec().into(),
+        });
+        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+    }
+
+    pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<pb::Attr> {
+        let op = Op::Link(pb::LinkOp {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec().into(),
+        });
+        Self::expect_attr(self.mutate(ino_shard(new_parent), op).await?)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let op = Op::Unlink(pb::UnlinkOp {
+            parent,
+            name: name.to_vec().into(),
+        });
+        self.mutate(ino_shard(parent), op).await.map(|_| ())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let op = Op::Rmdir(pb::RmdirOp {
+            parent,
+            name: name.to_vec().into(),
+        });
+        self.mutate(ino_shard(parent), op).await.map(|_| ())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        mode: pb::RenameMode,
+    ) -> Result<()> {
+        let op = Op::Rename(pb::RenameOp {
+            parent,
+            name: name.to_vec().into(),
+            new_parent,
+            new_name: new_name.to_vec().into(),
+            mode: mode as i32,
+        });
+        self.mutate(ino_shard(parent), op).await.map(|_| ())
+    }
+
+    pub async fn setattr(&self, ino: u64, attr: pb::SetAttr) -> Result<pb::Attr> {
+        let op = Op::SetAttr(pb::SetAttrOp {
+            ino,
+            attr: Some(attr),
+        });
+        Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let op = Op::SetXattr(pb::SetXattrOp {
+            ino,
+            name: name.to_vec().into(),
+            value: value.to_vec().into(),
+            flags,
+        });
+        self.mutate(ino_shard(ino), op).await.map(|_| ())
+    }
+
+    pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        let op = Op::RemoveXattr(pb::RemoveXattrOp {
+            ino,
+            name: name.to_vec().into(),
+        });
+        self.mutate(ino_shard(ino), op).await.map(|_| ())
+    }
+
+    /// Commits written slices and the new length in one metadata write.
+    pub async fn commit(&self, commit: pb::CommitSlices) -> Result<pb::Attr> {
+        let shard = ino_shard(commit.ino);
+        Self::expect_attr(self.mutate(shard, Op::Commit(commit)).await?)
+    }
+
+    /// A fresh slice id (fetched from shard 0 in batches).
+    pub async fn next_slice_id(&self) -> Result<u64> {
+        let mut ids = self.slice_ids.lock().await;
+        if ids.0 >= ids.1 {
+            let reply = self
+                .call(MAP_SHARD, |mut c| async move {
+                    c.alloc_slice_ids(pb::AllocSliceIdsRequest {
+                        count: SLICE_ID_BATCH,
+                    })
+                    .await
+                })
+                .await?;
+            *ids = (reply.first, reply.first + u64::from(reply.count));
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Resolves an absolute path (no symlinks followed) to its attributes.
+    pub async fn resolve(&self, path: &str) -> Result<pb::Attr> {
+        let parts = split_path(path).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
+        let mut attr = self.getattr(ROOT_INO).await?;
+        for part in parts {
+            if attr.kind != pb::FileKind::Directory as i32 {
+                return Err(ClientError::fs(ENOTDIR, format!("{path}: not a directory")));
+            }
+            attr = self.lookup(attr.ino, part.as_bytes()).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Resolves the parent directory of `path` and returns it with the last name.
+    pub async fn resolve_parent(&self, path: &str) -> Result<(pb::Attr, String)> {
+        let parts = split_path(path).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
+        let Some((last, dirs)) = parts.split_last() else {
+            return Err(ClientError::Invalid(format!("{path}: no file name")));
+        };
+        let parent = self.resolve(&format!("/{}", dirs.join("/"))).await?;
+        if parent.kind != pb::FileKind::Directory as i32 {
+            return Err(ClientError::fs(ENOTDIR, format!("{path}: not a directory")));
+        }
+        Ok((parent, last.to_string()))
+    }
+}

@@ -1,0 +1,229 @@
+//! Configuration of a datad process: one TOML file whose every option has a
+//! documented default (see `datad/datad.example.toml`, which a test keeps equal to
+//! [`Config::default`]). [`Config::validate`] rejects a config the daemon could not
+//! run with before anything is opened or bound.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::DataError;
+
+/// Capacity reported when `capacity-bytes` is 0: the standard library cannot ask
+/// the file system for its size without unsafe code, so an unconfigured node
+/// reports 1 TiB and does not enforce it. Set `capacity-bytes` in production.
+pub const FALLBACK_CAPACITY_BYTES: u64 = 1 << 40;
+
+/// Settings of one datad.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Node id of this datad in the cluster map; never 0.
+    pub id: u64,
+    /// Address the gRPC `Data` service listens on (`ip:port`).
+    pub listen: String,
+    /// Address other nodes and clients use to reach this one (`host:port`);
+    /// `None` means `listen`.
+    pub advertise: Option<String>,
+    /// Directory holding the block files (`blocks/`) and the RocksDB index (`index/`).
+    pub data_dir: PathBuf,
+    /// metad addresses to register with and heartbeat to; empty runs the node
+    /// standalone (no registration), which only tests and tools should do.
+    pub meta: Vec<String>,
+    /// Bytes this node may store; 0 means the disk's size, reported as
+    /// [`FALLBACK_CAPACITY_BYTES`] and not enforced.
+    pub capacity_bytes: u64,
+    /// Period of the heartbeat to metad, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 1,
+            listen: "127.0.0.1:7100".to_string(),
+            advertise: None,
+            data_dir: PathBuf::from("./cairn-data/datad"),
+            meta: vec!["127.0.0.1:7000".to_string()],
+            capacity_bytes: 0,
+            heartbeat_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config from a TOML file and validates it.
+    pub fn load(path: &Path) -> Result<Config, DataError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DataError::Config(format!("reading {}: {e}", path.display())))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| DataError::Config(format!("parsing {}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every option; the error names the option and what is wrong with it.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |msg: String| Err(DataError::Config(msg));
+        if self.id == 0 {
+            return bad("id must not be 0".into());
+        }
+        let listen: SocketAddr = match self.listen.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return bad(format!(
+                    "listen {:?} is not an ip:port address",
+                    self.listen
+                ))
+            }
+        };
+        match &self.advertise {
+            Some(addr) => check_host_port("advertise", addr)?,
+            None if listen.ip().is_unspecified() => {
+                return bad(format!(
+                    "listen {} is a wildcard address: set advertise to an address others can reach",
+                    self.listen
+                ))
+            }
+            None => {}
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data-dir must not be empty".into());
+        }
+        for addr in &self.meta {
+            check_host_port("meta", addr)?;
+        }
+        if self.heartbeat_ms == 0 {
+            return bad("heartbeat-ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The address given to others: `advertise`, or `listen` when unset.
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+}
+
+/// Accepts `host:port` with an optional `http://` or `https://` scheme.
+fn check_host_port(option: &str, addr: &str) -> Result<(), DataError> {
+    let rest = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let ok = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DataError::Config(format!(
+            "{option} {addr:?} is not a host:port address"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_equals_defaults() {
+        let text = include_str!("../datad.example.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn load_reads_a_file_and_rejects_unknown_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("datad.toml");
+        std::fs::write(
+            &path,
+            "id = 7\nlisten = \"0.0.0.0:7200\"\nadvertise = \"datad7:7200\"\nmeta = []\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.id, 7);
+        assert_eq!(config.advertise_addr(), "datad7:7200");
+        assert!(config.meta.is_empty());
+        assert_eq!(config.heartbeat_ms, 1000);
+
+        std::fs::write(&path, "id = 7\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_bad_option() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    id: 0,
+                    ..Config::default()
+                },
+                "id",
+            ),
+            (
+                Config {
+                    listen: "localhost".into(),
+                    ..Config::default()
+                },
+                "listen",
+            ),
+            (
+                Config {
+                    listen: "0.0.0.0:7100".into(),
+                    ..Config::default()
+                },
+                "advertise",
+            ),
+            (
+                Config {
+                    advertise: Some("nohost".into()),
+                    ..Config::default()
+                },
+                "advertise",
+            ),
+            (
+                Config {
+                    meta: vec!["127.0.0.1:0".into()],
+                    ..Config::default()
+                },
+                "meta",
+            ),
+            (
+                Config {
+                    heartbeat_ms: 0,
+                    ..Config::default()
+                },
+                "heartbeat-ms",
+            ),
+            (
+                Config {
+                    data_dir: PathBuf::new(),
+                    ..Config::default()
+                },
+                "data-dir",
+            ),
+        ];
+        for (config, option) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(option), "{option}: {err}");
+        }
+        assert_eq!(Config::default().advertise_addr(), "127.0.0.1:7100");
+    }
+}

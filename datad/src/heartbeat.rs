@@ -1,0 +1,129 @@
+//! The heartbeat to metad: every period, `Meta.RegisterDataNode` with this node's
+//! id, address, capacity, used bytes and block count. That call both registers
+//! the node in the cluster map and keeps it alive there.
+//!
+//! The metad that answered last (usually the cluster-map leader) is tried first,
+//! then the configured addresses in turn; a "not the leader" answer naming the
+//! leader is followed once. A failed heartbeat is logged and retried at the next
+//! tick; it never stops the node.
+
+use std::time::Duration;
+
+use cairn_proto::pb;
+use cairn_proto::status::decode;
+use cairn_proto::status::WireError;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::peers::Channels;
+use crate::store::BlockStore;
+
+/// The heartbeat loop of one node.
+pub struct Heartbeat {
+    id: u64,
+    advertise: String,
+    meta: Vec<String>,
+    period: Duration,
+    store: BlockStore,
+    channels: Channels,
+    /// The metad that took the last heartbeat.
+    last_good: Option<String>,
+}
+
+impl Heartbeat {
+    /// A heartbeat for node `id`, reachable at `advertise`, to the metads at `meta`.
+    pub fn new(
+        id: u64,
+        advertise: String,
+        meta: Vec<String>,
+        period: Duration,
+        store: BlockStore,
+    ) -> Heartbeat {
+        // An RPC slower than a couple of periods is as good as lost.
+        let timeout = (period * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        Heartbeat {
+            id,
+            advertise,
+            meta,
+            period,
+            store,
+            channels: Channels::new(timeout, timeout),
+            last_good: None,
+        }
+    }
+
+    /// Beats until `shutdown` is cancelled; the first beat is immediate.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.beat() => match result {
+                    Ok(addr) => tracing::debug!(metad = %addr, "heartbeat sent"),
+                    Err(errors) => tracing::warn!(%errors, "heartbeat failed; retrying next tick"),
+                },
+            }
+        }
+    }
+
+    /// Sends one heartbeat; returns the metad that took it, or every failure.
+    pub async fn beat(&mut self) -> Result<String, String> {
+        let stats = self.store.stats();
+        let request = pb::RegisterDataNodeRequest {
+            id: self.id,
+            addr: self.advertise.clone(),
+            capacity_bytes: stats.capacity_bytes,
+            used_bytes: stats.used_bytes,
+            blocks: stats.blocks,
+        };
+        let mut candidates: Vec<String> = Vec::with_capacity(self.meta.len() + 1);
+        for addr in self.last_good.iter().chain(&self.meta) {
+            if !candidates.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        let mut errors = Vec::new();
+        for addr in candidates {
+            let status = match self.register(&addr, request.clone()).await {
+                Ok(()) => {
+                    self.last_good = Some(addr.clone());
+                    return Ok(addr);
+                }
+                Err(status) => status,
+            };
+            errors.push(format!("{addr}: {}", status.message()));
+            if let WireError::NotLeader {
+                leader: Some((_, leader)),
+            } = decode(&status)
+            {
+                if leader != addr {
+                    match self.register(&leader, request.clone()).await {
+                        Ok(()) => {
+                            self.last_good = Some(leader.clone());
+                            return Ok(leader);
+                        }
+                        Err(s) => errors.push(format!("{leader}: {}", s.message())),
+                    }
+                }
+            }
+        }
+        self.last_good = None;
+        Err(errors.join("; "))
+    }
+
+    async fn register(
+        &self,
+        addr: &str,
+        request: pb::RegisterDataNodeRequest,
+    ) -> Result<(), Status> {
+        let mut client = self.channels.meta(addr)?;
+        client.register_data_node(request).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! The gRPC `Data` service: validates requests, fences stale chains, and runs chain
+//! replication.
+//!
+//! A PutBlock is verified (size, crc32c) and fenced before anything is stored or
+//! forwarded. The node then writes the block locally and, at the same time,
+//! forwards it to the next replica (`rest[0]`, passing `rest[1..]` along); it
+//! answers success only when its own copy is durable and the downstream replica
+//! has answered success, which by induction means the whole chain has the block.
+//! A failed put may leave copies on some replicas; they are unreferenced and are
+//! collected by GC like any other orphan.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::pb;
+use cairn_proto::pb::data_server::Data;
+use cairn_proto::pb::data_server::DataServer;
+use cairn_proto::MAX_MESSAGE_BYTES;
+use tokio::task::spawn_blocking;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::error::DataError;
+use crate::fence::ChainFence;
+use crate::peers::Channels;
+use crate::store::BlockId;
+use crate::store::BlockStore;
+use crate::store::MAX_BLOCK_BYTES;
+
+/// Longest chain after this node that a request may name.
+pub const MAX_CHAIN_REST: usize = 15;
+/// How long connecting to the next replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the rest of the chain may take to store a forwarded block.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `Data` service of one node.
+pub struct DataService {
+    node_id: u64,
+    store: BlockStore,
+    fence: ChainFence,
+    peers: Arc<Channels>,
+}
+
+impl DataService {
+    /// A service over `store`, loading its fencing table.
+    pub async fn new(node_id: u64, store: BlockStore) -> Result<DataService, DataError> {
+        let fence = ChainFence::load(store.clone()).await?;
+        Ok(DataService {
+            node_id,
+            store,
+            fence,
+            peers: Arc::new(Channels::new(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
+        })
+    }
+
+    /// The tonic server for this service, accepting full-size blocks.
+    pub fn into_server(self) -> DataServer<DataService> {
+        DataServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    async fn put_chain(&self, req: pb::PutBlockRequest) -> Result<(), DataError> {
+        let id = block_id(req.block)?;
+        if req.data.len() > MAX_BLOCK_BYTES {
+            return Err(DataError::TooLarge {
+                len: req.data.len(),
+                max: MAX_BLOCK_BYTES,
+            });
+        }
+        if req.rest.len() > MAX_CHAIN_REST {
+            return Err(DataError::Invalid(format!(
+                "chain of {} more replicas exceeds {MAX_CHAIN_REST}",
+                req.rest.len()
+            )));
+        }
+        if req.rest.iter().any(|a| a.trim().is_empty()) {
+            return Err(DataError::Invalid("empty replica address in chain".into()));
+        }
+        // Verified before forwarding, so that corrupt bytes never travel down the chain.
+        let data = req.data.clone();
+        let actual = spawn_blocking(move || crc32c::crc32c(&data)).await?;
+        if actual != req.crc32c {
+            return Err(DataError::ChecksumMismatch {
+                block: id,
+                expected: req.crc32c,
+                actual,
+            });
+        }
+        self.fence.admit(req.group, req.chain_version).await?;
+
+        let local = self.store.put(id, req.data.clone(), req.crc32c);
+        let downstream = self.forward(id, &req);
+        let (local, downstream) = tokio::join!(local, downstream);
+        if let Err(e) = &downstream {
+            tracing::warn!(block = %id, error = %e, "chain replication failed");
+        }
+        local?;
+        downstream
+    }
+
+    /// Sends the block to the next replica, if any, and waits for the rest of the chain.
+    async fn forward(&self, id: BlockId, req: &pb::PutBlockRequest) -> Result<(), DataError> {
+        let Some((next, rest)) = req.rest.split_first() else {
+            return Ok(());
+        };
+        let mut client = self.peers.data(next)?;
+        let forwarded = pb::PutBlockRequest {
+            block: Some(pb_block_id(id)),
+            crc32c: req.crc32c,
+            data: req.data.clone(),
+            group: req.group,
+            chain_version: req.chain_version,
+            rest: rest.to_vec(),
+        };
+        client
+            .put_block(forwarded)
+            .await
+            .map_err(|s| DataError::Replica {
+                addr: next.clone(),
+                code: s.code(),
+                message: s.message().to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+fn block_id(block: Option<pb::BlockId>) -> Result<BlockId, DataError> {
+    let b = block.ok_or_else(|| DataError::Invalid("missing block id".into()))?;
+    Ok(BlockId {
+        slice_id: b.slice_id,
+        index: b.index,
+    })
+}
+
+fn pb_block_id(id: BlockId) -> pb::BlockId {
+    pb::BlockId {
+        slice_id: id.slice_id,
+        index: id.index,
+    }
+}
+
+#[tonic::async_trait]
+impl Data for DataService {
+    async fn put_block(
+        &self,
+        request: Request<pb::PutBlockRequest>,
+    ) -> Result<Response<pb::PutBlockReply>, Status> {
+        self.put_chain(request.into_inner()).await?;
+        Ok(Response::new(pb::PutBlockReply {}))
+    }
+
+    async fn get_block(
+        &self,
+        request: Request<pb::GetBlockRequest>,
+    ) -> Result<Response<pb::GetBlockReply>, Status> {
+        let req = request.into_inner();
+        let id = block_id(req.block)?;
+        let read = self.store.get(id, req.offset, req.len).await?;
+        Ok(Response::new(pb::GetBlockReply {
+            data: read.data,
+            block_crc32c: read.block_crc32c,
+        }))
+    }
+
+    async fn delete_blocks(
+        &self,
+        request: Request<pb::DeleteBlocksRequest>,
+    ) -> Result<Response<pb::DeleteBlocksReply>, Status> {
+        let ids = request
+            .into_inner()
+            .blocks
+            .into_iter()
+            .map(|b| block_id(Some(b)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deleted = self.store.delete(ids).await?;
+        Ok(Response::new(pb::DeleteBlocksReply {
+            deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn stat(
+        &self,
+        _request: Request<pb::DataStatRequest>,
+    ) -> Result<Response<pb::DataStatReply>, Status> {
+        let stats = self.store.stats();
+        Ok(Response::new(pb::DataStatReply {
+            id: self.node_id,
+            capacity_bytes: stats.capacity_bytes,
+            used_bytes: stats.used_bytes,
+            blocks: stats.blocks,
+        }))
+    }
+}

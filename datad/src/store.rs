@@ -1,0 +1,950 @@
+//! The local block store: immutable blocks of at most [`MAX_BLOCK_BYTES`] as files,
+//! and a RocksDB index of what is stored.
+//!
+//! Layout under the data directory:
+//! - `blocks/<xx>/<slice_id as 16 hex digits>-<index>`: one file per block, spread
+//!   over 256 directories `<xx>` by a hash of the block id;
+//! - `index/`: RocksDB; column family `blocks` maps the block id (big-endian
+//!   slice_id, then big-endian index) to (len, crc32c), both big-endian u32;
+//!   column family `chains` maps a placement group (big-endian u32) to the highest
+//!   chain version seen (big-endian u64), for fencing.
+//!
+//! Invariants:
+//! - an index entry is written only after its file is complete, fdatasync'd and
+//!   renamed into place (and the rename made durable), and a put is acknowledged
+//!   only after its index entry is durable (synced WAL, group-committed by one
+//!   thread for all concurrent puts);
+//! - every read verifies the file's crc32c against the index, so a damaged file
+//!   is reported as [`DataError::ChecksumMismatch`], never returned;
+//! - on open, an index entry whose file is missing is dropped and a file without
+//!   an entry (an unfinished write) is removed.
+//!
+//! Disk and RocksDB work runs on tokio's blocking pool or on the commit thread,
+//! never on the async workers.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rocksdb::ColumnFamily;
+use rocksdb::DBWithThreadMode;
+use rocksdb::IteratorMode;
+use rocksdb::Options;
+use rocksdb::SingleThreaded;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Mutex;
+use tokio::task::spawn_blocking;
+
+use crate::config::FALLBACK_CAPACITY_BYTES;
+use crate::error::DataError;
+
+/// Largest block the store accepts.
+pub const MAX_BLOCK_BYTES: usize = 4 << 20;
+
+const CF_BLOCKS: &str = "blocks";
+const CF_CHAINS: &str = "chains";
+/// Puts of the same block are serialized by a striped lock; distinct blocks rarely
+/// share a stripe.
+const LOCK_STRIPES: usize = 256;
+/// Most commit requests one synced RocksDB write carries.
+const MAX_COMMIT_BATCH: usize = 1024;
+/// Deletes hold their stripes for at most this many blocks at a time.
+const DELETE_CHUNK: usize = 1024;
+
+type Db = DBWithThreadMode<SingleThreaded>;
+
+/// A block: the `index`-th piece of slice `slice_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId {
+    pub slice_id: u64,
+    pub index: u32,
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.slice_id, self.index)
+    }
+}
+
+impl BlockId {
+    fn key(&self) -> [u8; 12] {
+        let mut k = [0u8; 12];
+        k[..8].copy_from_slice(&self.slice_id.to_be_bytes());
+        k[8..].copy_from_slice(&self.index.to_be_bytes());
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<BlockId> {
+        let slice_id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+        let index = u32::from_be_bytes(k.get(8..)?.try_into().ok()?);
+        Some(BlockId { slice_id, index })
+    }
+
+    /// Parses a block file name (`<16 hex digits>-<decimal index>`); `None` for
+    /// anything else, temporary files included.
+    fn from_file_name(name: &str) -> Option<BlockId> {
+        let (slice, index) = name.split_once('-')?;
+        if slice.len() != 16 || !slice.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let id = BlockId {
+            slice_id: u64::from_str_radix(slice, 16).ok()?,
+            index: index.parse().ok()?,
+        };
+        // Only the canonical spelling (lower-case hex, no leading zeros).
+        (id.to_string() == name).then_some(id)
+    }
+
+    /// The directory (0..=255) a block's file lives in. Mixing the slice id spreads
+    /// consecutive slices; adding the index spreads the blocks of one slice.
+    fn dir(&self) -> u8 {
+        let h = self.slice_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((h >> 56) as u8).wrapping_add(self.index as u8)
+    }
+
+    fn stripe(&self) -> usize {
+        let h = self.slice_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.index);
+        (h % LOCK_STRIPES as u64) as usize
+    }
+}
+
+/// What the index records of a stored block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    len: u32,
+    crc: u32,
+}
+
+impl IndexEntry {
+    fn encode(&self) -> [u8; 8] {
+        let mut v = [0u8; 8];
+        v[..4].copy_from_slice(&self.len.to_be_bytes());
+        v[4..].copy_from_slice(&self.crc.to_be_bytes());
+        v
+    }
+
+    fn decode(id: BlockId, v: &[u8]) -> Result<IndexEntry, DataError> {
+        let bad = || DataError::Db(format!("corrupt index entry for block {id}"));
+        if v.len() != 8 {
+            return Err(bad());
+        }
+        let len = u32::from_be_bytes(v[..4].try_into().map_err(|_| bad())?);
+        let crc = u32::from_be_bytes(v[4..].try_into().map_err(|_| bad())?);
+        Ok(IndexEntry { len, crc })
+    }
+}
+
+/// Space and block counts of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub blocks: u64,
+}
+
+/// The verified bytes of a read.
+#[derive(Debug, Clone)]
+pub struct BlockRead {
+    /// The requested range.
+    pub data: Bytes,
+    /// crc32c of the whole block, which the read verified.
+    pub block_crc32c: u32,
+}
+
+/// Handle to the block store; clones share it. The last clone to go closes the
+/// index after the commit thread has finished.
+#[derive(Clone)]
+pub struct BlockStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blocks_dir: PathBuf,
+    db: Arc<Db>,
+    capacity: u64,
+    /// Only a configured capacity is enforced (see [`FALLBACK_CAPACITY_BYTES`]).
+    enforce_capacity: bool,
+    used: AtomicU64,
+    count: AtomicU64,
+    locks: Vec<Arc<Mutex<()>>>,
+    committer: Committer,
+}
+
+impl BlockStore {
+    /// Opens (creating if needed) the store under `data_dir`, reconciling the index
+    /// with the block files. `capacity_bytes` 0 means unconfigured.
+    pub async fn open(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, DataError> {
+        let data_dir = data_dir.to_path_buf();
+        spawn_blocking(move || open_blocking(&data_dir, capacity_bytes)).await?
+    }
+
+    /// Stores a block durably. `crc` must be the crc32c of `data`; on a mismatch
+    /// nothing changes. Putting a block that is already stored with the same
+    /// content succeeds without writing (a missing or damaged file is rewritten).
+    pub async fn put(&self, id: BlockId, data: Bytes, crc: u32) -> Result<(), DataError> {
+        if data.len() > MAX_BLOCK_BYTES {
+            return Err(DataError::TooLarge {
+                len: data.len(),
+                max: MAX_BLOCK_BYTES,
+            });
+        }
+        // The guard moves into the blocking task: if the caller goes away, the write
+        // still finishes (file and index entry) before another put of the block starts.
+        let guard = Arc::clone(&self.inner.locks[id.stripe()])
+            .lock_owned()
+            .await;
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let _guard = guard;
+            inner.put_blocking(id, &data, crc)
+        })
+        .await?
+    }
+
+    /// Reads `len` bytes at `offset` of a block (`len` 0: to the end), after
+    /// verifying the whole block's crc32c.
+    pub async fn get(&self, id: BlockId, offset: u32, len: u32) -> Result<BlockRead, DataError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.read(id, offset, len)).await?
+    }
+
+    /// Deletes blocks; absent ones are skipped. Returns how many were deleted.
+    pub async fn delete(&self, ids: Vec<BlockId>) -> Result<u64, DataError> {
+        let mut ids = ids;
+        ids.sort_unstable();
+        ids.dedup();
+        let mut deleted = 0;
+        for chunk in ids.chunks(DELETE_CHUNK) {
+            // Ascending stripe order: two deletes never wait on each other in a cycle,
+            // and a put holds only one stripe.
+            let mut stripes: Vec<usize> = chunk.iter().map(BlockId::stripe).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(Arc::clone(&self.inner.locks[s]).lock_owned().await);
+            }
+            let inner = Arc::clone(&self.inner);
+            let chunk = chunk.to_vec();
+            deleted += spawn_blocking(move || {
+                let _guards = guards;
+                inner.delete_blocking(&chunk)
+            })
+            .await??;
+        }
+        Ok(deleted)
+    }
+
+    /// Capacity, used bytes and block count.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            capacity_bytes: self.inner.capacity,
+            used_bytes: self.inner.used.load(Ordering::Relaxed),
+            blocks: self.inner.count.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The highest chain version recorded for every placement group.
+    pub async fn chain_versions(&self) -> Result<HashMap<u32, u64>, DataError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.load_chain_versions()).await?
+    }
+
+    /// Durably records `version` as the highest chain version of `group`.
+    pub async fn record_chain_version(&self, group: u32, version: u64) -> Result<(), DataError> {
+        self.inner
+            .commit(vec![IndexWrite::PutChain(group, version)])
+            .await
+    }
+
+    /// Where a block's file lives (tests damage it on purpose).
+    #[cfg(test)]
+    pub(crate) fn block_path(&self, id: BlockId) -> PathBuf {
+        block_path(&self.inner.blocks_dir, id)
+    }
+}
+
+fn block_path(blocks_dir: &Path, id: BlockId) -> PathBuf {
+    blocks_dir
+        .join(format!("{:02x}", id.dir()))
+        .join(id.to_string())
+}
+
+fn cf<'a>(db: &'a Db, name: &str) -> Result<&'a ColumnFamily, DataError> {
+    db.cf_handle(name)
+        .ok_or_else(|| DataError::Db(format!("column family {name} missing")))
+}
+
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, DataError> {
+    let blocks_dir = data_dir.join("blocks");
+    for d in 0..=255u8 {
+        fs::create_dir_all(blocks_dir.join(format!("{d:02x}")))?;
+    }
+    File::open(&blocks_dir)?.sync_all()?;
+
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let db = Db::open_cf(&opts, data_dir.join("index"), [CF_BLOCKS, CF_CHAINS])?;
+    let (used, count) = reconcile(&db, &blocks_dir)?;
+
+    let db = Arc::new(db);
+    let committer = Committer::start(Arc::clone(&db))?;
+    let (capacity, enforce_capacity) = match capacity_bytes {
+        0 => (FALLBACK_CAPACITY_BYTES, false),
+        n => (n, true),
+    };
+    Ok(BlockStore {
+        inner: Arc::new(Inner {
+            blocks_dir,
+            db,
+            capacity,
+            enforce_capacity,
+            used: AtomicU64::new(used),
+            count: AtomicU64::new(count),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| Arc::new(Mutex::new(())))
+                .collect(),
+            committer,
+        }),
+    })
+}
+
+/// Makes the index and the files agree; returns (used bytes, block count).
+fn reconcile(db: &Db, blocks_dir: &Path) -> Result<(u64, u64), DataError> {
+    let blocks = cf(db, CF_BLOCKS)?;
+    let mut known = HashSet::new();
+    let mut dropped = WriteBatch::default();
+    let mut dropped_count = 0u64;
+    let mut used = 0u64;
+    for item in db.iterator_cf(blocks, IteratorMode::Start) {
+        let (key, value) = item?;
+        let id = BlockId::from_key(&key)
+            .ok_or_else(|| DataError::Db(format!("corrupt index key {key:02x?}")))?;
+        let entry = IndexEntry::decode(id, &value)?;
+        match fs::metadata(block_path(blocks_dir, id)) {
+            Ok(meta) => {
+                if meta.len() != u64::from(entry.len) {
+                    // Kept: every read reports it, and a scrub or re-put repairs it.
+                    tracing::warn!(block = %id, "block file has the wrong length");
+                }
+                known.insert(id);
+                used += u64::from(entry.len);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(block = %id, "block file missing; dropping its index entry");
+                dropped.delete_cf(blocks, key);
+                dropped_count += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if dropped_count > 0 {
+        db.write_opt(dropped, &synced())?;
+    }
+
+    let mut removed = 0u64;
+    for dir in fs::read_dir(blocks_dir)? {
+        let dir = dir?;
+        let name = dir.file_name();
+        let is_block_dir = dir.file_type()?.is_dir()
+            && name.len() == 2
+            && name
+                .to_str()
+                .is_some_and(|n| u8::from_str_radix(n, 16).is_ok());
+        if !is_block_dir {
+            tracing::warn!(path = %dir.path().display(), "unexpected entry in blocks directory");
+            continue;
+        }
+        for file in fs::read_dir(dir.path())? {
+            let file = file?;
+            let path = file.path();
+            let keep = file
+                .file_name()
+                .to_str()
+                .and_then(BlockId::from_file_name)
+                .is_some_and(|id| known.contains(&id) && block_path(blocks_dir, id) == path);
+            if !keep {
+                tracing::info!(path = %path.display(), "removing unfinished block file");
+                if file.file_type()?.is_dir() {
+                    fs::remove_dir_all(&path)?;
+                } else {
+                    fs::remove_file(&path)?;
+                }
+                removed += 1;
+            }
+        }
+    }
+    let count = known.len() as u64;
+    tracing::info!(
+        blocks = count,
+        used_bytes = used,
+        dropped_entries = dropped_count,
+        removed_files = removed,
+        "block store opened"
+    );
+    Ok((used, count))
+}
+
+/// What `write_file` did.
+enum Written {
+    /// The same block was already stored.
+    Present,
+    /// The block's file was rewritten under its existing index entry.
+    Repaired,
+    /// A new file; its index entry still has to be committed.
+    New(IndexEntry),
+}
+
+impl Inner {
+    /// Called with the block's stripe held.
+    fn put_blocking(&self, id: BlockId, data: &[u8], crc: u32) -> Result<(), DataError> {
+        if let Written::New(entry) = self.write_file(id, data, crc)? {
+            self.commit_blocking(vec![IndexWrite::PutBlock(id, entry)])?;
+            self.used.fetch_add(u64::from(entry.len), Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn entry(&self, id: BlockId) -> Result<Option<IndexEntry>, DataError> {
+        let blocks = cf(&self.db, CF_BLOCKS)?;
+        match self.db.get_pinned_cf(blocks, id.key())? {
+            Some(v) => Ok(Some(IndexEntry::decode(id, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Verifies and writes a block file durably.
+    fn write_file(&self, id: BlockId, data: &[u8], crc: u32) -> Result<Written, DataError> {
+        let actual = crc32c::crc32c(data);
+        if actual != crc {
+            return Err(DataError::ChecksumMismatch {
+                block: id,
+                expected: crc,
+                actual,
+            });
+        }
+        let len = u32::try_from(data.len()).map_err(|_| DataError::TooLarge {
+            len: data.len(),
+            max: MAX_BLOCK_BYTES,
+        })?;
+        let entry = IndexEntry { len, crc };
+        let path = block_path(&self.blocks_dir, id);
+        let outcome = match self.entry(id)? {
+            Some(existing) if existing != entry => return Err(DataError::Conflict(id)),
+            // A retried put (rare) checks the stored copy, so re-putting a block
+            // also repairs a damaged or lost file.
+            Some(_) => match fs::read(&path) {
+                Ok(stored) if stored == data => return Ok(Written::Present),
+                Ok(_) => Written::Repaired,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Written::Repaired,
+                Err(e) => return Err(e.into()),
+            },
+            None => {
+                let used = self.used.load(Ordering::Relaxed);
+                if self.enforce_capacity && used.saturating_add(u64::from(len)) > self.capacity {
+                    return Err(DataError::NoSpace(format!(
+                        "{used} of {} bytes used, block needs {len}",
+                        self.capacity
+                    )));
+                }
+                Written::New(entry)
+            }
+        };
+        let tmp = path.with_file_name(format!("{id}.tmp"));
+        let result = write_durably(&tmp, &path, data);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        Ok(outcome)
+    }
+
+    fn read(&self, id: BlockId, offset: u32, len: u32) -> Result<BlockRead, DataError> {
+        let entry = self.entry(id)?.ok_or(DataError::NotFound(id))?;
+        let start = offset as usize;
+        let block_len = entry.len as usize;
+        let end = if len == 0 {
+            block_len
+        } else {
+            start.saturating_add(len as usize)
+        };
+        if start > block_len || end > block_len {
+            return Err(DataError::Invalid(format!(
+                "range {start}..{end} outside block {id} of {block_len} bytes"
+            )));
+        }
+        let data = match fs::read(block_path(&self.blocks_dir, id)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(block = %id, "indexed block file is missing");
+                return Err(DataError::NotFound(id));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let actual = crc32c::crc32c(&data);
+        if actual != entry.crc || data.len() != block_len {
+            tracing::warn!(block = %id, "block file fails its checksum");
+            return Err(DataError::ChecksumMismatch {
+                block: id,
+                expected: entry.crc,
+                actual,
+            });
+        }
+        Ok(BlockRead {
+            data: Bytes::from(data).slice(start..end),
+            block_crc32c: entry.crc,
+        })
+    }
+
+    /// Removes index entries, then files: a crash in between leaves files without
+    /// entries, which the next open removes. Called with the blocks' stripes held.
+    fn delete_blocking(&self, ids: &[BlockId]) -> Result<u64, DataError> {
+        let blocks = cf(&self.db, CF_BLOCKS)?;
+        let mut batch = WriteBatch::default();
+        let mut gone = Vec::new();
+        for &id in ids {
+            if let Some(entry) = self.entry(id)? {
+                batch.delete_cf(blocks, id.key());
+                gone.push((id, entry));
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.db.write(batch)?;
+        for (id, entry) in &gone {
+            match fs::remove_file(block_path(&self.blocks_dir, *id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(block = %id, error = %e, "removing block file failed"),
+            }
+            self.used.fetch_sub(u64::from(entry.len), Ordering::Relaxed);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(gone.len() as u64)
+    }
+
+    fn load_chain_versions(&self) -> Result<HashMap<u32, u64>, DataError> {
+        let chains = cf(&self.db, CF_CHAINS)?;
+        let mut versions = HashMap::new();
+        for item in self.db.iterator_cf(chains, IteratorMode::Start) {
+            let (key, value) = item?;
+            let group = <[u8; 4]>::try_from(&key[..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| DataError::Db(format!("corrupt chain key {key:02x?}")))?;
+            let version = <[u8; 8]>::try_from(&value[..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| DataError::Db(format!("corrupt chain version of group {group}")))?;
+            versions.insert(group, version);
+        }
+        Ok(versions)
+    }
+
+    fn send_commit(
+        &self,
+        writes: Vec<IndexWrite>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, DataError> {
+        let (done, wait) = oneshot::channel();
+        self.committer
+            .tx
+            .as_ref()
+            .ok_or_else(committer_stopped)?
+            .send(CommitRequest { writes, done })
+            .map_err(|_| committer_stopped())?;
+        Ok(wait)
+    }
+
+    /// Waits for a group commit from a blocking thread.
+    fn commit_blocking(&self, writes: Vec<IndexWrite>) -> Result<(), DataError> {
+        let wait = self.send_commit(writes)?;
+        wait.blocking_recv()
+            .map_err(|_| committer_stopped())?
+            .map_err(DataError::Db)
+    }
+
+    async fn commit(&self, writes: Vec<IndexWrite>) -> Result<(), DataError> {
+        let wait = self.send_commit(writes)?;
+        wait.await
+            .map_err(|_| committer_stopped())?
+            .map_err(DataError::Db)
+    }
+}
+
+fn committer_stopped() -> DataError {
+    DataError::Internal("index commit thread stopped".into())
+}
+
+/// Writes `data` to `tmp`, fdatasyncs it, renames it to `path` and syncs the
+/// directory so that the rename survives a crash.
+fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), DataError> {
+    let mut file = File::create(tmp)?;
+    file.write_all(data)?;
+    file.sync_data()?;
+    drop(file);
+    fs::rename(tmp, path)?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| DataError::Internal(format!("{} has no parent", path.display())))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+enum IndexWrite {
+    PutBlock(BlockId, IndexEntry),
+    PutChain(u32, u64),
+}
+
+struct CommitRequest {
+    writes: Vec<IndexWrite>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The group-commit thread: takes every commit request waiting when it wakes,
+/// writes them in one batch with one WAL sync, and answers them all.
+struct Committer {
+    tx: Option<mpsc::UnboundedSender<CommitRequest>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(db: Arc<Db>) -> Result<Committer, DataError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("datad-index-commit".into())
+            .spawn(move || commit_loop(&db, rx))?;
+        Ok(Committer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the channel ends the loop once the queued requests are written.
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("index commit thread panicked");
+            }
+        }
+    }
+}
+
+fn commit_loop(db: &Db, mut rx: mpsc::UnboundedReceiver<CommitRequest>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut requests = vec![first];
+        while requests.len() < MAX_COMMIT_BATCH {
+            match rx.try_recv() {
+                Ok(r) => requests.push(r),
+                Err(_) => break,
+            }
+        }
+        let result = write_commits(db, &requests).map_err(|e| e.to_string());
+        for r in requests {
+            // The requester may have gone away; the write stands either way.
+            let _ = r.done.send(result.clone());
+        }
+    }
+}
+
+fn write_commits(db: &Db, requests: &[CommitRequest]) -> Result<(), DataError> {
+    let blocks = cf(db, CF_BLOCKS)?;
+    let chains = cf(db, CF_CHAINS)?;
+    let mut batch = WriteBatch::default();
+    for write in requests.iter().flat_map(|r| &r.writes) {
+        match write {
+            IndexWrite::PutBlock(id, entry) => batch.put_cf(blocks, id.key(), entry.encode()),
+            IndexWrite::PutChain(group, version) => {
+                batch.put_cf(chains, group.to_be_bytes(), version.to_be_bytes())
+            }
+        }
+    }
+    db.write_opt(batch, &synced())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(seed: u8, len: usize) -> (Bytes, u32) {
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let crc = crc32c::crc32c(&data);
+        (Bytes::from(data), crc)
+    }
+
+    fn id(slice_id: u64, index: u32) -> BlockId {
+        BlockId { slice_id, index }
+    }
+
+    #[test]
+    fn file_names_round_trip_and_reject_strays() {
+        let b = id(0xdead_beef, 17);
+        assert_eq!(b.to_string(), "00000000deadbeef-17");
+        assert_eq!(BlockId::from_file_name(&b.to_string()), Some(b));
+        assert_eq!(BlockId::from_key(&b.key()), Some(b));
+        for stray in [
+            "00000000deadbeef-17.tmp",
+            "00000000DEADBEEF-17",
+            "00000000deadbeef-017",
+            "deadbeef-17",
+            "00000000deadbeef-",
+            "junk",
+        ] {
+            assert_eq!(BlockId::from_file_name(stray), None, "{stray}");
+        }
+    }
+
+    #[tokio::test]
+    async fn put_get_round_trip_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        let (data, crc) = block(1, MAX_BLOCK_BYTES);
+        store.put(id(7, 0), data.clone(), crc).await.unwrap();
+
+        let read = store.get(id(7, 0), 0, 0).await.unwrap();
+        assert_eq!(read.data, data);
+        assert_eq!(read.block_crc32c, crc);
+        let read = store.get(id(7, 0), 1000, 24).await.unwrap();
+        assert_eq!(&read.data[..], &data[1000..1024]);
+        let read = store.get(id(7, 0), 4096, 0).await.unwrap();
+        assert_eq!(&read.data[..], &data[4096..]);
+        let end = MAX_BLOCK_BYTES as u32;
+        assert!(store.get(id(7, 0), end, 0).await.unwrap().data.is_empty());
+        assert!(matches!(
+            store.get(id(7, 0), end - 10, 11).await,
+            Err(DataError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.get(id(7, 1), 0, 0).await,
+            Err(DataError::NotFound(b)) if b == id(7, 1)
+        ));
+        assert_eq!(
+            store.stats(),
+            StoreStats {
+                capacity_bytes: FALLBACK_CAPACITY_BYTES,
+                used_bytes: MAX_BLOCK_BYTES as u64,
+                blocks: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn put_is_idempotent_and_blocks_are_immutable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        let (data, crc) = block(2, 1000);
+        store.put(id(1, 0), data.clone(), crc).await.unwrap();
+        store.put(id(1, 0), data.clone(), crc).await.unwrap();
+        assert_eq!(store.stats().blocks, 1);
+        assert_eq!(store.stats().used_bytes, 1000);
+
+        let (other, other_crc) = block(3, 1000);
+        assert!(matches!(
+            store.put(id(1, 0), other, other_crc).await,
+            Err(DataError::Conflict(_))
+        ));
+        assert_eq!(store.get(id(1, 0), 0, 0).await.unwrap().data, data);
+
+        let (big, _) = block(4, MAX_BLOCK_BYTES + 1);
+        assert!(matches!(
+            store.put(id(1, 1), big, 0).await,
+            Err(DataError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn crc_mismatch_on_put_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        let (data, crc) = block(5, 4096);
+        let err = store.put(id(9, 3), data, crc ^ 1).await.unwrap_err();
+        assert!(
+            matches!(err, DataError::ChecksumMismatch { expected, actual, .. }
+                if expected == crc ^ 1 && actual == crc),
+            "{err}"
+        );
+        assert!(matches!(
+            store.get(id(9, 3), 0, 0).await,
+            Err(DataError::NotFound(_))
+        ));
+        assert!(!store.block_path(id(9, 3)).exists());
+        let dir_entries = fs::read_dir(store.block_path(id(9, 3)).parent().unwrap())
+            .unwrap()
+            .count();
+        assert_eq!(dir_entries, 0);
+        assert_eq!(store.stats().blocks, 0);
+    }
+
+    #[tokio::test]
+    async fn corrupted_file_is_detected_on_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        let (data, crc) = block(6, 8192);
+        store.put(id(3, 1), data.clone(), crc).await.unwrap();
+
+        let path = store.block_path(id(3, 1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[5000] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        for (offset, len) in [(0, 0), (0, 16), (6000, 100)] {
+            let err = store.get(id(3, 1), offset, len).await.unwrap_err();
+            assert!(
+                matches!(err, DataError::ChecksumMismatch { expected, .. } if expected == crc),
+                "{err}"
+            );
+        }
+        // Putting the right bytes again repairs the copy.
+        store.put(id(3, 1), data.clone(), crc).await.unwrap();
+        assert_eq!(store.get(id(3, 1), 0, 0).await.unwrap().data, data);
+        // A truncated file fails the same way, and is repaired the same way.
+        fs::write(&path, &data[..100]).unwrap();
+        assert!(matches!(
+            store.get(id(3, 1), 0, 10).await,
+            Err(DataError::ChecksumMismatch { .. })
+        ));
+        store.put(id(3, 1), data.clone(), crc).await.unwrap();
+        assert_eq!(store.get(id(3, 1), 0, 0).await.unwrap().data, data);
+        assert_eq!(store.stats().blocks, 1);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_blocks_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        for i in 0..4 {
+            let (data, crc) = block(i as u8, 100 + i as usize);
+            store.put(id(11, i), data, crc).await.unwrap();
+        }
+        let deleted = store
+            .delete(vec![id(11, 0), id(11, 2), id(11, 2), id(99, 0)])
+            .await
+            .unwrap();
+        assert_eq!(deleted, 2);
+        assert!(matches!(
+            store.get(id(11, 0), 0, 0).await,
+            Err(DataError::NotFound(_))
+        ));
+        assert!(!store.block_path(id(11, 2)).exists());
+        assert_eq!(store.get(id(11, 1), 0, 0).await.unwrap().data.len(), 101);
+        assert_eq!(
+            store.stats(),
+            StoreStats {
+                capacity_bytes: FALLBACK_CAPACITY_BYTES,
+                used_bytes: 101 + 103,
+                blocks: 2
+            }
+        );
+        assert_eq!(store.delete(vec![id(11, 0)]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_blocks_and_drops_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_crc) = block(7, 3000);
+        let (b, b_crc) = block(8, 4000);
+        let (stray_path, tmp_path, lost_path);
+        {
+            let store = BlockStore::open(dir.path(), 0).await.unwrap();
+            store.put(id(21, 0), a.clone(), a_crc).await.unwrap();
+            store.put(id(21, 1), b.clone(), b_crc).await.unwrap();
+            store.record_chain_version(4, 9).await.unwrap();
+            // A file that never got its index entry, and a half-written temp file.
+            stray_path = store.block_path(id(22, 0));
+            fs::write(&stray_path, b"unfinished").unwrap();
+            tmp_path = store
+                .block_path(id(22, 1))
+                .with_file_name("0000000000000016-1.tmp");
+            fs::write(&tmp_path, b"partial").unwrap();
+            // An indexed block whose file was lost.
+            lost_path = store.block_path(id(21, 1));
+            fs::remove_file(&lost_path).unwrap();
+        }
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        assert_eq!(store.get(id(21, 0), 0, 0).await.unwrap().data, a);
+        assert!(matches!(
+            store.get(id(21, 1), 0, 0).await,
+            Err(DataError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.get(id(22, 0), 0, 0).await,
+            Err(DataError::NotFound(_))
+        ));
+        assert!(!stray_path.exists());
+        assert!(!tmp_path.exists());
+        assert_eq!(store.stats().blocks, 1);
+        assert_eq!(store.stats().used_bytes, 3000);
+        assert_eq!(store.chain_versions().await.unwrap().get(&4), Some(&9));
+        // The dropped block can be written again.
+        store.put(id(21, 1), b.clone(), b_crc).await.unwrap();
+        assert_eq!(store.get(id(21, 1), 0, 0).await.unwrap().data, b);
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_are_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u32 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let (data, crc) = block(i as u8, 1024 + i as usize);
+                store.put(id(u64::from(i % 8), i), data, crc).await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        drop(store);
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        assert_eq!(store.stats().blocks, 64);
+        for i in 0..64u32 {
+            let (data, _) = block(i as u8, 1024 + i as usize);
+            let read = store.get(id(u64::from(i % 8), i), 0, 0).await.unwrap();
+            assert_eq!(read.data, data);
+        }
+    }
+
+    #[tokio::test]
+    async fn configured_capacity_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 1500).await.unwrap();
+        let (a, a_crc) = block(1, 1000);
+        store.put(id(1, 0), a.clone(), a_crc).await.unwrap();
+        let (b, b_crc) = block(2, 1000);
+        assert!(matches!(
+            store.put(id(1, 1), b, b_crc).await,
+            Err(DataError::NoSpace(_))
+        ));
+        // Re-putting a stored block needs no space.
+        store.put(id(1, 0), a, a_crc).await.unwrap();
+        assert_eq!(store.stats().capacity_bytes, 1500);
+    }
+}

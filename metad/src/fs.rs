@@ -1,0 +1,982 @@
+//! Namespace commands and how a shard applies them.
+//!
+//! Every command here touches one shard only and is applied atomically (one
+//! RocksDB batch per Raft entry). Operations that span shards are split into
+//! these steps by the coordinator in `node.rs`. Invariants kept per shard:
+//! a directory's entries and its files' inodes live on the directory's shard;
+//! a directory's nlink is 2 + its subdirectories; an inode whose nlink drops to 0
+//! is deleted and its slices are queued for block deletion.
+
+use cairn_proto::ids::ino_shard;
+use cairn_proto::ids::make_ino;
+use cairn_proto::ids::CHUNK_SIZE;
+use cairn_proto::ids::ROOT_INO;
+use cairn_proto::name::validate_name;
+use cairn_proto::name::PATH_MAX;
+use cairn_proto::status::*;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::MetaError;
+use crate::kv::key;
+use crate::kv::Txn;
+use crate::types::Errno;
+
+/// Longest xattr value.
+pub const XATTR_VALUE_MAX: usize = 64 << 10;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+/// An inode record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Inode {
+    pub kind: Kind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub rdev: u32,
+    /// Directories: the parent directory.
+    pub parent: u64,
+    /// A directory being removed by a cross-shard rmdir accepts no new entries.
+    pub removing: bool,
+}
+
+/// What a directory entry points at.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// A slice of a chunk; see `Slice` in the proto.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceRec {
+    pub slice_id: u64,
+    pub pos: u32,
+    pub len: u32,
+    pub off: u32,
+    pub size: u32,
+}
+
+/// Attribute changes; `None` leaves a field alone.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SetAttrs {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<i64>,
+    pub mtime: Option<i64>,
+}
+
+/// How `PutEntry` treats an existing name.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with EEXIST.
+    MustNotExist,
+    /// Replace what is there (rename semantics).
+    Replace,
+    /// The name must exist and point at `expect`; it is swapped (RENAME_EXCHANGE).
+    Exchange { expect: u64 },
+}
+
+/// rename(2) flags.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    Replace,
+    NoReplace,
+    Exchange,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum FsCommand {
+    /// Creates the root directory on shard 1 if missing.
+    InitRoot {
+        now: i64,
+    },
+    /// Creates a file, node, symlink or (same-shard) directory and its entry.
+    Create {
+        parent: u64,
+        name: Vec<u8>,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        target: Option<Vec<u8>>,
+        now: i64,
+    },
+    /// Allocates a directory inode with no entry yet (cross-shard mkdir, step 1).
+    NewDir {
+        parent: u64,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        now: i64,
+    },
+    /// Adds or replaces an entry; answers the entry it replaced.
+    PutEntry {
+        parent: u64,
+        name: Vec<u8>,
+        entry: Entry,
+        mode: PutMode,
+        now: i64,
+    },
+    /// Removes an entry that must point at `expect`.
+    DelEntry {
+        parent: u64,
+        name: Vec<u8>,
+        expect: u64,
+        now: i64,
+    },
+    /// Removes a non-directory entry; a local inode loses a link.
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+        now: i64,
+    },
+    /// Removes an empty directory whose inode is local.
+    Rmdir {
+        parent: u64,
+        name: Vec<u8>,
+        now: i64,
+    },
+    /// Changes a local inode's link count; it is deleted at 0.
+    AdjustNlink {
+        ino: u64,
+        delta: i32,
+        now: i64,
+    },
+    /// Marks an empty directory as being removed (ENOTEMPTY otherwise), or clears the mark.
+    MarkRemoving {
+        ino: u64,
+        on: bool,
+    },
+    /// Deletes a directory inode marked as being removed.
+    DropDir {
+        ino: u64,
+    },
+    /// Points a directory's `..` at a new parent.
+    SetParent {
+        ino: u64,
+        parent: u64,
+        now: i64,
+    },
+    /// rename(2) where both parents are on this shard.
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+        now: i64,
+    },
+    SetAttr {
+        ino: u64,
+        set: SetAttrs,
+        now: i64,
+    },
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+        now: i64,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+        now: i64,
+    },
+    /// Appends written slices to a file's chunks and extends its length.
+    Commit {
+        ino: u64,
+        chunks: Vec<(u32, Vec<SliceRec>)>,
+        length: u64,
+        mtime: i64,
+    },
+}
+
+/// What a command answers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Reply {
+    None,
+    Attr {
+        ino: u64,
+        inode: Inode,
+    },
+    /// The entry replaced or removed, if any.
+    Entry(Option<Entry>),
+    /// rename: the entry moved and the one it replaced or exchanged with.
+    Renamed {
+        moved: Entry,
+        replaced: Option<Entry>,
+    },
+    /// Slice ids [first, first + count).
+    SliceIds {
+        first: u64,
+        count: u32,
+    },
+}
+
+type FsResult = Result<Reply, MetaError>;
+
+fn err(errno: i32, message: &str) -> MetaError {
+    MetaError::Fs(Errno::new(errno, message))
+}
+
+pub fn inode_key(ino: u64) -> Vec<u8> {
+    key(b'i', &[&ino.to_be_bytes()])
+}
+pub fn dentry_prefix(parent: u64) -> Vec<u8> {
+    key(b'd', &[&parent.to_be_bytes()])
+}
+pub fn dentry_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    key(b'd', &[&parent.to_be_bytes(), name])
+}
+pub fn chunk_prefix(ino: u64) -> Vec<u8> {
+    key(b'c', &[&ino.to_be_bytes()])
+}
+pub fn chunk_key(ino: u64, chunk: u32) -> Vec<u8> {
+    key(b'c', &[&ino.to_be_bytes(), &chunk.to_be_bytes()])
+}
+pub fn xattr_prefix(ino: u64) -> Vec<u8> {
+    key(b'x', &[&ino.to_be_bytes()])
+}
+pub fn xattr_key(ino: u64, name: &[u8]) -> Vec<u8> {
+    key(b'x', &[&ino.to_be_bytes(), name])
+}
+pub fn symlink_key(ino: u64) -> Vec<u8> {
+    key(b'l', &[&ino.to_be_bytes()])
+}
+fn gc_key(slice_id: u64) -> Vec<u8> {
+    key(b'q', &[&slice_id.to_be_bytes()])
+}
+const NEXT_INO_KEY: &[u8] = b"nino";
+
+pub fn get_inode(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
+    txn.get_as(&inode_key(ino))?
+        .ok_or_else(|| err(ENOENT, "no such inode"))
+}
+
+pub fn get_entry(txn: &Txn, parent: u64, name: &[u8]) -> Result<Option<Entry>, MetaError> {
+    txn.get_as(&dentry_key(parent, name))
+}
+
+fn put_inode(txn: &mut Txn, ino: u64, inode: &Inode) -> Result<(), MetaError> {
+    txn.put_as(inode_key(ino), inode)
+}
+
+fn is_local(txn: &Txn, ino: u64) -> bool {
+    ino_shard(ino) == txn.shard()
+}
+
+/// A directory on this shard that accepts changes to its entries.
+fn parent_dir(txn: &Txn, parent: u64) -> Result<Inode, MetaError> {
+    if !is_local(txn, parent) {
+        return Err(MetaError::Invalid(format!(
+            "directory {parent:#x} is not on shard {}",
+            txn.shard()
+        )));
+    }
+    let dir = get_inode(txn, parent)?;
+    if dir.kind != Kind::Dir {
+        return Err(err(ENOTDIR, "not a directory"));
+    }
+    Ok(dir)
+}
+
+fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
+    let first = if txn.shard() == ino_shard(ROOT_INO) {
+        2
+    } else {
+        1
+    };
+    let next: u64 = txn.get_as(NEXT_INO_KEY)?.unwrap_or(first);
+    txn.put_as(NEXT_INO_KEY.to_vec(), &(next + 1))?;
+    Ok(make_ino(txn.shard(), next))
+}
+
+fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -> Inode {
+    Inode {
+        kind,
+        perm: perm & 0o7777,
+        uid,
+        gid,
+        size: 0,
+        nlink: if kind == Kind::Dir { 2 } else { 1 },
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: 0,
+        parent: if kind == Kind::Dir { parent } else { 0 },
+        removing: false,
+    }
+}
+
+/// Adds `entry` under `parent` (which must be local and open for changes) and
+/// keeps the parent's nlink and times right.
+fn link_into(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) -> FsResult {
+    let mut dir = parent_dir(txn, parent)?;
+    if dir.removing {
+        return Err(err(ENOENT, "directory is being removed"));
+    }
+    txn.put_as(dentry_key(parent, name), &entry)?;
+    if entry.kind == Kind::Dir {
+        dir.nlink += 1;
+    }
+    dir.mtime = now;
+    dir.ctime = now;
+    put_inode(txn, parent, &dir)?;
+    Ok(Reply::None)
+}
+
+fn unlink_from(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) -> FsResult {
+    let mut dir = parent_dir(txn, parent)?;
+    txn.delete(dentry_key(parent, name));
+    if entry.kind == Kind::Dir {
+        dir.nlink = dir.nlink.saturating_sub(1);
+    }
+    dir.mtime = now;
+    dir.ctime = now;
+    put_inode(txn, parent, &dir)?;
+    Ok(Reply::None)
+}
+
+fn dir_is_empty(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
+    Ok(txn.scan(&dentry_prefix(ino), b"", 1)?.is_empty())
+}
+
+/// Drops one link of a local inode, deleting it at zero.
+fn drop_link(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
+    let mut inode = get_inode(txn, ino)?;
+    inode.nlink = inode.nlink.saturating_sub(1);
+    inode.ctime = now;
+    if inode.nlink == 0 || inode.kind == Kind::Dir {
+        delete_inode(txn, ino)
+    } else {
+        put_inode(txn, ino, &inode)
+    }
+}
+
+/// Removes an inode with its xattrs, symlink target and chunks; its slices go to
+/// the block-deletion queue.
+fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
+    txn.delete(inode_key(ino));
+    txn.delete(symlink_key(ino));
+    for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
+        txn.delete(k);
+    }
+    for (k, v) in txn.scan(&chunk_prefix(ino), b"", usize::MAX)? {
+        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
+        for s in slices.iter().filter(|s| s.slice_id != 0) {
+            txn.put_as(gc_key(s.slice_id), &s.size)?;
+        }
+        txn.delete(k);
+    }
+    Ok(())
+}
+
+/// Applies one namespace command.
+pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
+    match cmd {
+        FsCommand::InitRoot { now } => {
+            if txn.get(&inode_key(ROOT_INO))?.is_none() && txn.shard() == ino_shard(ROOT_INO) {
+                let root = new_inode(Kind::Dir, 0o755, 0, 0, ROOT_INO, *now);
+                put_inode(txn, ROOT_INO, &root)?;
+            }
+            Ok(Reply::None)
+        }
+        FsCommand::Create {
+            parent,
+            name,
+            kind,
+            perm,
+            rdev,
+            uid,
+            gid,
+            exclusive,
+            target,
+            now,
+        } => {
+            validate_name(name)?;
+            parent_dir(txn, *parent)?;
+            if let Some(existing) = get_entry(txn, *parent, name)? {
+                if *exclusive || *kind != Kind::File || existing.kind != Kind::File {
+                    return Err(err(EEXIST, "file exists"));
+                }
+                let inode = get_inode(txn, existing.ino)?;
+                return Ok(Reply::Attr {
+                    ino: existing.ino,
+                    inode,
+                });
+            }
+            let ino = alloc_ino(txn)?;
+            let mut inode = new_inode(*kind, *perm, *uid, *gid, *parent, *now);
+            inode.rdev = *rdev;
+            if let Some(target) = target {
+                if target.is_empty() || target.len() > PATH_MAX || target.contains(&0) {
+                    return Err(err(EINVAL, "invalid symlink target"));
+                }
+                inode.size = target.len() as u64;
+                txn.put(symlink_key(ino), target.clone());
+            }
+            put_inode(txn, ino, &inode)?;
+            link_into(txn, *parent, name, Entry { ino, kind: *kind }, *now)?;
+            Ok(Reply::Attr { ino, inode })
+        }
+        FsCommand::NewDir {
+            parent,
+            perm,
+            uid,
+            gid,
+            now,
+        } => {
+            let ino = alloc_ino(txn)?;
+            let inode = new_inode(Kind::Dir, *perm, *uid, *gid, *parent, *now);
+            put_inode(txn, ino, &inode)?;
+            Ok(Reply::Attr { ino, inode })
+        }
+        FsCommand::PutEntry {
+            parent,
+            name,
+            entry,
+            mode,
+            now,
+        } => {
+            validate_name(name)?;
+            let old = get_entry(txn, *parent, name)?;
+            match (mode, old) {
+                (PutMode::MustNotExist, Some(_)) => return Err(err(EEXIST, "file exists")),
+                (PutMode::Exchange { .. }, None) => return Err(err(ENOENT, "no such entry")),
+                (PutMode::Exchange { expect }, Some(old)) if old.ino != *expect => {
+                    return Err(err(EAGAIN, "entry changed during rename"))
+                }
+                _ => {}
+            }
+            if let Some(old) = old {
+                unlink_from(txn, *parent, name, old, *now)?;
+            }
+            link_into(txn, *parent, name, *entry, *now)?;
+            Ok(Reply::Entry(old))
+        }
+        FsCommand::DelEntry {
+            parent,
+            name,
+            expect,
+            now,
+        } => match get_entry(txn, *parent, name)? {
+            Some(entry) if entry.ino == *expect => {
+                unlink_from(txn, *parent, name, entry, *now)?;
+                Ok(Reply::Entry(Some(entry)))
+            }
+            Some(_) => Err(err(EAGAIN, "entry changed during the operation")),
+            None => Err(err(ENOENT, "no such entry")),
+        },
+        FsCommand::Unlink { parent, name, now } => {
+            let entry =
+                get_entry(txn, *parent, name)?.ok_or_else(|| err(ENOENT, "no such file"))?;
+            if entry.kind == Kind::Dir {
+                return Err(err(EISDIR, "is a directory"));
+            }
+            unlink_from(txn, *parent, name, entry, *now)?;
+            if is_local(txn, entry.ino) {
+                drop_link(txn, entry.ino, *now)?;
+            }
+            Ok(Reply::Entry(Some(entry)))
+        }
+        FsCommand::Rmdir { parent, name, now } => {
+            let entry =
+                get_entry(txn, *parent, name)?.ok_or_else(|| err(ENOENT, "no such directory"))?;
+            if entry.kind != Kind::Dir {
+                return Err(err(ENOTDIR, "not a directory"));
+            }
+            if !is_local(txn, entry.ino) {
+                return Err(MetaError::Invalid(
+                    "directory inode is on another shard".into(),
+                ));
+            }
+            if !dir_is_empty(txn, entry.ino)? {
+                return Err(err(ENOTEMPTY, "directory not empty"));
+            }
+            unlink_from(txn, *parent, name, entry, *now)?;
+            delete_inode(txn, entry.ino)?;
+            Ok(Reply::Entry(Some(entry)))
+        }
+        FsCommand::AdjustNlink { ino, delta, now } => {
+            let mut inode = get_inode(txn, *ino)?;
+            if *delta < 0 {
+                for _ in 0..delta.unsigned_abs() {
+                    drop_link(txn, *ino, *now)?;
+                    if txn.get(&inode_key(*ino))?.is_none() {
+                        break;
+                    }
+                }
+                return Ok(Reply::None);
+            }
+            if inode.kind == Kind::Dir {
+                return Err(err(EPERM, "cannot link a directory"));
+            }
+            inode.nlink = inode.nlink.saturating_add(delta.unsigned_abs());
+            inode.ctime = *now;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
+        }
+        FsCommand::MarkRemoving { ino, on } => {
+            let mut inode = get_inode(txn, *ino)?;
+            if inode.kind != Kind::Dir {
+                return Err(err(ENOTDIR, "not a directory"));
+            }
+            if *on && !dir_is_empty(txn, *ino)? {
+                return Err(err(ENOTEMPTY, "directory not empty"));
+            }
+            inode.removing = *on;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::None)
+        }
+        FsCommand::DropDir { ino } => {
+            if let Some(inode) = txn.get_as::<Inode>(&inode_key(*ino))? {
+                if !inode.removing {
+                    return Err(err(EAGAIN, "directory is not marked for removal"));
+                }
+                delete_inode(txn, *ino)?;
+            }
+            Ok(Reply::None)
+        }
+        FsCommand::SetParent { ino, parent, now } => {
+            let mut inode = get_inode(txn, *ino)?;
+            inode.parent = *parent;
+            inode.ctime = *now;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::None)
+        }
+        FsCommand::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            mode,
+            now,
+        } => rename(txn, *parent, name, *new_parent, new_name, *mode, *now),
+        FsCommand::SetAttr { ino, set, now } => set_attr(txn, *ino, set, *now),
+        FsCommand::SetXattr {
+            ino,
+            name,
+            value,
+            flags,
+            now,
+        } => {
+            if name.is_empty() || name.len() > 255 || name.contains(&0) {
+                return Err(err(ERANGE, "invalid xattr name"));
+            }
+            if value.len() > XATTR_VALUE_MAX {
+                return Err(err(ERANGE, "xattr value too large"));
+            }
+            let mut inode = get_inode(txn, *ino)?;
+            let exists = txn.get(&xattr_key(*ino, name))?.is_some();
+            match flags {
+                1 if exists => return Err(err(EEXIST, "xattr exists")),
+                2 if !exists => return Err(err(ENODATA, "no such xattr")),
+                0..=2 => {}
+                _ => return Err(err(EINVAL, "invalid xattr flags")),
+            }
+            txn.put(xattr_key(*ino, name), value.clone());
+            inode.ctime = *now;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::None)
+        }
+        FsCommand::RemoveXattr { ino, name, now } => {
+            let mut inode = get_inode(txn, *ino)?;
+            if txn.get(&xattr_key(*ino, name))?.is_none() {
+                return Err(err(ENODATA, "no such xattr"));
+            }
+            txn.delete(xattr_key(*ino, name));
+            inode.ctime = *now;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::None)
+        }
+        FsCommand::Commit {
+            ino,
+            chunks,
+            length,
+            mtime,
+        } => {
+            let mut inode = get_inode(txn, *ino)?;
+            if inode.kind != Kind::File {
+                return Err(err(EISDIR, "not a regular file"));
+            }
+            for (chunk, slices) in chunks {
+                let k = chunk_key(*ino, *chunk);
+                let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
+                for s in slices {
+                    if u64::from(s.pos) + u64::from(s.len) > CHUNK_SIZE
+                        || u64::from(s.off) + u64::from(s.len) > u64::from(s.size)
+                    {
+                        return Err(err(EINVAL, "slice out of bounds"));
+                    }
+                }
+                list.extend_from_slice(slices);
+                txn.put_as(k, &list)?;
+            }
+            inode.size = inode.size.max(*length);
+            inode.mtime = *mtime;
+            inode.ctime = *mtime;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
+        }
+    }
+}
+
+fn set_attr(txn: &mut Txn, ino: u64, set: &SetAttrs, now: i64) -> FsResult {
+    let mut inode = get_inode(txn, ino)?;
+    if let Some(perm) = set.perm {
+        inode.perm = perm & 0o7777;
+    }
+    if let Some(uid) = set.uid {
+        inode.uid = uid;
+    }
+    if let Some(gid) = set.gid {
+        inode.gid = gid;
+    }
+    if let Some(atime) = set.atime {
+        inode.atime = atime;
+    }
+    if let Some(mtime) = set.mtime {
+        inode.mtime = mtime;
+    }
+    if let Some(size) = set.size {
+        match inode.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(err(EISDIR, "is a directory")),
+            _ => return Err(err(EINVAL, "not a regular file")),
+        }
+        if size < inode.size {
+            truncate_chunks(txn, ino, size)?;
+        }
+        inode.size = size;
+        if set.mtime.is_none() {
+            inode.mtime = now;
+        }
+    }
+    inode.ctime = now;
+    put_inode(txn, ino, &inode)?;
+    Ok(Reply::Attr { ino, inode })
+}
+
+/// Shrinks a file's chunks to `size`: whole chunks past it are dropped (their
+/// slices queued for deletion once no chunk refers to them), and the chunk it
+/// falls in gets a hole over the cut-off tail, so extending the file later reads
+/// zeros.
+fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> {
+    let first_dropped = size.div_ceil(CHUNK_SIZE);
+    let mut kept = std::collections::HashSet::new();
+    let mut dropped = Vec::new();
+    for (k, v) in txn.scan(&chunk_prefix(ino), b"", usize::MAX)? {
+        let chunk = u32::from_be_bytes(
+            k[9..13]
+                .try_into()
+                .map_err(|_| MetaError::Storage("malformed chunk key".into()))?,
+        );
+        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
+        if u64::from(chunk) >= first_dropped {
+            dropped.extend(slices.iter().map(|s| (s.slice_id, s.size)));
+            txn.delete(k);
+        } else {
+            kept.extend(slices.iter().map(|s| s.slice_id));
+            if u64::from(chunk) == size / CHUNK_SIZE {
+                let pos = (size % CHUNK_SIZE) as u32;
+                let hole_len = (CHUNK_SIZE as u32) - pos;
+                let mut slices = slices;
+                slices.push(SliceRec {
+                    slice_id: 0,
+                    pos,
+                    len: hole_len,
+                    off: 0,
+                    size: hole_len,
+                });
+                txn.put_as(k, &slices)?;
+            }
+        }
+    }
+    for (slice_id, slice_size) in dropped {
+        if slice_id != 0 && !kept.contains(&slice_id) {
+            txn.put_as(gc_key(slice_id), &slice_size)?;
+        }
+    }
+    Ok(())
+}
+
+fn rename(
+    txn: &mut Txn,
+    parent: u64,
+    name: &[u8],
+    new_parent: u64,
+    new_name: &[u8],
+    mode: RenameMode,
+    now: i64,
+) -> FsResult {
+    validate_name(name)?;
+    validate_name(new_name)?;
+    parent_dir(txn, parent)?;
+    let dst_dir = parent_dir(txn, new_parent)?;
+    let src = get_entry(txn, parent, name)?.ok_or_else(|| err(ENOENT, "no such file"))?;
+    let dst = get_entry(txn, new_parent, new_name)?;
+    if dst_dir.removing {
+        return Err(err(ENOENT, "directory is being removed"));
+    }
+    match (mode, dst) {
+        (RenameMode::NoReplace, Some(_)) => return Err(err(EEXIST, "file exists")),
+        (RenameMode::Exchange, None) => return Err(err(ENOENT, "no such file")),
+        _ => {}
+    }
+    if let Some(dst) = dst {
+        if dst.ino == src.ino {
+            // Same inode (or the same entry): POSIX says do nothing.
+            return Ok(Reply::Renamed {
+                moved: src,
+                replaced: None,
+            });
+        }
+        if mode == RenameMode::Replace {
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return Err(err(ENOTDIR, "not a directory")),
+                (false, true) => return Err(err(EISDIR, "is a directory")),
+                // A target directory on another shard was checked empty and marked
+                // by the coordinator before this command.
+                (true, true) if is_local(txn, dst.ino) && !dir_is_empty(txn, dst.ino)? => {
+                    return Err(err(ENOTEMPTY, "directory not empty"))
+                }
+                _ => {}
+            }
+        }
+    }
+    unlink_from(txn, parent, name, src, now)?;
+    if let Some(dst) = dst {
+        unlink_from(txn, new_parent, new_name, dst, now)?;
+    }
+    link_into(txn, new_parent, new_name, src, now)?;
+    let replaced = dst;
+    match (mode, dst) {
+        (RenameMode::Exchange, Some(dst)) => {
+            link_into(txn, parent, name, dst, now)?;
+            if dst.kind == Kind::Dir && is_local(txn, dst.ino) {
+                apply(
+                    txn,
+                    &FsCommand::SetParent {
+                        ino: dst.ino,
+                        parent,
+                        now,
+                    },
+                )?;
+            }
+        }
+        (_, Some(dst)) if is_local(txn, dst.ino) => {
+            if dst.kind == Kind::Dir {
+                delete_inode(txn, dst.ino)?;
+            } else {
+                drop_link(txn, dst.ino, now)?;
+            }
+        }
+        _ => {}
+    }
+    if is_local(txn, src.ino) {
+        let mut inode = get_inode(txn, src.ino)?;
+        inode.ctime = now;
+        if src.kind == Kind::Dir {
+            inode.parent = new_parent;
+        }
+        put_inode(txn, src.ino, &inode)?;
+    }
+    Ok(Reply::Renamed {
+        moved: src,
+        replaced,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::open_db;
+
+    fn run(db: &rocksdb::DB, shard: u32, cmd: FsCommand) -> FsResult {
+        let mut txn = Txn::new(db, shard);
+        let out = apply(&mut txn, &cmd)?;
+        db.write(txn.into_batch()?)?;
+        Ok(out)
+    }
+
+    fn create(db: &rocksdb::DB, parent: u64, name: &str, kind: Kind) -> FsResult {
+        run(
+            db,
+            1,
+            FsCommand::Create {
+                parent,
+                name: name.as_bytes().to_vec(),
+                kind,
+                perm: 0o644,
+                rdev: 0,
+                uid: 0,
+                gid: 0,
+                exclusive: true,
+                target: None,
+                now: 1,
+            },
+        )
+    }
+
+    fn attr(reply: Reply) -> (u64, Inode) {
+        match reply {
+            Reply::Attr { ino, inode } => (ino, inode),
+            other => panic!("expected attr, got {other:?}"),
+        }
+    }
+
+    fn errno(r: FsResult) -> i32 {
+        match r {
+            Err(MetaError::Fs(e)) => e.errno,
+            other => panic!("expected errno, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn namespace_basics() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let (d, _) = attr(create(&db, ROOT_INO, "d", Kind::Dir).unwrap());
+        let (f, _) = attr(create(&db, d, "f", Kind::File).unwrap());
+        assert_eq!(errno(create(&db, d, "f", Kind::File)), EEXIST);
+        assert_eq!(errno(create(&db, d, "..", Kind::File)), EINVAL);
+        let txn = Txn::new(&db, 1);
+        assert_eq!(get_inode(&txn, ROOT_INO).unwrap().nlink, 3);
+        assert_eq!(get_entry(&txn, d, b"f").unwrap().unwrap().ino, f);
+        drop(txn);
+        let rmdir = FsCommand::Rmdir {
+            parent: ROOT_INO,
+            name: b"d".to_vec(),
+            now: 2,
+        };
+        assert_eq!(errno(run(&db, 1, rmdir.clone())), ENOTEMPTY);
+        // Hard link, then rename over it within the directory.
+        run(
+            &db,
+            1,
+            FsCommand::AdjustNlink {
+                ino: f,
+                delta: 1,
+                now: 2,
+            },
+        )
+        .unwrap();
+        run(
+            &db,
+            1,
+            FsCommand::PutEntry {
+                parent: d,
+                name: b"g".to_vec(),
+                entry: Entry {
+                    ino: f,
+                    kind: Kind::File,
+                },
+                mode: PutMode::MustNotExist,
+                now: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(get_inode(&Txn::new(&db, 1), f).unwrap().nlink, 2);
+        let (h, _) = attr(create(&db, d, "h", Kind::File).unwrap());
+        run(
+            &db,
+            1,
+            FsCommand::Rename {
+                parent: d,
+                name: b"h".to_vec(),
+                new_parent: d,
+                new_name: b"g".to_vec(),
+                mode: RenameMode::Replace,
+                now: 3,
+            },
+        )
+        .unwrap();
+        let txn = Txn::new(&db, 1);
+        assert_eq!(get_entry(&txn, d, b"g").unwrap().unwrap().ino, h);
+        assert_eq!(get_inode(&txn, f).unwrap().nlink, 1);
+        drop(txn);
+        for name in ["f", "g"] {
+            run(
+                &db,
+                1,
+                FsCommand::Unlink {
+                    parent: d,
+                    name: name.as_bytes().to_vec(),
+                    now: 4,
+                },
+            )
+            .unwrap();
+        }
+        assert!(get_inode(&Txn::new(&db, 1), f).is_err());
+        run(&db, 1, rmdir).unwrap();
+        assert_eq!(get_inode(&Txn::new(&db, 1), ROOT_INO).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn truncate_leaves_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let (f, _) = attr(create(&db, ROOT_INO, "f", Kind::File).unwrap());
+        let slice = SliceRec {
+            slice_id: 9,
+            pos: 0,
+            len: 1000,
+            off: 0,
+            size: 1000,
+        };
+        run(
+            &db,
+            1,
+            FsCommand::Commit {
+                ino: f,
+                chunks: vec![(0, vec![slice])],
+                length: 1000,
+                mtime: 5,
+            },
+        )
+        .unwrap();
+        let set = SetAttrs {
+            size: Some(10),
+            ..Default::default()
+        };
+        let (_, inode) = attr(
+            run(
+                &db,
+                1,
+                FsCommand::SetAttr {
+                    ino: f,
+                    set,
+                    now: 6,
+                },
+            )
+            .unwrap(),
+        );
+        assert_eq!(inode.size, 10);
+        let slices: Vec<SliceRec> = Txn::new(&db, 1).get_as(&chunk_key(f, 0)).unwrap().unwrap();
+        assert_eq!(slices.len(), 2);
+        assert_eq!((slices[1].slice_id, slices[1].pos), (0, 10));
+    }
+}

@@ -1,0 +1,198 @@
+//! Key layout of one process's RocksDB and a small transaction over it.
+//!
+//! One DB per metad process with three column families:
+//! - `log`: Raft log entries, key = shard (4 bytes BE) + index (8 bytes BE);
+//! - `raft`: per-shard vote, committed id, last purged id and current snapshot;
+//! - `sm`: state-machine data, key = shard (4 bytes BE) + logical key.
+//!
+//! Logical state-machine keys (all integers big-endian so scans are ordered):
+//! `i<ino>` inode, `d<parent><name>` dentry, `c<ino><chunk>` slices of a chunk,
+//! `x<ino><name>` xattr, `l<ino>` symlink target, `r<client><seq><step>` remembered
+//! replies, `q<slice>` slices waiting for block deletion, `m…` applied state,
+//! `n…` counters, `N<id>` data nodes and `G<id>` placement groups (shard 0).
+//!
+//! A [`Txn`] stages writes over the DB so one command sees its own writes, and
+//! turns into one atomic `WriteBatch`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::Options;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+
+use crate::error::MetaError;
+use cairn_proto::ids::ShardId;
+
+pub const CF_LOG: &str = "log";
+pub const CF_RAFT: &str = "raft";
+pub const CF_SM: &str = "sm";
+
+/// Opens (or creates) the process's RocksDB.
+pub fn open_db(path: &Path) -> Result<Arc<DB>, MetaError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_RAFT, CF_SM]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    Ok(Arc::new(db))
+}
+
+/// `shard` prefix followed by `key`.
+pub fn shard_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Builds a logical key from a tag byte and parts.
+pub fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![tag];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, MetaError> {
+    db.cf_handle(name)
+        .ok_or_else(|| MetaError::Storage(format!("missing column family {name}")))
+}
+
+/// Key-value pairs in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Staged reads and writes of one shard's state machine.
+pub struct Txn<'a> {
+    db: &'a DB,
+    shard: ShardId,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(db: &'a DB, shard: ShardId) -> Self {
+        Txn {
+            db,
+            shard,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
+        if let Some(staged) = self.writes.get(key) {
+            return Ok(staged.clone());
+        }
+        let cf = cf(self.db, CF_SM)?;
+        Ok(self.db.get_cf(cf, shard_key(self.shard, key))?)
+    }
+
+    pub fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, MetaError> {
+        match self.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    pub fn put_as<T: serde::Serialize>(
+        &mut self,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), MetaError> {
+        self.put(key, encode(value)?);
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Drops every staged write (a failed command changes nothing).
+    pub fn discard(&mut self) {
+        self.writes.clear();
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than
+    /// `prefix + after`, in key order, including this transaction's writes.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, MetaError> {
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(after);
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let cf = cf(self.db, CF_SM)?;
+        let full_start = shard_key(self.shard, &start);
+        let full_prefix = shard_key(self.shard, prefix);
+        // Read past `limit` by the number of staged deletions so they cannot starve the result.
+        let budget = limit.saturating_add(self.writes.len());
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&full_start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&full_prefix) || merged.len() >= budget {
+                break;
+            }
+            if k.as_ref() == full_start.as_slice() && !after.is_empty() {
+                continue;
+            }
+            merged.insert(k[4..].to_vec(), Some(v.to_vec()));
+        }
+        for (k, v) in self.writes.range(start.clone()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if k.as_slice() == start.as_slice() && !after.is_empty() {
+                continue;
+            }
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+
+    /// The staged writes as one batch for the `sm` column family.
+    pub fn into_batch(self) -> Result<WriteBatch, MetaError> {
+        let cf = cf(self.db, CF_SM)?;
+        let mut batch = WriteBatch::default();
+        for (k, v) in self.writes {
+            let k = shard_key(self.shard, &k);
+            match v {
+                Some(v) => batch.put_cf(cf, k, v),
+                None => batch.delete_cf(cf, k),
+            }
+        }
+        Ok(batch)
+    }
+}
+
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, MetaError> {
+    bincode::serialize(value).map_err(|e| MetaError::Storage(format!("encode: {e}")))
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
+    bincode::deserialize(bytes).map_err(|e| MetaError::Storage(format!("decode: {e}")))
+}

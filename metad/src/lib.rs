@@ -1,0 +1,72 @@
+//! cairn-metad: the metadata service.
+//!
+//! A metad process hosts replicas of many metadata shards (multi-Raft with
+//! openraft, every shard's log and state machine in one RocksDB), serves the
+//! namespace and the cluster map over gRPC, and coordinates operations that span
+//! shards.
+//!
+//! - `types`: Raft type config and replicated commands;
+//! - `kv`: RocksDB layout and per-command transactions;
+//! - `store`: openraft log store and state machine;
+//! - `fs`: namespace commands as a shard applies them;
+//! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
+//! - `network`: Raft transport over gRPC;
+//! - `node`: shard hosting, routing, linearizable reads, cross-shard coordinator;
+//! - `service`: the gRPC edge (validation and conversion);
+//! - `config`, `error`.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod fs;
+pub mod kv;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod store;
+pub mod types;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::MetaError;
+pub use node::MetaNode;
+
+/// Starts a metad on `config.listen` and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), MetaError> {
+    let listener = TcpListener::bind(&config.listen).await?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves a metad on an already bound listener (tests bind port 0).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), MetaError> {
+    let node = MetaNode::start(config).await?;
+    let duties = tokio::spawn(node.clone().run_duties(shutdown.clone()));
+    let meta =
+        cairn_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES);
+    let raft =
+        cairn_proto::pb::raft_server::RaftServer::new(service::RaftService { node: node.clone() })
+            .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES * 8)
+            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES * 8);
+    tracing::info!(id = node.id, addr = %listener.local_addr()?, "metad serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(meta)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled(),
+        )
+        .await
+        .map_err(|e| MetaError::Io(std::io::Error::other(e)));
+    shutdown.cancel();
+    let _ = duties.await;
+    node.shutdown().await;
+    result
+}

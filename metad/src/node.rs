@@ -1,0 +1,1059 @@
+//! One metad process: the shard replicas it hosts (multi-Raft over one RocksDB),
+//! routing of requests to shard leaders, linearizable reads, and the coordinator
+//! that splits operations spanning shards into per-shard steps.
+//!
+//! Placement is fixed by the configuration: shard `s` is replicated on
+//! `replication` consecutive members starting at member `s mod n`, so leaders of
+//! different shards start on different nodes. A new directory's inode is placed on
+//! a shard chosen by hash of (parent, name); its entries and its files live there.
+//!
+//! Cross-shard steps are ordered so that a crash between them leaves at worst an
+//! unreachable inode, never an entry pointing at nothing: inodes are created
+//! before the entry that names them and dropped after it is removed. Each step is
+//! exactly-once on its own shard (request key with a step number), so a client
+//! that retries the whole operation replays it to the same result.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::BasicNode;
+use rocksdb::DB;
+use tokio_util::sync::CancellationToken;
+
+use cairn_proto::ids::ino_shard;
+use cairn_proto::ids::ShardId;
+use cairn_proto::ids::MAP_SHARD;
+use cairn_proto::ids::ROOT_INO;
+use cairn_proto::pb;
+use cairn_proto::retry::retry;
+use cairn_proto::retry::Backoff;
+use cairn_proto::status::decode;
+use cairn_proto::status::WireError;
+use cairn_proto::status::*;
+
+use crate::cluster;
+use crate::cluster::MapCommand;
+use crate::config::Config;
+use crate::config::Peer;
+use crate::error::MetaError;
+use crate::fs;
+use crate::fs::Entry;
+use crate::fs::FsCommand;
+use crate::fs::Inode;
+use crate::fs::Kind;
+use crate::fs::PutMode;
+use crate::fs::RenameMode;
+use crate::fs::Reply;
+use crate::fs::SetAttrs;
+use crate::fs::SliceRec;
+use crate::kv::Txn;
+use crate::network::NetworkFactory;
+use crate::store::LogStore;
+use crate::store::StateMachine;
+use crate::types::Command;
+use crate::types::Raft;
+use crate::types::Request;
+use crate::types::RequestKey;
+use crate::types::Response;
+use cairn_proto::channel::Channels;
+
+/// The caller's identity for new inodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A namespace mutation, validated.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Create {
+        parent: u64,
+        name: Vec<u8>,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        exclusive: bool,
+    },
+    Mkdir {
+        parent: u64,
+        name: Vec<u8>,
+        perm: u32,
+    },
+    Symlink {
+        parent: u64,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    Link {
+        ino: u64,
+        new_parent: u64,
+        new_name: Vec<u8>,
+    },
+    SetAttr {
+        ino: u64,
+        set: SetAttrs,
+    },
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+    },
+    Commit {
+        ino: u64,
+        chunks: Vec<(u32, Vec<SliceRec>)>,
+        length: u64,
+        mtime: i64,
+    },
+}
+
+impl Op {
+    /// The shard whose leader coordinates this operation.
+    pub fn home_shard(&self) -> ShardId {
+        match self {
+            Op::Create { parent, .. }
+            | Op::Mkdir { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. }
+            | Op::Rename { parent, .. } => ino_shard(*parent),
+            Op::Link { new_parent, .. } => ino_shard(*new_parent),
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::Commit { ino, .. } => ino_shard(*ino),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub struct MetaNode {
+    pub id: u64,
+    config: Config,
+    members: Vec<Peer>,
+    db: Arc<DB>,
+    rafts: BTreeMap<ShardId, Raft>,
+    pub channels: Channels,
+    /// Last known leader of shards this node does not host.
+    hints: Mutex<HashMap<ShardId, u64>>,
+}
+
+impl MetaNode {
+    /// Opens the DB, starts a Raft replica for every shard placed here and
+    /// initializes the groups this node bootstraps.
+    pub async fn start(config: Config) -> Result<Arc<Self>, MetaError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = crate::kv::open_db(&config.data_dir.join("db"))?;
+        let members = config.members();
+        let channels = Channels::default();
+        let raft_config = Arc::new(
+            openraft::Config {
+                cluster_name: "cairn".into(),
+                heartbeat_interval: config.heartbeat_ms,
+                election_timeout_min: config.election_timeout_ms,
+                election_timeout_max: config.election_timeout_ms * 2,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+                max_in_snapshot_log_to_keep: 1000,
+                ..Default::default()
+            }
+            .validate()
+            .map_err(|e| MetaError::Config(e.to_string()))?,
+        );
+        let mut node = MetaNode {
+            id: config.id,
+            config,
+            members,
+            db,
+            rafts: BTreeMap::new(),
+            channels,
+            hints: Mutex::new(HashMap::new()),
+        };
+        for shard in 0..=node.config.data_shards {
+            if !node.replicas(shard).contains(&node.id) {
+                continue;
+            }
+            let raft = Raft::new(
+                node.id,
+                raft_config.clone(),
+                NetworkFactory {
+                    shard,
+                    channels: node.channels.clone(),
+                },
+                LogStore::new(node.db.clone(), shard),
+                StateMachine::new(node.db.clone(), shard),
+            )
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+            node.rafts.insert(shard, raft);
+        }
+        for (&shard, raft) in &node.rafts {
+            let replicas = node.replicas(shard);
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| MetaError::Raft(e.to_string()))?;
+            if !initialized && replicas.first() == Some(&node.id) {
+                let members: BTreeMap<u64, BasicNode> = replicas
+                    .iter()
+                    .filter_map(|id| node.addr_of(*id).map(|a| (*id, BasicNode::new(a))))
+                    .collect();
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| MetaError::Raft(e.to_string()))?;
+            }
+        }
+        Ok(Arc::new(node))
+    }
+
+    /// Stops every Raft replica.
+    pub async fn shutdown(&self) {
+        for raft in self.rafts.values() {
+            let _ = raft.shutdown().await;
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Shard ids of the cluster: 0 (map) and 1..=data_shards.
+    pub fn shards(&self) -> std::ops::RangeInclusive<ShardId> {
+        0..=self.config.data_shards
+    }
+
+    /// The members replicating `shard`, in placement order.
+    pub fn replicas(&self, shard: ShardId) -> Vec<u64> {
+        let n = self.members.len();
+        let r = (self.config.replication as usize).min(n);
+        (0..r)
+            .map(|k| self.members[(shard as usize + k) % n].id)
+            .collect()
+    }
+
+    fn addr_of(&self, id: u64) -> Option<String> {
+        self.members
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.addr.clone())
+    }
+
+    pub fn members(&self) -> &[Peer] {
+        &self.members
+    }
+
+    /// The best known leader of a shard.
+    pub fn leader_of(&self, shard: ShardId) -> Option<u64> {
+        match self.rafts.get(&shard) {
+            Some(raft) => raft.metrics().borrow().current_leader,
+            None => self
+                .hints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&shard)
+                .copied(),
+        }
+    }
+
+    fn not_leader(&self, shard: ShardId) -> MetaError {
+        let leader = self
+            .leader_of(shard)
+            .filter(|l| *l != self.id)
+            .or_else(|| self.replicas(shard).into_iter().find(|r| *r != self.id));
+        MetaError::NotLeader {
+            shard,
+            leader: leader.and_then(|id| self.addr_of(id).map(|a| (id, a))),
+        }
+    }
+
+    /// This node's replica of `shard` if it is the leader.
+    fn leader_raft(&self, shard: ShardId) -> Result<&Raft, MetaError> {
+        let raft = self
+            .rafts
+            .get(&shard)
+            .ok_or_else(|| self.not_leader(shard))?;
+        if raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(self.not_leader(shard));
+        }
+        Ok(raft)
+    }
+
+    /// Commits `req` on `shard`, which must be led by this node.
+    pub async fn propose_local(&self, shard: ShardId, req: Request) -> Result<Reply, MetaError> {
+        let raft = self.leader_raft(shard)?;
+        match raft.client_write(req).await {
+            Ok(resp) => resp.data.0.map_err(MetaError::Fs),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader(shard))
+            }
+            Err(e) => Err(MetaError::Raft(e.to_string())),
+        }
+    }
+
+    /// Commits `req` on `shard`, forwarding to its leader when that is another node.
+    pub async fn propose(&self, shard: ShardId, req: Request) -> Result<Reply, MetaError> {
+        self.with_leader(shard, |target| {
+            let req = req.clone();
+            async move {
+                match target {
+                    None => self.propose_local(shard, req).await,
+                    Some(addr) => self.propose_remote(&addr, shard, &req).await,
+                }
+            }
+        })
+        .await
+    }
+
+    async fn propose_remote(
+        &self,
+        addr: &str,
+        shard: ShardId,
+        req: &Request,
+    ) -> Result<Reply, MetaError> {
+        let payload = crate::kv::encode(req)?;
+        let mut client = crate::network::raft_client(&self.channels, addr)
+            .map_err(|e| MetaError::Peer(e.to_string()))?;
+        let reply = client
+            .propose(pb::RaftMessage {
+                shard,
+                payload: payload.into(),
+            })
+            .await
+            .map_err(|s| self.wire_error(shard, &s))?;
+        let resp: Response = crate::kv::decode(&reply.into_inner().payload)?;
+        resp.0.map_err(MetaError::Fs)
+    }
+
+    /// Turns a peer's status into an error, remembering leader hints.
+    fn wire_error(&self, shard: ShardId, status: &tonic::Status) -> MetaError {
+        match decode(status) {
+            WireError::Errno { errno, message } => MetaError::fs(errno, message),
+            WireError::NotLeader { leader } => {
+                if let Some((id, _)) = &leader {
+                    self.hints
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(shard, *id);
+                }
+                MetaError::NotLeader { shard, leader }
+            }
+            WireError::Other { message, .. } => MetaError::Peer(message),
+        }
+    }
+
+    /// Runs `f` against the leader of `shard` (None: this node), retrying while
+    /// the leader moves.
+    async fn with_leader<T, F, Fut>(&self, shard: ShardId, f: F) -> Result<T, MetaError>
+    where
+        F: Fn(Option<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MetaError>>,
+    {
+        let backoff = Backoff {
+            deadline: Duration::from_secs(20),
+            ..Backoff::default()
+        };
+        retry(
+            backoff,
+            |e: &MetaError| {
+                matches!(
+                    e,
+                    MetaError::NotLeader { .. } | MetaError::Peer(_) | MetaError::Raft(_)
+                )
+            },
+            |attempt| {
+                let leader = self.leader_of(shard);
+                let target = match leader {
+                    Some(id) if id == self.id => None,
+                    Some(id) => self.addr_of(id),
+                    None if self.rafts.contains_key(&shard) => None,
+                    None => {
+                        // Unknown leader of a shard not hosted here: try replicas in turn.
+                        let replicas = self.replicas(shard);
+                        replicas
+                            .get(attempt as usize % replicas.len().max(1))
+                            .and_then(|id| self.addr_of(*id))
+                    }
+                };
+                f(target)
+            },
+        )
+        .await
+    }
+
+    /// Runs a linearizable read of `shard`, which must be led by this node.
+    pub async fn read<T>(
+        &self,
+        shard: ShardId,
+        f: impl FnOnce(&Txn) -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let raft = self.leader_raft(shard)?;
+        raft.ensure_linearizable().await.map_err(|e| match e {
+            RaftError::APIError(_) => self.not_leader(shard),
+            e => MetaError::Raft(e.to_string()),
+        })?;
+        let txn = Txn::new(&self.db, shard);
+        f(&txn)
+    }
+
+    /// An inode's attributes, read at its shard's leader wherever that is.
+    pub async fn getattr_anywhere(&self, ino: u64) -> Result<Inode, MetaError> {
+        let shard = ino_shard(ino);
+        self.with_leader(shard, |target| async move {
+            match target {
+                None => self.read(shard, |txn| fs::get_inode(txn, ino)).await,
+                Some(addr) => {
+                    let mut client = pb::meta_client::MetaClient::new(
+                        self.channels
+                            .get(&addr)
+                            .map_err(|e| MetaError::Peer(e.to_string()))?,
+                    );
+                    let reply = client
+                        .get_attr(pb::GetAttrRequest { ino })
+                        .await
+                        .map_err(|s| self.wire_error(shard, &s))?;
+                    let attr = reply
+                        .into_inner()
+                        .attr
+                        .ok_or_else(|| MetaError::Peer("reply without attributes".into()))?;
+                    crate::service::inode_from_pb(&attr)
+                }
+            }
+        })
+        .await
+    }
+
+    /// The shard of a new directory: a hash of (parent, name) over the data shards.
+    pub fn dir_shard(&self, parent: u64, name: &[u8]) -> ShardId {
+        // FNV-1a: stable across processes and releases, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in parent.to_be_bytes().iter().chain(name) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        1 + (h % u64::from(self.config.data_shards)) as ShardId
+    }
+
+    /// Executes a namespace mutation, coordinating steps on other shards.
+    /// Must run on the leader of `op.home_shard()`.
+    pub async fn mutate(
+        &self,
+        key: Option<(u64, u64)>,
+        caller: Caller,
+        op: Op,
+    ) -> Result<Reply, MetaError> {
+        let home = op.home_shard();
+        self.leader_raft(home)?;
+        let now = now_ns();
+        let step = |n: u8| {
+            key.map(|(client, seq)| RequestKey {
+                client,
+                seq,
+                step: n,
+            })
+        };
+        let fs_req = |n: u8, cmd: FsCommand| Request {
+            key: step(n),
+            cmd: Command::Fs(cmd),
+        };
+        match op {
+            Op::Create {
+                parent,
+                name,
+                kind,
+                perm,
+                rdev,
+                exclusive,
+            } => {
+                let cmd = FsCommand::Create {
+                    parent,
+                    name,
+                    kind,
+                    perm,
+                    rdev,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    exclusive,
+                    target: None,
+                    now,
+                };
+                self.propose_local(home, fs_req(0, cmd)).await
+            }
+            Op::Symlink {
+                parent,
+                name,
+                target,
+            } => {
+                let cmd = FsCommand::Create {
+                    parent,
+                    name,
+                    kind: Kind::Symlink,
+                    perm: 0o777,
+                    rdev: 0,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    exclusive: true,
+                    target: Some(target),
+                    now,
+                };
+                self.propose_local(home, fs_req(0, cmd)).await
+            }
+            Op::Mkdir { parent, name, perm } => {
+                let target = self.dir_shard(parent, &name);
+                if target == home {
+                    let cmd = FsCommand::Create {
+                        parent,
+                        name,
+                        kind: Kind::Dir,
+                        perm,
+                        rdev: 0,
+                        uid: caller.uid,
+                        gid: caller.gid,
+                        exclusive: true,
+                        target: None,
+                        now,
+                    };
+                    return self.propose_local(home, fs_req(0, cmd)).await;
+                }
+                // The name must be free before an inode is made for it.
+                if self
+                    .read(home, |txn| fs::get_entry(txn, parent, &name))
+                    .await?
+                    .is_some()
+                {
+                    return Err(MetaError::fs(EEXIST, "file exists"));
+                }
+                let new_dir = FsCommand::NewDir {
+                    parent,
+                    perm,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    now,
+                };
+                let created = self.propose(target, fs_req(1, new_dir)).await?;
+                let Reply::Attr { ino, .. } = created else {
+                    return Err(MetaError::Storage("NewDir answered no inode".into()));
+                };
+                let put = FsCommand::PutEntry {
+                    parent,
+                    name,
+                    entry: Entry {
+                        ino,
+                        kind: Kind::Dir,
+                    },
+                    mode: PutMode::MustNotExist,
+                    now,
+                };
+                if let Err(e) = self.propose_local(home, fs_req(2, put)).await {
+                    self.drop_dir(target, ino, step(3), step(4)).await?;
+                    return Err(e);
+                }
+                Ok(created)
+            }
+            Op::Unlink { parent, name } => {
+                let reply = self
+                    .propose_local(home, fs_req(0, FsCommand::Unlink { parent, name, now }))
+                    .await?;
+                if let Reply::Entry(Some(entry)) = reply {
+                    let shard = ino_shard(entry.ino);
+                    if shard != home {
+                        let adjust = FsCommand::AdjustNlink {
+                            ino: entry.ino,
+                            delta: -1,
+                            now,
+                        };
+                        self.propose(shard, fs_req(1, adjust)).await?;
+                    }
+                }
+                Ok(Reply::None)
+            }
+            Op::Rmdir { parent, name } => {
+                let entry = self
+                    .read(home, |txn| fs::get_entry(txn, parent, &name))
+                    .await?
+                    .ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
+                if entry.kind != Kind::Dir {
+                    return Err(MetaError::fs(ENOTDIR, "not a directory"));
+                }
+                let shard = ino_shard(entry.ino);
+                if shard == home {
+                    return self
+                        .propose_local(home, fs_req(0, FsCommand::Rmdir { parent, name, now }))
+                        .await;
+                }
+                let mark = FsCommand::MarkRemoving {
+                    ino: entry.ino,
+                    on: true,
+                };
+                self.propose(shard, fs_req(1, mark)).await?;
+                let del = FsCommand::DelEntry {
+                    parent,
+                    name,
+                    expect: entry.ino,
+                    now,
+                };
+                if let Err(e) = self.propose_local(home, fs_req(2, del)).await {
+                    let unmark = FsCommand::MarkRemoving {
+                        ino: entry.ino,
+                        on: false,
+                    };
+                    self.propose(shard, fs_req(3, unmark)).await?;
+                    return Err(e);
+                }
+                self.propose(shard, fs_req(4, FsCommand::DropDir { ino: entry.ino }))
+                    .await?;
+                Ok(Reply::None)
+            }
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                let shard = ino_shard(ino);
+                let adjust = FsCommand::AdjustNlink { ino, delta: 1, now };
+                let attr = self.propose(shard, fs_req(1, adjust)).await?;
+                let put = FsCommand::PutEntry {
+                    parent: new_parent,
+                    name: new_name,
+                    entry: Entry {
+                        ino,
+                        kind: match &attr {
+                            Reply::Attr { inode, .. } => inode.kind,
+                            _ => Kind::File,
+                        },
+                    },
+                    mode: PutMode::MustNotExist,
+                    now,
+                };
+                if let Err(e) = self.propose_local(home, fs_req(2, put)).await {
+                    let undo = FsCommand::AdjustNlink {
+                        ino,
+                        delta: -1,
+                        now,
+                    };
+                    self.propose(shard, fs_req(3, undo)).await?;
+                    return Err(e);
+                }
+                Ok(attr)
+            }
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                mode,
+            } => {
+                self.rename(home, step, now, parent, name, new_parent, new_name, mode)
+                    .await
+            }
+            Op::SetAttr { ino, set } => {
+                self.propose_local(home, fs_req(0, FsCommand::SetAttr { ino, set, now }))
+                    .await
+            }
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => {
+                let cmd = FsCommand::SetXattr {
+                    ino,
+                    name,
+                    value,
+                    flags,
+                    now,
+                };
+                self.propose_local(home, fs_req(0, cmd)).await
+            }
+            Op::RemoveXattr { ino, name } => {
+                self.propose_local(home, fs_req(0, FsCommand::RemoveXattr { ino, name, now }))
+                    .await
+            }
+            Op::Commit {
+                ino,
+                chunks,
+                length,
+                mtime,
+            } => {
+                let cmd = FsCommand::Commit {
+                    ino,
+                    chunks,
+                    length,
+                    mtime,
+                };
+                self.propose_local(home, fs_req(0, cmd)).await
+            }
+        }
+    }
+
+    /// Removes a directory inode that no entry names (marks it, then drops it).
+    async fn drop_dir(
+        &self,
+        shard: ShardId,
+        ino: u64,
+        mark_key: Option<RequestKey>,
+        drop_key: Option<RequestKey>,
+    ) -> Result<(), MetaError> {
+        let mark = Request {
+            key: mark_key,
+            cmd: Command::Fs(FsCommand::MarkRemoving { ino, on: true }),
+        };
+        self.propose(shard, mark).await?;
+        let drop = Request {
+            key: drop_key,
+            cmd: Command::Fs(FsCommand::DropDir { ino }),
+        };
+        self.propose(shard, drop).await?;
+        Ok(())
+    }
+
+    /// Whether `dir` is `ancestor` or lies below it.
+    async fn is_below(&self, dir: u64, ancestor: u64) -> Result<bool, MetaError> {
+        let mut cur = dir;
+        for _ in 0..4096 {
+            if cur == ancestor {
+                return Ok(true);
+            }
+            if cur == ROOT_INO {
+                return Ok(false);
+            }
+            cur = self.getattr_anywhere(cur).await?.parent;
+        }
+        Err(MetaError::fs(ELOOP, "directory tree too deep"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rename(
+        &self,
+        home: ShardId,
+        step: impl Fn(u8) -> Option<RequestKey>,
+        now: i64,
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    ) -> Result<Reply, MetaError> {
+        let dst_home = ino_shard(new_parent);
+        let fs_req = |n: u8, cmd: FsCommand| Request {
+            key: step(n),
+            cmd: Command::Fs(cmd),
+        };
+        let src = self
+            .read(home, |txn| fs::get_entry(txn, parent, &name))
+            .await?
+            .ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
+        if src.kind == Kind::Dir
+            && parent != new_parent
+            && self.is_below(new_parent, src.ino).await?
+        {
+            return Err(MetaError::fs(
+                EINVAL,
+                "cannot move a directory below itself",
+            ));
+        }
+        let dst = self.read_entry(new_parent, &new_name).await?;
+        // A directory replaced on a shard other than the one applying the rename
+        // is checked empty and fenced against new entries first.
+        let mut marked = None;
+        if let (RenameMode::Replace, Some(d)) = (mode, dst) {
+            if d.ino != src.ino && d.kind == Kind::Dir && src.kind == Kind::Dir {
+                let shard = ino_shard(d.ino);
+                if shard != home || home != dst_home {
+                    let mark = FsCommand::MarkRemoving {
+                        ino: d.ino,
+                        on: true,
+                    };
+                    self.propose(shard, fs_req(1, mark)).await?;
+                    marked = Some(d);
+                }
+            }
+        }
+        let result = if home == dst_home {
+            let cmd = FsCommand::Rename {
+                parent,
+                name: name.clone(),
+                new_parent,
+                new_name: new_name.clone(),
+                mode,
+                now,
+            };
+            self.propose_local(home, fs_req(2, cmd)).await
+        } else {
+            self.rename_across(
+                &fs_req, now, parent, &name, src, new_parent, &new_name, dst, mode,
+            )
+            .await
+        };
+        let reply = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(d) = marked {
+                    let unmark = FsCommand::MarkRemoving {
+                        ino: d.ino,
+                        on: false,
+                    };
+                    self.propose(ino_shard(d.ino), fs_req(3, unmark)).await?;
+                }
+                return Err(e);
+            }
+        };
+        let Reply::Renamed { moved, replaced } = reply.clone() else {
+            return Ok(reply);
+        };
+        // Fix up inodes that live on shards other than the one that applied it.
+        let applied_on = if home == dst_home { Some(home) } else { None };
+        let remote = |ino: u64| applied_on != Some(ino_shard(ino));
+        if moved.kind == Kind::Dir && parent != new_parent && remote(moved.ino) {
+            let cmd = FsCommand::SetParent {
+                ino: moved.ino,
+                parent: new_parent,
+                now,
+            };
+            self.propose(ino_shard(moved.ino), fs_req(4, cmd)).await?;
+        }
+        if let Some(r) = replaced.filter(|r| r.ino != moved.ino && remote(r.ino)) {
+            let shard = ino_shard(r.ino);
+            let cmd = match (mode, r.kind) {
+                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => {
+                    Some(FsCommand::SetParent {
+                        ino: r.ino,
+                        parent,
+                        now,
+                    })
+                }
+                (RenameMode::Exchange, _) => None,
+                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: r.ino }),
+                _ => Some(FsCommand::AdjustNlink {
+                    ino: r.ino,
+                    delta: -1,
+                    now,
+                }),
+            };
+            if let Some(cmd) = cmd {
+                self.propose(shard, fs_req(5, cmd)).await?;
+            }
+        }
+        Ok(Reply::Renamed { moved, replaced })
+    }
+
+    /// rename(2) whose two parents are on different shards: the new entry is put
+    /// first, then the old one removed (or swapped, for RENAME_EXCHANGE).
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_across(
+        &self,
+        fs_req: &impl Fn(u8, FsCommand) -> Request,
+        now: i64,
+        parent: u64,
+        name: &[u8],
+        src: Entry,
+        new_parent: u64,
+        new_name: &[u8],
+        dst: Option<Entry>,
+        mode: RenameMode,
+    ) -> Result<Reply, MetaError> {
+        let put_mode = match (mode, dst) {
+            (RenameMode::NoReplace, Some(_)) => return Err(MetaError::fs(EEXIST, "file exists")),
+            (RenameMode::NoReplace, None) => PutMode::MustNotExist,
+            (RenameMode::Exchange, None) => return Err(MetaError::fs(ENOENT, "no such file")),
+            (RenameMode::Exchange, Some(d)) => PutMode::Exchange { expect: d.ino },
+            (RenameMode::Replace, Some(d)) => {
+                match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                    (true, false) => return Err(MetaError::fs(ENOTDIR, "not a directory")),
+                    (false, true) => return Err(MetaError::fs(EISDIR, "is a directory")),
+                    _ => {}
+                }
+                if d.ino == src.ino {
+                    return Ok(Reply::Renamed {
+                        moved: src,
+                        replaced: None,
+                    });
+                }
+                PutMode::Replace
+            }
+            (RenameMode::Replace, None) => PutMode::MustNotExist,
+        };
+        let put = FsCommand::PutEntry {
+            parent: new_parent,
+            name: new_name.to_vec(),
+            entry: src,
+            mode: put_mode,
+            now,
+        };
+        let replaced = match self.propose(ino_shard(new_parent), fs_req(6, put)).await? {
+            Reply::Entry(old) => old,
+            _ => None,
+        };
+        let second = match (mode, replaced) {
+            (RenameMode::Exchange, Some(d)) => FsCommand::PutEntry {
+                parent,
+                name: name.to_vec(),
+                entry: d,
+                mode: PutMode::Exchange { expect: src.ino },
+                now,
+            },
+            _ => FsCommand::DelEntry {
+                parent,
+                name: name.to_vec(),
+                expect: src.ino,
+                now,
+            },
+        };
+        self.propose(ino_shard(parent), fs_req(7, second)).await?;
+        Ok(Reply::Renamed {
+            moved: src,
+            replaced,
+        })
+    }
+
+    /// A directory entry, read at its shard's leader wherever that is.
+    async fn read_entry(&self, parent: u64, name: &[u8]) -> Result<Option<Entry>, MetaError> {
+        let shard = ino_shard(parent);
+        if self.leader_of(shard) == Some(self.id) {
+            return self
+                .read(shard, |txn| fs::get_entry(txn, parent, name))
+                .await;
+        }
+        self.with_leader(shard, |target| async move {
+            match target {
+                None => {
+                    self.read(shard, |txn| fs::get_entry(txn, parent, name))
+                        .await
+                }
+                Some(addr) => {
+                    let mut client = pb::meta_client::MetaClient::new(
+                        self.channels
+                            .get(&addr)
+                            .map_err(|e| MetaError::Peer(e.to_string()))?,
+                    );
+                    match client
+                        .lookup(pb::LookupRequest {
+                            parent,
+                            name: name.to_vec().into(),
+                        })
+                        .await
+                    {
+                        Ok(reply) => {
+                            let attr = reply.into_inner().attr.ok_or_else(|| {
+                                MetaError::Peer("reply without attributes".into())
+                            })?;
+                            let inode = crate::service::inode_from_pb(&attr)?;
+                            Ok(Some(Entry {
+                                ino: attr.ino,
+                                kind: inode.kind,
+                            }))
+                        }
+                        Err(s) => match self.wire_error(shard, &s) {
+                            MetaError::Fs(e) if e.errno == ENOENT => Ok(None),
+                            e => Err(e),
+                        },
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Background duties of the leaders hosted here: create the root and the
+    /// data layout once, and keep data-node liveness current. Runs until cancelled.
+    pub async fn run_duties(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_liveness = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.leader_of(MAP_SHARD) == Some(self.id) {
+                let layout = cluster::Layout {
+                    groups: self.config.placement_groups,
+                    replication: self.config.data_replication,
+                    block_size: self.config.block_size,
+                };
+                let has_layout = self
+                    .read(MAP_SHARD, cluster::layout)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if !has_layout {
+                    let req = Request {
+                        key: None,
+                        cmd: Command::Map(MapCommand::Init(layout)),
+                    };
+                    if let Err(e) = self.propose_local(MAP_SHARD, req).await {
+                        tracing::warn!("initializing the data layout: {e}");
+                    }
+                }
+                if last_liveness.elapsed() >= Duration::from_secs(2) {
+                    last_liveness = std::time::Instant::now();
+                    let req = Request {
+                        key: None,
+                        cmd: Command::Map(MapCommand::CheckLiveness {
+                            now_ms: now_ns() / 1_000_000,
+                        }),
+                    };
+                    if let Err(e) = self.propose_local(MAP_SHARD, req).await {
+                        tracing::warn!("checking data-node liveness: {e}");
+                    }
+                }
+            }
+            let root_shard = ino_shard(ROOT_INO);
+            if self.leader_of(root_shard) == Some(self.id) {
+                let has_root = self
+                    .read(root_shard, |txn| {
+                        Ok(txn.get(&fs::inode_key(ROOT_INO))?.is_some())
+                    })
+                    .await
+                    .unwrap_or(true);
+                if !has_root {
+                    let req = Request {
+                        key: None,
+                        cmd: Command::Fs(FsCommand::InitRoot { now: now_ns() }),
+                    };
+                    if let Err(e) = self.propose_local(root_shard, req).await {
+                        tracing::warn!("creating the root directory: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// This node's Raft replica of `shard`, for the Raft service.
+    pub fn raft(&self, shard: ShardId) -> Option<&Raft> {
+        self.rafts.get(&shard)
+    }
+}

@@ -1,0 +1,636 @@
+//! The gRPC edge of metad: the `Meta` service for clients and data servers and
+//! the `Raft` service for peers. Every request is validated and converted into
+//! domain types here; every error leaves through `From<MetaError> for Status`.
+
+use std::sync::Arc;
+
+use tonic::Request as GrpcRequest;
+use tonic::Response as GrpcResponse;
+use tonic::Status;
+
+use cairn_proto::ids::ino_shard;
+use cairn_proto::ids::MAP_SHARD;
+use cairn_proto::name::validate_name;
+use cairn_proto::name::PATH_MAX;
+use cairn_proto::pb;
+use cairn_proto::pb::mutate_request::Op as PbOp;
+
+use crate::cluster;
+use crate::cluster::MapCommand;
+use crate::error::MetaError;
+use crate::fs;
+use crate::fs::Inode;
+use crate::fs::Kind;
+use crate::fs::RenameMode;
+use crate::fs::Reply;
+use crate::fs::SetAttrs;
+use crate::fs::SliceRec;
+use crate::node::now_ns;
+use crate::node::Caller;
+use crate::node::MetaNode;
+use crate::node::Op;
+use crate::types::Command;
+use crate::types::Request;
+
+/// Most entries one ReadDir answers.
+const READDIR_MAX: u32 = 10_000;
+/// Most slice ids one AllocSliceIds hands out.
+const ALLOC_MAX: u32 = 100_000;
+
+pub fn kind_to_pb(kind: Kind) -> pb::FileKind {
+    match kind {
+        Kind::File => pb::FileKind::Regular,
+        Kind::Dir => pb::FileKind::Directory,
+        Kind::Symlink => pb::FileKind::Symlink,
+        Kind::Fifo => pb::FileKind::Fifo,
+        Kind::Socket => pb::FileKind::Socket,
+        Kind::CharDev => pb::FileKind::CharDevice,
+        Kind::BlockDev => pb::FileKind::BlockDevice,
+    }
+}
+
+pub fn kind_from_pb(kind: i32) -> Result<Kind, MetaError> {
+    match pb::FileKind::try_from(kind) {
+        Ok(pb::FileKind::Regular) => Ok(Kind::File),
+        Ok(pb::FileKind::Directory) => Ok(Kind::Dir),
+        Ok(pb::FileKind::Symlink) => Ok(Kind::Symlink),
+        Ok(pb::FileKind::Fifo) => Ok(Kind::Fifo),
+        Ok(pb::FileKind::Socket) => Ok(Kind::Socket),
+        Ok(pb::FileKind::CharDevice) => Ok(Kind::CharDev),
+        Ok(pb::FileKind::BlockDevice) => Ok(Kind::BlockDev),
+        _ => Err(MetaError::Invalid(format!("unknown file kind {kind}"))),
+    }
+}
+
+pub fn inode_to_pb(ino: u64, inode: &Inode) -> pb::Attr {
+    pb::Attr {
+        ino,
+        kind: kind_to_pb(inode.kind) as i32,
+        perm: inode.perm,
+        uid: inode.uid,
+        gid: inode.gid,
+        size: inode.size,
+        nlink: inode.nlink,
+        atime_ns: inode.atime,
+        mtime_ns: inode.mtime,
+        ctime_ns: inode.ctime,
+        rdev: inode.rdev,
+        parent: inode.parent,
+    }
+}
+
+pub fn inode_from_pb(a: &pb::Attr) -> Result<Inode, MetaError> {
+    Ok(Inode {
+        kind: kind_from_pb(a.kind)?,
+        perm: a.perm,
+        uid: a.uid,
+        gid: a.gid,
+        size: a.size,
+        nlink: a.nlink,
+        atime: a.atime_ns,
+        mtime: a.mtime_ns,
+        ctime: a.ctime_ns,
+        rdev: a.rdev,
+        parent: a.parent,
+        removing: false,
+    })
+}
+
+fn slice_from_pb(s: &pb::Slice) -> SliceRec {
+    SliceRec {
+        slice_id: s.slice_id,
+        pos: s.pos,
+        len: s.len,
+        off: s.off,
+        size: s.size,
+    }
+}
+
+fn slice_to_pb(s: &SliceRec) -> pb::Slice {
+    pb::Slice {
+        slice_id: s.slice_id,
+        pos: s.pos,
+        len: s.len,
+        off: s.off,
+        size: s.size,
+    }
+}
+
+fn name(bytes: &[u8]) -> Result<Vec<u8>, MetaError> {
+    validate_name(bytes)?;
+    Ok(bytes.to_vec())
+}
+
+fn xattr_name(bytes: &[u8]) -> Result<Vec<u8>, MetaError> {
+    if bytes.is_empty() || bytes.len() > 255 || bytes.contains(&0) {
+        return Err(MetaError::fs(
+            cairn_proto::status::ERANGE,
+            "xattr names are 1 to 255 bytes without NUL",
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Validates a mutation and turns it into an [`Op`].
+pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
+    Ok(match op {
+        PbOp::Create(c) => {
+            let kind = kind_from_pb(c.kind)?;
+            if matches!(kind, Kind::Dir | Kind::Symlink) {
+                return Err(MetaError::Invalid(
+                    "create makes files and nodes; use mkdir or symlink".into(),
+                ));
+            }
+            Op::Create {
+                parent: c.parent,
+                name: name(&c.name)?,
+                kind,
+                perm: c.perm & 0o7777,
+                rdev: c.rdev,
+                exclusive: c.exclusive,
+            }
+        }
+        PbOp::Mkdir(m) => Op::Mkdir {
+            parent: m.parent,
+            name: name(&m.name)?,
+            perm: m.perm & 0o7777,
+        },
+        PbOp::Unlink(u) => Op::Unlink {
+            parent: u.parent,
+            name: name(&u.name)?,
+        },
+        PbOp::Rmdir(r) => Op::Rmdir {
+            parent: r.parent,
+            name: name(&r.name)?,
+        },
+        PbOp::Rename(r) => Op::Rename {
+            parent: r.parent,
+            name: name(&r.name)?,
+            new_parent: r.new_parent,
+            new_name: name(&r.new_name)?,
+            mode: match pb::RenameMode::try_from(r.mode) {
+                Ok(pb::RenameMode::Replace) => RenameMode::Replace,
+                Ok(pb::RenameMode::Noreplace) => RenameMode::NoReplace,
+                Ok(pb::RenameMode::Exchange) => RenameMode::Exchange,
+                Err(_) => return Err(MetaError::Invalid("unknown rename mode".into())),
+            },
+        },
+        PbOp::Link(l) => Op::Link {
+            ino: l.ino,
+            new_parent: l.new_parent,
+            new_name: name(&l.new_name)?,
+        },
+        PbOp::Symlink(s) => {
+            if s.target.is_empty() || s.target.len() > PATH_MAX || s.target.contains(&0) {
+                return Err(MetaError::Invalid("invalid symlink target".into()));
+            }
+            Op::Symlink {
+                parent: s.parent,
+                name: name(&s.name)?,
+                target: s.target.to_vec(),
+            }
+        }
+        PbOp::SetAttr(s) => {
+            let a = s.attr.unwrap_or_default();
+            Op::SetAttr {
+                ino: s.ino,
+                set: SetAttrs {
+                    perm: a.perm.map(|p| p & 0o7777),
+                    uid: a.uid,
+                    gid: a.gid,
+                    size: a.size,
+                    atime: a.atime_ns,
+                    mtime: a.mtime_ns,
+                },
+            }
+        }
+        PbOp::SetXattr(x) => {
+            if x.value.len() > fs::XATTR_VALUE_MAX {
+                return Err(MetaError::fs(
+                    cairn_proto::status::ERANGE,
+                    "xattr value too large",
+                ));
+            }
+            Op::SetXattr {
+                ino: x.ino,
+                name: xattr_name(&x.name)?,
+                value: x.value.to_vec(),
+                flags: x.flags,
+            }
+        }
+        PbOp::RemoveXattr(x) => Op::RemoveXattr {
+            ino: x.ino,
+            name: xattr_name(&x.name)?,
+        },
+        PbOp::Commit(c) => Op::Commit {
+            ino: c.ino,
+            chunks: c
+                .chunks
+                .iter()
+                .map(|ch| (ch.chunk, ch.slices.iter().map(slice_from_pb).collect()))
+                .collect(),
+            length: c.length,
+            mtime: if c.mtime_ns == 0 {
+                now_ns()
+            } else {
+                c.mtime_ns
+            },
+        },
+    })
+}
+
+fn reply_attr(reply: Reply) -> Option<pb::Attr> {
+    match reply {
+        Reply::Attr { ino, inode } => Some(inode_to_pb(ino, &inode)),
+        _ => None,
+    }
+}
+
+/// The `Meta` gRPC service.
+pub struct MetaService {
+    pub node: Arc<MetaNode>,
+}
+
+type GrpcResult<T> = Result<GrpcResponse<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::meta_server::Meta for MetaService {
+    async fn lookup(&self, req: GrpcRequest<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
+        let req = req.into_inner();
+        let name = name(&req.name)?;
+        let shard = ino_shard(req.parent);
+        let (entry, local) = self
+            .node
+            .read(shard, |txn| {
+                let dir = fs::get_inode(txn, req.parent)?;
+                if dir.kind != Kind::Dir {
+                    return Err(MetaError::fs(
+                        cairn_proto::status::ENOTDIR,
+                        "not a directory",
+                    ));
+                }
+                let entry = fs::get_entry(txn, req.parent, &name)?
+                    .ok_or_else(|| MetaError::fs(cairn_proto::status::ENOENT, "no such file"))?;
+                let local = if ino_shard(entry.ino) == shard {
+                    Some(fs::get_inode(txn, entry.ino)?)
+                } else {
+                    None
+                };
+                Ok((entry, local))
+            })
+            .await?;
+        let inode = match local {
+            Some(inode) => inode,
+            None => self.node.getattr_anywhere(entry.ino).await?,
+        };
+        Ok(GrpcResponse::new(pb::AttrReply {
+            attr: Some(inode_to_pb(entry.ino, &inode)),
+        }))
+    }
+
+    async fn get_attr(&self, req: GrpcRequest<pb::GetAttrRequest>) -> GrpcResult<pb::AttrReply> {
+        let ino = req.into_inner().ino;
+        let inode = self
+            .node
+            .read(ino_shard(ino), |txn| fs::get_inode(txn, ino))
+            .await?;
+        Ok(GrpcResponse::new(pb::AttrReply {
+            attr: Some(inode_to_pb(ino, &inode)),
+        }))
+    }
+
+    async fn read_dir(&self, req: GrpcRequest<pb::ReadDirRequest>) -> GrpcResult<pb::ReadDirReply> {
+        let req = req.into_inner();
+        let limit = req.limit.clamp(1, READDIR_MAX) as usize;
+        let (entries, more) = self
+            .node
+            .read(ino_shard(req.ino), |txn| {
+                let dir = fs::get_inode(txn, req.ino)?;
+                if dir.kind != Kind::Dir {
+                    return Err(MetaError::fs(
+                        cairn_proto::status::ENOTDIR,
+                        "not a directory",
+                    ));
+                }
+                let prefix = fs::dentry_prefix(req.ino);
+                let mut rows = txn.scan(&prefix, &req.after, limit + 1)?;
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                let entries = rows
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let e: fs::Entry = crate::kv::decode(&v)?;
+                        Ok(pb::DirEntry {
+                            name: k[prefix.len()..].to_vec().into(),
+                            ino: e.ino,
+                            kind: kind_to_pb(e.kind) as i32,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, MetaError>>()?;
+                Ok((entries, more))
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::ReadDirReply { entries, more }))
+    }
+
+    async fn read_link(
+        &self,
+        req: GrpcRequest<pb::ReadLinkRequest>,
+    ) -> GrpcResult<pb::ReadLinkReply> {
+        let ino = req.into_inner().ino;
+        let target = self
+            .node
+            .read(ino_shard(ino), |txn| {
+                let inode = fs::get_inode(txn, ino)?;
+                if inode.kind != Kind::Symlink {
+                    return Err(MetaError::fs(cairn_proto::status::EINVAL, "not a symlink"));
+                }
+                txn.get(&fs::symlink_key(ino))?
+                    .ok_or_else(|| MetaError::Storage("symlink without target".into()))
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::ReadLinkReply {
+            target: target.into(),
+        }))
+    }
+
+    async fn get_xattr(
+        &self,
+        req: GrpcRequest<pb::GetXattrRequest>,
+    ) -> GrpcResult<pb::GetXattrReply> {
+        let req = req.into_inner();
+        let name = xattr_name(&req.name)?;
+        let value = self
+            .node
+            .read(ino_shard(req.ino), |txn| {
+                fs::get_inode(txn, req.ino)?;
+                txn.get(&fs::xattr_key(req.ino, &name))?
+                    .ok_or_else(|| MetaError::fs(cairn_proto::status::ENODATA, "no such xattr"))
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::GetXattrReply {
+            value: value.into(),
+        }))
+    }
+
+    async fn list_xattr(
+        &self,
+        req: GrpcRequest<pb::ListXattrRequest>,
+    ) -> GrpcResult<pb::ListXattrReply> {
+        let ino = req.into_inner().ino;
+        let names = self
+            .node
+            .read(ino_shard(ino), |txn| {
+                fs::get_inode(txn, ino)?;
+                let prefix = fs::xattr_prefix(ino);
+                Ok(txn
+                    .scan(&prefix, b"", usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| k[prefix.len()..].to_vec().into())
+                    .collect())
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::ListXattrReply { names }))
+    }
+
+    async fn read_chunks(
+        &self,
+        req: GrpcRequest<pb::ReadChunksRequest>,
+    ) -> GrpcResult<pb::ReadChunksReply> {
+        let req = req.into_inner();
+        let reply = self
+            .node
+            .read(ino_shard(req.ino), |txn| {
+                let inode = fs::get_inode(txn, req.ino)?;
+                let mut chunks = Vec::new();
+                let last = req.first_chunk.saturating_add(req.chunk_count.min(1024));
+                for chunk in req.first_chunk..last {
+                    if let Some(slices) =
+                        txn.get_as::<Vec<SliceRec>>(&fs::chunk_key(req.ino, chunk))?
+                    {
+                        chunks.push(pb::ChunkSlices {
+                            chunk,
+                            slices: slices.iter().map(slice_to_pb).collect(),
+                        });
+                    }
+                }
+                Ok(pb::ReadChunksReply {
+                    attr: Some(inode_to_pb(req.ino, &inode)),
+                    chunks,
+                })
+            })
+            .await?;
+        Ok(GrpcResponse::new(reply))
+    }
+
+    async fn stat_fs(&self, _req: GrpcRequest<pb::StatFsRequest>) -> GrpcResult<pb::StatFsReply> {
+        let nodes = self.node.read(MAP_SHARD, cluster::data_nodes).await?;
+        Ok(GrpcResponse::new(pb::StatFsReply {
+            total_bytes: nodes.iter().map(|n| n.capacity).sum(),
+            used_bytes: nodes.iter().map(|n| n.used).sum(),
+            inodes: 0,
+        }))
+    }
+
+    async fn mutate(&self, req: GrpcRequest<pb::MutateRequest>) -> GrpcResult<pb::MutateReply> {
+        let req = req.into_inner();
+        let op = req
+            .op
+            .ok_or_else(|| MetaError::Invalid("mutation without an operation".into()))?;
+        let op = op_from_pb(op)?;
+        let key = req.id.map(|id| (id.client_id, id.seq));
+        let caller = Caller {
+            uid: req.uid,
+            gid: req.gid,
+        };
+        let reply = self.node.mutate(key, caller, op).await?;
+        Ok(GrpcResponse::new(pb::MutateReply {
+            attr: reply_attr(reply),
+        }))
+    }
+
+    async fn get_cluster_map(
+        &self,
+        _req: GrpcRequest<pb::ClusterMapRequest>,
+    ) -> GrpcResult<pb::ClusterMap> {
+        let (layout, nodes, groups) = self
+            .node
+            .read(MAP_SHARD, |txn| {
+                Ok((
+                    cluster::layout(txn)?,
+                    cluster::data_nodes(txn)?,
+                    cluster::groups(txn)?,
+                ))
+            })
+            .await?;
+        let now_ms = now_ns() / 1_000_000;
+        let node = &self.node;
+        let map = pb::ClusterMap {
+            meta_nodes: node
+                .members()
+                .iter()
+                .map(|p| pb::MetaNodeInfo {
+                    id: p.id,
+                    addr: p.addr.clone(),
+                })
+                .collect(),
+            shards: node
+                .shards()
+                .map(|s| pb::ShardInfo {
+                    id: s,
+                    replicas: node.replicas(s),
+                    leader: node.leader_of(s).unwrap_or(0),
+                })
+                .collect(),
+            data_nodes: nodes
+                .iter()
+                .map(|n| pb::DataNodeInfo {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    capacity_bytes: n.capacity,
+                    used_bytes: n.used,
+                    blocks: n.blocks,
+                    alive: cluster::is_alive(n, now_ms),
+                    last_heartbeat_ms: n.last_heartbeat_ms,
+                })
+                .collect(),
+            groups: groups
+                .into_iter()
+                .map(|(id, g)| pb::PlacementGroup {
+                    id,
+                    chain: g.chain,
+                    version: g.version,
+                })
+                .collect(),
+            replication: layout.map(|l| l.replication).unwrap_or(0),
+            block_size: layout.map(|l| l.block_size).unwrap_or(0),
+            chunk_size: cairn_proto::ids::CHUNK_SIZE as u32,
+        };
+        Ok(GrpcResponse::new(map))
+    }
+
+    async fn register_data_node(
+        &self,
+        req: GrpcRequest<pb::RegisterDataNodeRequest>,
+    ) -> GrpcResult<pb::RegisterDataNodeReply> {
+        let req = req.into_inner();
+        if req.id == 0 || req.addr.is_empty() || req.addr.len() > 256 {
+            return Err(MetaError::Invalid("data node needs an id and an address".into()).into());
+        }
+        let node = cluster::DataNode {
+            id: req.id,
+            addr: req.addr,
+            capacity: req.capacity_bytes,
+            used: req.used_bytes,
+            blocks: req.blocks,
+            last_heartbeat_ms: 0,
+        };
+        let cmd = MapCommand::Heartbeat {
+            node,
+            now_ms: now_ns() / 1_000_000,
+        };
+        self.node
+            .propose_local(
+                MAP_SHARD,
+                Request {
+                    key: None,
+                    cmd: Command::Map(cmd),
+                },
+            )
+            .await?;
+        Ok(GrpcResponse::new(pb::RegisterDataNodeReply {}))
+    }
+
+    async fn alloc_slice_ids(
+        &self,
+        req: GrpcRequest<pb::AllocSliceIdsRequest>,
+    ) -> GrpcResult<pb::AllocSliceIdsReply> {
+        let count = req.into_inner().count;
+        if count == 0 || count > ALLOC_MAX {
+            return Err(MetaError::Invalid(format!("count must be 1 to {ALLOC_MAX}")).into());
+        }
+        let reply = self
+            .node
+            .propose_local(
+                MAP_SHARD,
+                Request {
+                    key: None,
+                    cmd: Command::Map(MapCommand::AllocSliceIds { count }),
+                },
+            )
+            .await?;
+        match reply {
+            Reply::SliceIds { first, count } => {
+                Ok(GrpcResponse::new(pb::AllocSliceIdsReply { first, count }))
+            }
+            _ => Err(Status::internal("slice allocation answered nothing")),
+        }
+    }
+}
+
+/// The `Raft` gRPC service: openraft messages for every shard hosted here.
+pub struct RaftService {
+    pub node: Arc<MetaNode>,
+}
+
+fn decode_payload<T: serde::de::DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
+    bincode::deserialize(&msg.payload)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+}
+
+fn encode_payload<T: serde::Serialize>(shard: u32, value: &T) -> GrpcResult<pb::RaftMessage> {
+    let payload = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(GrpcResponse::new(pb::RaftMessage {
+        shard,
+        payload: payload.into(),
+    }))
+}
+
+impl RaftService {
+    fn raft(&self, shard: u32) -> Result<&crate::types::Raft, Status> {
+        self.node
+            .raft(shard)
+            .ok_or_else(|| Status::not_found(format!("shard {shard} is not hosted here")))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: GrpcRequest<pb::RaftMessage>,
+    ) -> GrpcResult<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let rpc = decode_payload(&msg)?;
+        let result = self.raft(msg.shard)?.append_entries(rpc).await;
+        encode_payload(msg.shard, &result)
+    }
+
+    async fn vote(&self, req: GrpcRequest<pb::RaftMessage>) -> GrpcResult<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let rpc = decode_payload(&msg)?;
+        let result = self.raft(msg.shard)?.vote(rpc).await;
+        encode_payload(msg.shard, &result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: GrpcRequest<pb::RaftMessage>,
+    ) -> GrpcResult<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let rpc = decode_payload(&msg)?;
+        let result = self.raft(msg.shard)?.install_snapshot(rpc).await;
+        encode_payload(msg.shard, &result)
+    }
+
+    async fn propose(&self, req: GrpcRequest<pb::RaftMessage>) -> GrpcResult<pb::RaftMessage> {
+        let msg = req.into_inner();
+        let request: Request = decode_payload(&msg)?;
+        let response = match self.node.propose_local(msg.shard, request).await {
+            Ok(reply) => crate::types::Response(Ok(reply)),
+            Err(MetaError::Fs(errno)) => crate::types::Response(Err(errno)),
+            Err(e) => return Err(e.into()),
+        };
+        encode_payload(msg.shard, &response)
+    }
+}

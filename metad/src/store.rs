@@ -1,0 +1,524 @@
+//! openraft storage for one shard on the process's shared RocksDB: the log store
+//! (`log` and `raft` column families) and the state machine (`sm`).
+//!
+//! Log appends are written with `sync` on a blocking thread and acknowledged to
+//! openraft only once durable. The state machine writes each entry's effects, its
+//! remembered reply and the applied log id in one batch, so a crash never
+//! separates them; replay after a crash re-applies from the durable log.
+//! Exactly-once: a request whose (client, seq, step) was applied before answers
+//! the remembered reply without running again.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::LogFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::Entry;
+use openraft::EntryPayload;
+use openraft::LogId;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::RaftSnapshotBuilder;
+use openraft::SnapshotMeta;
+use openraft::StorageError;
+use openraft::StorageIOError;
+use openraft::StoredMembership;
+use openraft::Vote;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use rocksdb::DB;
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::MetaError;
+use crate::kv;
+use crate::kv::shard_key;
+use crate::kv::Txn;
+use crate::types::Command;
+use crate::types::Errno;
+use crate::types::Request;
+use crate::types::RequestKey;
+use crate::types::Response;
+use crate::types::TypeConfig;
+use cairn_proto::ids::ShardId;
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// How many of a client's most recent replies a shard remembers for retries.
+const REPLY_WINDOW: u64 = 4096;
+
+const APPLIED_KEY: &[u8] = b"mapplied";
+const MEMBERSHIP_KEY: &[u8] = b"mmembership";
+
+fn io_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write(&std::io::Error::other(e.to_string())).into()
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::read(&std::io::Error::other(e.to_string())).into()
+}
+
+fn log_key(shard: ShardId, index: u64) -> Vec<u8> {
+    shard_key(shard, &index.to_be_bytes())
+}
+
+fn reply_key(k: &RequestKey) -> Vec<u8> {
+    kv::key(
+        b'r',
+        &[&k.client.to_be_bytes(), &k.seq.to_be_bytes(), &[k.step]],
+    )
+}
+
+/// The Raft log of one shard.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    shard: ShardId,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>, shard: ShardId) -> Self {
+        LogStore { db, shard }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, name: &[u8]) -> StorageResult<Option<T>> {
+        let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(read_err)?;
+        match self
+            .db
+            .get_cf(cf, shard_key(self.shard, name))
+            .map_err(read_err)?
+        {
+            Some(v) => Ok(Some(kv::decode(&v).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T) -> StorageResult<()> {
+        let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(io_err)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let bytes = kv::encode(value).map_err(io_err)?;
+        self.db
+            .put_cf_opt(cf, shard_key(self.shard, name), bytes, &opts)
+            .map_err(io_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let cf = kv::cf(&self.db, kv::CF_LOG).map_err(read_err)?;
+        let prefix = self.shard.to_be_bytes();
+        let mut out = Vec::new();
+        let from = log_key(self.shard, start);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (k, v) = item.map_err(read_err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let index = u64::from_be_bytes(k[4..12].try_into().map_err(read_err)?);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(kv::decode(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<u64>> = self.get_meta(b"purged")?;
+        let cf = kv::cf(&self.db, kv::CF_LOG).map_err(read_err)?;
+        let upper = log_key(self.shard, u64::MAX);
+        let mut last = last_purged;
+        if let Some(item) = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse))
+            .next()
+        {
+            let (k, v) = item.map_err(read_err)?;
+            if k.starts_with(&self.shard.to_be_bytes()) {
+                let entry: Entry<TypeConfig> = kv::decode(&v).map_err(read_err)?;
+                last = Some(entry.log_id);
+            }
+        }
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.put_meta(b"vote", vote)
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
+        self.get_meta(b"vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        self.put_meta(b"committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        Ok(self.get_meta::<Option<LogId<u64>>>(b"committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = kv::cf(&self.db, kv::CF_LOG).map_err(io_err)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = kv::encode(&entry).map_err(io_err)?;
+            batch.put_cf(cf, log_key(self.shard, entry.log_id.index), bytes);
+        }
+        let db = self.db.clone();
+        // The synced write is the slow part of a commit; keep it off the runtime.
+        let result = tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+        })
+        .await
+        .map_err(io_err)?;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        let cf = kv::cf(&self.db, kv::CF_LOG).map_err(io_err)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf,
+            log_key(self.shard, log_id.index),
+            log_key(self.shard, u64::MAX),
+        );
+        batch.delete_cf(cf, log_key(self.shard, u64::MAX));
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        self.put_meta(b"purged", &log_id)?;
+        let cf = kv::cf(&self.db, kv::CF_LOG).map_err(io_err)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf,
+            log_key(self.shard, 0),
+            log_key(self.shard, log_id.index + 1),
+        );
+        self.db.write(batch).map_err(io_err)
+    }
+}
+
+/// A snapshot as stored: its meta and every state-machine key of the shard.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine of one shard.
+pub struct StateMachine {
+    db: Arc<DB>,
+    shard: ShardId,
+}
+
+impl StateMachine {
+    pub fn new(db: Arc<DB>, shard: ShardId) -> Self {
+        StateMachine { db, shard }
+    }
+
+    /// Applies one request inside `txn`, honouring exactly-once.
+    fn apply_request(txn: &mut Txn, req: &Request) -> Result<Response, MetaError> {
+        if let Some(key) = &req.key {
+            if let Some(resp) = txn.get_as::<Response>(&reply_key(key))? {
+                return Ok(resp);
+            }
+        }
+        let result = match &req.cmd {
+            Command::Fs(cmd) => crate::fs::apply(txn, cmd),
+            Command::Map(cmd) => crate::cluster::apply(txn, cmd),
+        };
+        let resp = match result {
+            Ok(reply) => Response(Ok(reply)),
+            Err(MetaError::Fs(errno)) => Response(Err(errno)),
+            Err(MetaError::Invalid(m)) => Response(Err(Errno::new(cairn_proto::status::EINVAL, m))),
+            Err(e) => return Err(e),
+        };
+        if let Some(key) = &req.key {
+            // A failed command changes nothing but its remembered reply.
+            if resp.0.is_err() {
+                txn.discard();
+            }
+            txn.put_as(reply_key(key), &resp)?;
+            if key.seq >= REPLY_WINDOW {
+                txn.delete(reply_key(&RequestKey {
+                    seq: key.seq - REPLY_WINDOW,
+                    ..*key
+                }));
+            }
+        } else if resp.0.is_err() {
+            txn.discard();
+        }
+        Ok(resp)
+    }
+
+    fn read_snapshot(&self) -> StorageResult<Option<StoredSnapshot>> {
+        let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(read_err)?;
+        match self
+            .db
+            .get_cf(cf, shard_key(self.shard, b"snapshot"))
+            .map_err(read_err)?
+        {
+            Some(v) => Ok(Some(kv::decode(&v).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_snapshot(db: &DB, shard: ShardId, snap: &StoredSnapshot) -> StorageResult<()> {
+        let cf = kv::cf(db, kv::CF_RAFT).map_err(io_err)?;
+        let bytes = kv::encode(snap).map_err(io_err)?;
+        db.put_cf(cf, shard_key(shard, b"snapshot"), bytes)
+            .map_err(io_err)
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB view of the shard.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    shard: ShardId,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let db = self.db.clone();
+        let shard = self.shard;
+        let snap = tokio::task::spawn_blocking(move || -> StorageResult<StoredSnapshot> {
+            let view = db.snapshot();
+            let cf = kv::cf(&db, kv::CF_SM).map_err(read_err)?;
+            let prefix = shard.to_be_bytes();
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for item in view.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item.map_err(read_err)?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                pairs.push((k[4..].to_vec(), v.to_vec()));
+            }
+            let find = |name: &[u8]| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            let last_applied: Option<LogId<u64>> = match find(APPLIED_KEY) {
+                Some(v) => Some(kv::decode(v).map_err(read_err)?),
+                None => None,
+            };
+            let membership: StoredMembership<u64, openraft::BasicNode> = match find(MEMBERSHIP_KEY)
+            {
+                Some(v) => kv::decode(v).map_err(read_err)?,
+                None => StoredMembership::default(),
+            };
+            let snapshot_id = match last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, pairs.len()),
+                None => format!("empty-{}", pairs.len()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            let data = kv::encode(&pairs).map_err(read_err)?;
+            let snap = StoredSnapshot { meta, data };
+            StateMachine::write_snapshot(&db, shard, &snap)?;
+            Ok(snap)
+        })
+        .await
+        .map_err(read_err)??;
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<u64>>,
+        StoredMembership<u64, openraft::BasicNode>,
+    )> {
+        let txn = Txn::new(&self.db, self.shard);
+        let applied: Option<LogId<u64>> = txn.get_as(APPLIED_KEY).map_err(read_err)?;
+        let membership = txn
+            .get_as(MEMBERSHIP_KEY)
+            .map_err(read_err)?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            let mut txn = Txn::new(&self.db, self.shard);
+            let resp = match &entry.payload {
+                EntryPayload::Blank => Response(Ok(crate::fs::Reply::None)),
+                EntryPayload::Normal(req) => {
+                    fail::fail_point!("metad::apply", |_| Err(io_err("failpoint metad::apply")));
+                    StateMachine::apply_request(&mut txn, req).map_err(io_err)?
+                }
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    txn.put_as(MEMBERSHIP_KEY.to_vec(), &stored)
+                        .map_err(io_err)?;
+                    Response(Ok(crate::fs::Reply::None))
+                }
+            };
+            txn.put_as(APPLIED_KEY.to_vec(), &entry.log_id)
+                .map_err(io_err)?;
+            let batch = txn.into_batch().map_err(io_err)?;
+            self.db.write(batch).map_err(io_err)?;
+            replies.push(resp);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            shard: self.shard,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = kv::decode(&data).map_err(io_err)?;
+        let cf = kv::cf(&self.db, kv::CF_SM).map_err(io_err)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, self.shard.to_be_bytes(), (self.shard + 1).to_be_bytes());
+        for (k, v) in &pairs {
+            batch.put_cf(cf, shard_key(self.shard, k), v);
+        }
+        if let Some(applied) = &meta.last_log_id {
+            batch.put_cf(
+                cf,
+                shard_key(self.shard, APPLIED_KEY),
+                kv::encode(applied).map_err(io_err)?,
+            );
+        }
+        batch.put_cf(
+            cf,
+            shard_key(self.shard, MEMBERSHIP_KEY),
+            kv::encode(&meta.last_membership).map_err(io_err)?,
+        );
+        self.db.write(batch).map_err(io_err)?;
+        StateMachine::write_snapshot(
+            &self.db,
+            self.shard,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        Ok(self.read_snapshot()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Builder {
+        dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
+    }
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine> for Builder {
+        async fn build(&self) -> StorageResult<((), LogStore, StateMachine)> {
+            let dir = tempfile::tempdir().map_err(io_err)?;
+            let db = kv::open_db(dir.path()).map_err(io_err)?;
+            if let Ok(mut dirs) = self.dirs.lock() {
+                dirs.push(dir);
+            }
+            // Use a shard other than 0 so key prefixes are exercised.
+            Ok(((), LogStore::new(db.clone(), 3), StateMachine::new(db, 3)))
+        }
+    }
+
+    /// openraft's own conformance suite against the RocksDB log store and state machine.
+    #[test]
+    fn openraft_storage_suite() {
+        let builder = Builder {
+            dirs: std::sync::Mutex::new(Vec::new()),
+        };
+        openraft::testing::Suite::test_all(builder).unwrap();
+    }
+
+    #[test]
+    fn shards_do_not_see_each_other() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let db = kv::open_db(dir.path()).unwrap();
+            let mut a = LogStore::new(db.clone(), 1);
+            let mut b = LogStore::new(db.clone(), 2);
+            a.save_vote(&Vote::new(5, 1)).await.unwrap();
+            assert_eq!(b.read_vote().await.unwrap(), None);
+            assert_eq!(a.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
+        });
+    }
+}

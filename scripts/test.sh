@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, unit and multi-process tests.
+# Installs what it needs on a fresh Debian machine with only the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The multi-process tests run the `cairn` binary built here.
+cargo build --bin cairn
+cargo nextest run --workspace --no-fail-fast

@@ -1,0 +1,386 @@
+//! A multi-process Cairn cluster on loopback for integration and fault tests.
+//!
+//! `Cluster::start` writes a TOML config per daemon, starts real `cairn metad` and
+//! `cairn datad` processes on ports picked from the kernel's ephemeral range, and
+//! waits until the cluster serves requests (every shard has a leader, every data
+//! node is live and in the placement chains, the root exists). Processes can be
+//! killed with SIGKILL and restarted on the same data; every process is killed by
+//! PID when the cluster is dropped. Waits poll conditions; none sleeps blindly.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use anyhow::Context;
+
+use cairn_client::Client;
+use cairn_client::MetaClient;
+use cairn_proto::ids::ROOT_INO;
+
+/// The `cairn` binary: `CAIRN_BIN`, or the one built next to the test executable.
+pub fn cairn_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("CAIRN_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/cairn
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let bin = dir.join("cairn");
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --bin cairn` first or set CAIRN_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `cond` until it returns true or `timeout` passes.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Meta,
+    Data,
+}
+
+/// One daemon process.
+pub struct Daemon {
+    pub role: Role,
+    pub id: u64,
+    pub addr: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let sub = match self.role {
+            Role::Meta => "metad",
+            Role::Data => "datad",
+        };
+        let child = Command::new(cairn_bin()?)
+            .arg(sub)
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                "warn,cairn_metad=info,cairn_datad=info,openraft=error",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {sub} {}", self.id))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The daemon's log so far (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let start = bytes.len().saturating_sub(4000);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Shape of a test cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub metas: usize,
+    pub datas: usize,
+    pub data_shards: u32,
+    pub replication: u32,
+    pub data_replication: u32,
+    pub placement_groups: u32,
+    pub block_size: u32,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            metas: 3,
+            datas: 3,
+            data_shards: 4,
+            replication: 3,
+            data_replication: 3,
+            placement_groups: 32,
+            block_size: 4 << 20,
+        }
+    }
+}
+
+pub struct Cluster {
+    pub spec: Spec,
+    pub dir: tempfile::TempDir,
+    pub metas: Vec<Daemon>,
+    pub datas: Vec<Daemon>,
+}
+
+impl Cluster {
+    /// Starts a cluster and waits until it serves requests.
+    pub async fn start(spec: Spec) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir()?;
+        let mut metas = Vec::new();
+        for i in 0..spec.metas {
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            metas.push((i as u64 + 1, addr));
+        }
+        let peers: Vec<String> = metas
+            .iter()
+            .map(|(id, addr)| format!("{{ id = {id}, addr = \"{addr}\" }}"))
+            .collect();
+        let mut cluster = Cluster {
+            spec,
+            dir,
+            metas: Vec::new(),
+            datas: Vec::new(),
+        };
+        for (id, addr) in &metas {
+            let data_dir = cluster.dir.path().join(format!("metad{id}"));
+            let config = cluster.dir.path().join(format!("metad{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\npeers = [{}]\n\
+                     data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
+                     data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
+                     election-timeout-ms = 300\n",
+                    data_dir.display(),
+                    peers.join(", "),
+                    spec.data_shards,
+                    spec.replication,
+                    spec.placement_groups,
+                    spec.data_replication,
+                    spec.block_size,
+                ),
+            )?;
+            cluster.metas.push(Daemon {
+                role: Role::Meta,
+                id: *id,
+                addr: addr.clone(),
+                config,
+                log: cluster.dir.path().join(format!("metad{id}.log")),
+                child: None,
+            });
+        }
+        let meta_list: Vec<String> = metas.iter().map(|(_, a)| format!("\"{a}\"")).collect();
+        for i in 0..spec.datas {
+            let id = i as u64 + 1;
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let config = cluster.dir.path().join(format!("datad{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nmeta = [{}]\n\
+                     heartbeat-ms = 200\ncapacity-bytes = {}\n",
+                    cluster.dir.path().join(format!("datad{id}")).display(),
+                    meta_list.join(", "),
+                    64u64 << 30,
+                ),
+            )?;
+            cluster.datas.push(Daemon {
+                role: Role::Data,
+                id,
+                addr,
+                config,
+                log: cluster.dir.path().join(format!("datad{id}.log")),
+                child: None,
+            });
+        }
+        for d in cluster.metas.iter_mut().chain(cluster.datas.iter_mut()) {
+            d.spawn()?;
+        }
+        cluster.wait_ready(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    pub fn meta_addrs(&self) -> Vec<String> {
+        self.metas.iter().map(|m| m.addr.clone()).collect()
+    }
+
+    /// A new client (own id, own caches).
+    pub fn client(&self) -> Arc<Client> {
+        Client::new(self.meta_addrs())
+    }
+
+    /// Waits until every shard has a leader, every running data node is live and
+    /// every placement chain is complete, and the root directory answers.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let meta = MetaClient::new(self.meta_addrs(), Default::default())
+            .with_deadline(Duration::from_secs(2));
+        let running_datas: Vec<String> = self
+            .datas
+            .iter()
+            .filter(|d| d.is_running())
+            .map(|d| d.addr.clone())
+            .collect();
+        let want_chain = (self.spec.data_replication as usize).min(running_datas.len());
+        let result = wait_for("the cluster to serve", timeout, || async {
+            let Ok(map) = meta.refresh_map().await else {
+                return false;
+            };
+            let leaders = map.shards.iter().all(|s| s.leader != 0);
+            let live = running_datas
+                .iter()
+                .all(|addr| map.data_nodes.iter().any(|n| &n.addr == addr && n.alive));
+            let chains = !map.groups.is_empty()
+                && map.groups.iter().all(|g| {
+                    g.chain.len() == want_chain
+                        && g.chain.iter().all(|id| {
+                            map.data_nodes
+                                .iter()
+                                .any(|n| n.id == *id && running_datas.contains(&n.addr))
+                        })
+                });
+            leaders && live && chains && meta.getattr(ROOT_INO).await.is_ok()
+        })
+        .await;
+        if let Err(e) = result {
+            let logs: Vec<String> = self
+                .metas
+                .iter()
+                .chain(&self.datas)
+                .map(|d| format!("--- {:?} {} ---\n{}", d.role, d.id, d.log_tail()))
+                .collect();
+            bail!("{e}\n{}", logs.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// The index in `metas` of the leader of `shard`, as the cluster map says.
+    pub async fn leader_of(&self, shard: u32) -> anyhow::Result<usize> {
+        let meta = MetaClient::new(self.meta_addrs(), Default::default());
+        let map = meta.refresh_map().await?;
+        let info = map
+            .shards
+            .iter()
+            .find(|s| s.id == shard)
+            .context("no such shard")?;
+        self.metas
+            .iter()
+            .position(|m| m.id == info.leader)
+            .context("shard has no leader")
+    }
+
+    pub fn restart(&mut self, role: Role, index: usize) -> anyhow::Result<()> {
+        let d = match role {
+            Role::Meta => &mut self.metas[index],
+            Role::Data => &mut self.datas[index],
+        };
+        d.kill();
+        d.spawn()
+    }
+
+    /// The data directory of a data node.
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("datad{}", self.datas[index].id))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for d in self.metas.iter_mut().chain(self.datas.iter_mut()) {
+            d.kill();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift) so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to a new file at `path` through the client library.
+pub async fn write_file(client: &Arc<Client>, path: &str, data: &[u8]) -> anyhow::Result<()> {
+    let mut w = client.create_file(path, 0o644).await?;
+    for (i, piece) in data.chunks(8 << 20).enumerate() {
+        w.write_at((i * (8 << 20)) as u64, piece).await?;
+    }
+    w.close().await?;
+    Ok(())
+}
+
+/// Reads the whole file at `path`.
+pub async fn read_file(client: &Arc<Client>, path: &str) -> anyhow::Result<Vec<u8>> {
+    let mut r = client.open_file(path).await?;
+    let mut out = Vec::with_capacity(r.size() as usize);
+    loop {
+        let data = r.read_at(out.len() as u64, 8 << 20).await?;
+        if data.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&data);
+    }
+}

@@ -1,0 +1,376 @@
+//! End-to-end behaviour of a real multi-process cluster: 3 metad hosting shard 0
+//! and 4 namespace shards, each 3-replicated, and 3 datad with replication 3.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::stream::StreamExt;
+use futures::stream::TryStreamExt;
+use sha2::Digest;
+use sha2::Sha256;
+
+use cairn_proto::ids::ino_shard;
+use cairn_proto::ids::ROOT_INO;
+use cairn_proto::pb;
+use cairn_proto::status::*;
+use cairn_tests::random_bytes;
+use cairn_tests::read_file;
+use cairn_tests::write_file;
+use cairn_tests::Cluster;
+use cairn_tests::Spec;
+
+fn errno<T: std::fmt::Debug>(r: Result<T, cairn_client::ClientError>) -> i32 {
+    match r {
+        Err(e) => e.errno(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn big_file_round_trip_and_small_files_across_shards() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::default()).await?;
+    let client = cluster.client();
+
+    // 256 MiB of random data: striped over every data server, replicated 3 times.
+    let data = random_bytes(256 << 20, 42);
+    client.meta.mkdir(ROOT_INO, b"ckpt", 0o755).await?;
+    write_file(&client, "/ckpt/model.bin", &data).await?;
+    let back = read_file(&cluster.client(), "/ckpt/model.bin").await?;
+    assert_eq!(back.len(), data.len());
+    assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
+    // A ranged read across a block boundary.
+    let mut r = client.open_file("/ckpt/model.bin").await?;
+    let off = (4 << 20) - 1000;
+    assert_eq!(
+        &r.read_at(off, 5000).await?[..],
+        &data[off as usize..off as usize + 5000]
+    );
+    cairn_tests::wait_for(
+        "every datad to report blocks",
+        Duration::from_secs(10),
+        || async {
+            let map = client.meta.refresh_map().await;
+            map.is_ok_and(|m| m.data_nodes.len() == 3 && m.data_nodes.iter().all(|n| n.blocks > 0))
+        },
+    )
+    .await?;
+
+    // 10,000 small files over 100 directories spread across the shards.
+    let top = client.meta.mkdir(ROOT_INO, b"small", 0o755).await?;
+    let mut dirs = Vec::new();
+    for d in 0..100 {
+        dirs.push(
+            client
+                .meta
+                .mkdir(top.ino, format!("d{d}").as_bytes(), 0o755)
+                .await?
+                .ino,
+        );
+    }
+    let shards: BTreeSet<u32> = dirs.iter().map(|d| ino_shard(*d)).collect();
+    assert_eq!(
+        shards.len(),
+        4,
+        "directories spread over every namespace shard"
+    );
+    let body = |d: usize, f: usize| format!("file {f} of directory {d}").into_bytes();
+    let jobs = (0..100).flat_map(|d| (0..100).map(move |f| (d, f)));
+    futures::stream::iter(jobs.clone())
+        .map(|(d, f)| {
+            let client = client.clone();
+            let dir = dirs[d];
+            async move {
+                let attr = client
+                    .meta
+                    .create(dir, format!("f{f}").as_bytes(), 0o644, true)
+                    .await?;
+                let mut w = client.writer(attr.ino).await?;
+                w.write_at(0, &body(d, f)).await?;
+                w.close().await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await?;
+    for (d, dir) in dirs.iter().enumerate() {
+        let names: BTreeSet<String> = client
+            .meta
+            .readdir(*dir)
+            .await?
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect();
+        let want: BTreeSet<String> = (0..100).map(|f| format!("f{f}")).collect();
+        assert_eq!(names, want, "directory d{d}");
+    }
+    let reader = cluster.client();
+    futures::stream::iter(jobs.clone())
+        .map(|(d, f)| {
+            let client = reader.clone();
+            let dir = dirs[d];
+            async move {
+                let attr = client.meta.lookup(dir, format!("f{f}").as_bytes()).await?;
+                let mut r = client.reader(&attr).await?;
+                let got = r.read_at(0, 1 << 20).await?;
+                anyhow::ensure!(got[..] == body(d, f)[..], "content of d{d}/f{f}");
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await?;
+    futures::stream::iter(jobs)
+        .map(|(d, f)| {
+            let client = client.clone();
+            let dir = dirs[d];
+            async move {
+                client.meta.unlink(dir, format!("f{f}").as_bytes()).await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await?;
+    for (d, dir) in dirs.iter().enumerate() {
+        assert!(client.meta.readdir(*dir).await?.is_empty());
+        client
+            .meta
+            .rmdir(top.ino, format!("d{d}").as_bytes())
+            .await?;
+    }
+    assert!(client.meta.readdir(top.ino).await?.is_empty());
+    assert_eq!(client.meta.getattr(top.ino).await?.nlink, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec {
+        datas: 1,
+        data_replication: 1,
+        ..Spec::default()
+    })
+    .await?;
+    let c = cluster.client();
+    let meta = &c.meta;
+    let dir = meta.mkdir(ROOT_INO, b"p", 0o755).await?;
+
+    // Invalid names are refused and change nothing.
+    for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+        assert_eq!(
+            errno(meta.create(dir.ino, bad, 0o644, true).await),
+            EINVAL,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        errno(meta.create(dir.ino, &[b'x'; 256], 0o644, true).await),
+        ENAMETOOLONG
+    );
+    assert!(meta
+        .create(dir.ino, &[b'x'; 255], 0o644, true)
+        .await
+        .is_ok());
+    assert_eq!(errno(meta.mkdir(dir.ino, b"..", 0o755).await), EINVAL);
+    assert_eq!(errno(meta.lookup(dir.ino, b"missing").await), ENOENT);
+
+    // Create, exclusive create, hard links, unlink.
+    let f = meta.create(dir.ino, b"f", 0o640, true).await?;
+    assert_eq!(errno(meta.create(dir.ino, b"f", 0o644, true).await), EEXIST);
+    assert_eq!(meta.create(dir.ino, b"f", 0o644, false).await?.ino, f.ino);
+    let sub = meta.mkdir(dir.ino, b"sub", 0o700).await?;
+    let linked = meta.link(f.ino, sub.ino, b"g").await?;
+    assert_eq!(linked.nlink, 2);
+    assert_eq!(errno(meta.link(sub.ino, dir.ino, b"dirlink").await), EPERM);
+    meta.unlink(dir.ino, b"f").await?;
+    assert_eq!(meta.lookup(sub.ino, b"g").await?.nlink, 1);
+    assert_eq!(errno(meta.unlink(dir.ino, b"sub").await), EISDIR);
+    assert_eq!(errno(meta.rmdir(dir.ino, b"sub").await), ENOTEMPTY);
+
+    // Symlinks, mknod, xattrs, setattr.
+    let l = meta.symlink(dir.ino, b"l", b"sub/g").await?;
+    assert_eq!(meta.readlink(l.ino).await?, b"sub/g");
+    let fifo = meta
+        .mknod(dir.ino, b"fifo", pb::FileKind::Fifo, 0o600, 0)
+        .await?;
+    assert_eq!(fifo.kind, pb::FileKind::Fifo as i32);
+    meta.setxattr(sub.ino, b"user.a", b"1", 0).await?;
+    assert_eq!(
+        errno(meta.setxattr(sub.ino, b"user.a", b"2", 1).await),
+        EEXIST
+    );
+    assert_eq!(
+        errno(meta.setxattr(sub.ino, b"user.b", b"2", 2).await),
+        ENODATA
+    );
+    assert_eq!(meta.getxattr(sub.ino, b"user.a").await?, b"1");
+    assert_eq!(meta.listxattr(sub.ino).await?, vec![b"user.a".to_vec()]);
+    meta.removexattr(sub.ino, b"user.a").await?;
+    assert_eq!(errno(meta.getxattr(sub.ino, b"user.a").await), ENODATA);
+    let g = meta.lookup(sub.ino, b"g").await?;
+    let changed = meta
+        .setattr(
+            g.ino,
+            pb::SetAttr {
+                perm: Some(0o600),
+                uid: Some(7),
+                mtime_ns: Some(1234),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(
+        (changed.perm, changed.uid, changed.mtime_ns),
+        (0o600, 7, 1234)
+    );
+    assert_eq!(
+        errno(
+            meta.setattr(
+                sub.ino,
+                pb::SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        EISDIR
+    );
+
+    // Truncate down then extend: the tail reads as zeros.
+    let data = random_bytes(3 << 20, 7);
+    write_file(&c, "/p/t", &data).await?;
+    let t = meta.resolve("/p/t").await?;
+    meta.setattr(
+        t.ino,
+        pb::SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await?;
+    meta.setattr(
+        t.ino,
+        pb::SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let back = read_file(&c, "/p/t").await?;
+    assert_eq!(&back[..1000], &data[..1000]);
+    assert!(back[1000..].iter().all(|b| *b == 0));
+    assert_eq!(back.len(), 5000);
+
+    // Overwrite in the middle: a later slice overlays the earlier one.
+    let mut w = c.writer(t.ino).await?;
+    w.write_at(10, b"overlay").await?;
+    w.close().await?;
+    let back = read_file(&c, "/p/t").await?;
+    assert_eq!(&back[10..17], b"overlay");
+    assert_eq!(&back[..10], &data[..10]);
+
+    // Rename: replace, noreplace, exchange, into its own subtree.
+    meta.create(dir.ino, b"a", 0o644, true).await?;
+    let b = meta.create(dir.ino, b"b", 0o644, true).await?;
+    assert_eq!(
+        errno(
+            meta.rename(dir.ino, b"a", dir.ino, b"b", pb::RenameMode::Noreplace)
+                .await
+        ),
+        EEXIST
+    );
+    meta.rename(dir.ino, b"b", sub.ino, b"g", pb::RenameMode::Exchange)
+        .await?;
+    assert_eq!(meta.lookup(sub.ino, b"g").await?.ino, b.ino);
+    assert_eq!(meta.lookup(dir.ino, b"b").await?.ino, g.ino);
+    meta.rename(dir.ino, b"a", dir.ino, b"b", pb::RenameMode::Replace)
+        .await?;
+    assert_eq!(errno(meta.lookup(dir.ino, b"a").await), ENOENT);
+    assert_eq!(
+        errno(
+            meta.rename(dir.ino, b"sub", sub.ino, b"x", pb::RenameMode::Replace)
+                .await
+        ),
+        EINVAL
+    );
+    let deep = meta.mkdir(sub.ino, b"deep", 0o755).await?;
+    assert_eq!(
+        errno(
+            meta.rename(dir.ino, b"sub", deep.ino, b"x", pb::RenameMode::Replace)
+                .await
+        ),
+        EINVAL
+    );
+    assert_eq!(
+        errno(
+            meta.rename(dir.ino, b"fifo", dir.ino, b"sub", pb::RenameMode::Replace)
+                .await
+        ),
+        EISDIR
+    );
+    // Moving a directory across shards keeps its `..` and the link counts right.
+    let other = meta.mkdir(ROOT_INO, b"q", 0o755).await?;
+    meta.rename(
+        sub.ino,
+        b"deep",
+        other.ino,
+        b"moved",
+        pb::RenameMode::Replace,
+    )
+    .await?;
+    assert_eq!(meta.getattr(deep.ino).await?.parent, other.ino);
+    assert_eq!(meta.getattr(other.ino).await?.nlink, 3);
+    assert_eq!(meta.getattr(sub.ino).await?.nlink, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rpcs_are_rejected() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec {
+        datas: 1,
+        data_replication: 1,
+        ..Spec::default()
+    })
+    .await?;
+    let client = cluster.client();
+    let leader = cluster.leader_of(ino_shard(ROOT_INO)).await?;
+    let ch = cairn_proto::channel::Channels::default().get(&cluster.metas[leader].addr)?;
+    let mut raw = pb::meta_client::MetaClient::new(ch);
+    // No operation, unknown enum values, an oversized symlink target.
+    let empty = raw.mutate(pb::MutateRequest::default()).await.unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    let bad_kind = raw
+        .mutate(pb::MutateRequest {
+            op: Some(pb::mutate_request::Op::Create(pb::CreateOp {
+                parent: ROOT_INO,
+                name: "x".into(),
+                kind: 99,
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_kind.code(), tonic::Code::InvalidArgument);
+    let long_target = raw
+        .mutate(pb::MutateRequest {
+            op: Some(pb::mutate_request::Op::Symlink(pb::SymlinkOp {
+                parent: ROOT_INO,
+                name: "y".into(),
+                target: vec![b'a'; 5000].into(),
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(long_target.code(), tonic::Code::InvalidArgument);
+    let bogus_slices = raw
+        .alloc_slice_ids(pb::AllocSliceIdsRequest { count: 0 })
+        .await;
+    assert!(bogus_slices.is_err());
+    // Nothing was created.
+    assert!(client.meta.readdir(ROOT_INO).await?.is_empty());
+    Ok(())
+}
