@@ -3,6 +3,7 @@
 
 use cairn_proto::status::decode;
 use cairn_proto::status::WireError;
+use cairn_proto::status::EAGAIN;
 use cairn_proto::status::EIO;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,6 +48,8 @@ impl ClientError {
 /// How a client sees a status from metad or datad.
 pub fn from_status(status: &tonic::Status) -> ClientError {
     match decode(status) {
+        // A key locked by a cross-shard operation: retry.
+        WireError::Errno { errno, message } if errno == EAGAIN => ClientError::Unavailable(message),
         WireError::Errno { errno, message } => ClientError::Fs { errno, message },
         e @ WireError::NotLeader { .. } => ClientError::Unavailable(format!("{e:?}")),
         e @ WireError::Other { .. } if e.is_transient() => {

@@ -14,8 +14,8 @@ use crate::fs::Reply;
 use crate::kv::key;
 use crate::kv::Txn;
 
-/// A data node after this long without a heartbeat is out of the chains.
-pub const DEAD_AFTER_MS: i64 = 10_000;
+/// Default time without a heartbeat after which a data node leaves the chains.
+pub const DEFAULT_DEAD_AFTER_MS: i64 = 10_000;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct DataNode {
@@ -39,6 +39,8 @@ pub struct Layout {
     pub groups: u32,
     pub replication: u32,
     pub block_size: u32,
+    /// A data node this long without a heartbeat is out of the chains.
+    pub dead_after_ms: i64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -87,8 +89,12 @@ pub fn groups(txn: &Txn) -> Result<Vec<(u32, Group)>, MetaError> {
     Ok(out)
 }
 
-pub fn is_alive(node: &DataNode, now_ms: i64) -> bool {
-    now_ms - node.last_heartbeat_ms < DEAD_AFTER_MS
+pub fn is_alive(node: &DataNode, now_ms: i64, dead_after_ms: i64) -> bool {
+    now_ms - node.last_heartbeat_ms < dead_after_ms
+}
+
+fn dead_after(txn: &Txn) -> Result<i64, MetaError> {
+    Ok(layout(txn)?.map_or(DEFAULT_DEAD_AFTER_MS, |l| l.dead_after_ms))
 }
 
 pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
@@ -101,9 +107,10 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
         }
         MapCommand::Heartbeat { node, now_ms } => {
             let known: Option<DataNode> = txn.get_as(&node_key(node.id))?;
+            let dead_after = dead_after(txn)?;
             let rebuild = match &known {
                 None => true,
-                Some(old) => old.addr != node.addr || !is_alive(old, *now_ms),
+                Some(old) => old.addr != node.addr || !is_alive(old, *now_ms, dead_after),
             };
             let mut node = node.clone();
             node.last_heartbeat_ms = *now_ms;
@@ -136,7 +143,7 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
     };
     let mut live: Vec<u64> = data_nodes(txn)?
         .iter()
-        .filter(|n| is_alive(n, now_ms))
+        .filter(|n| is_alive(n, now_ms, layout.dead_after_ms))
         .map(|n| n.id)
         .collect();
     live.sort_unstable();
@@ -216,6 +223,7 @@ mod tests {
                 groups: 6,
                 replication: 3,
                 block_size: 4 << 20,
+                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
             }),
         );
         for id in 1..=3 {
@@ -227,12 +235,12 @@ mod tests {
         let heads: std::collections::HashSet<u64> = gs.iter().map(|(_, g)| g.chain[0]).collect();
         assert_eq!(heads.len(), 3, "heads spread over nodes");
         // Node 2 stops beating: chains drop it, keep order, bump versions.
-        beat(&db, 1, 1000 + DEAD_AFTER_MS - 1);
-        beat(&db, 3, 1000 + DEAD_AFTER_MS - 1);
+        beat(&db, 1, 1000 + DEFAULT_DEAD_AFTER_MS - 1);
+        beat(&db, 3, 1000 + DEFAULT_DEAD_AFTER_MS - 1);
         run(
             &db,
             MapCommand::CheckLiveness {
-                now_ms: 1000 + DEAD_AFTER_MS,
+                now_ms: 1000 + DEFAULT_DEAD_AFTER_MS,
             },
         );
         let after = groups(&Txn::new(&db, 0)).unwrap();

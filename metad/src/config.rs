@@ -39,6 +39,8 @@ pub struct Config {
     pub data_replication: u32,
     /// Largest block of file data, in bytes.
     pub block_size: u32,
+    /// A data node this long without a heartbeat leaves the placement chains.
+    pub data_node_timeout_ms: u64,
     /// Raft heartbeat interval.
     pub heartbeat_ms: u64,
     /// Raft election timeout (a random value in [min, 2 * min)).
@@ -58,6 +60,7 @@ impl Default for Config {
             placement_groups: 64,
             data_replication: 3,
             block_size: 4 << 20,
+            data_node_timeout_ms: 10_000,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
         }
@@ -90,6 +93,9 @@ impl Config {
         }
         if self.block_size == 0 || self.block_size as usize > cairn_proto::ids::MAX_BLOCK_SIZE {
             return bad("block-size must be between 1 and 4 MiB");
+        }
+        if self.data_node_timeout_ms < 500 || self.data_node_timeout_ms > i64::MAX as u64 {
+            return bad("data-node-timeout-ms must be at least 500");
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad("election-timeout-ms must be at least 3 heartbeats");

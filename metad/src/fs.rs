@@ -51,8 +51,6 @@ pub struct Inode {
     pub rdev: u32,
     /// Directories: the parent directory.
     pub parent: u64,
-    /// A directory being removed by a cross-shard rmdir accepts no new entries.
-    pub removing: bool,
 }
 
 /// What a directory entry points at.
@@ -88,10 +86,8 @@ pub struct SetAttrs {
 pub enum PutMode {
     /// Fail with EEXIST.
     MustNotExist,
-    /// Replace what is there (rename semantics).
-    Replace,
-    /// The name must exist and point at `expect`; it is swapped (RENAME_EXCHANGE).
-    Exchange { expect: u64 },
+    /// The name must point at `expect`, which is replaced (rename over it).
+    Replace { expect: u64 },
 }
 
 /// rename(2) flags.
@@ -121,8 +117,11 @@ pub enum FsCommand {
         target: Option<Vec<u8>>,
         now: i64,
     },
-    /// Allocates a directory inode with no entry yet (cross-shard mkdir, step 1).
-    NewDir {
+    /// Reserves an inode number on this shard (step 1 of a cross-shard mkdir).
+    AllocIno,
+    /// Creates a directory inode with a reserved number and no entry yet.
+    MakeDir {
+        ino: u64,
         parent: u64,
         perm: u32,
         uid: u32,
@@ -162,12 +161,7 @@ pub enum FsCommand {
         delta: i32,
         now: i64,
     },
-    /// Marks an empty directory as being removed (ENOTEMPTY otherwise), or clears the mark.
-    MarkRemoving {
-        ino: u64,
-        on: bool,
-    },
-    /// Deletes a directory inode marked as being removed.
+    /// Deletes an empty directory inode whose entry is removed elsewhere.
     DropDir {
         ino: u64,
     },
@@ -203,6 +197,8 @@ pub enum FsCommand {
         name: Vec<u8>,
         now: i64,
     },
+    /// Several commands applied in order as one.
+    Batch(Vec<FsCommand>),
     /// Appends written slices to a file's chunks and extends its length.
     Commit {
         ino: u64,
@@ -231,6 +227,13 @@ pub enum Reply {
     SliceIds {
         first: u64,
         count: u32,
+    },
+    /// A reserved inode number.
+    Ino(u64),
+    /// A transaction id, and its decision once made.
+    Txn {
+        id: u64,
+        committed: Option<bool>,
     },
 }
 
@@ -312,7 +315,7 @@ fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
     Ok(make_ino(txn.shard(), next))
 }
 
-fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -> Inode {
+pub fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -> Inode {
     Inode {
         kind,
         perm: perm & 0o7777,
@@ -325,7 +328,6 @@ fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -
         ctime: now,
         rdev: 0,
         parent: if kind == Kind::Dir { parent } else { 0 },
-        removing: false,
     }
 }
 
@@ -333,9 +335,6 @@ fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -
 /// keeps the parent's nlink and times right.
 fn link_into(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) -> FsResult {
     let mut dir = parent_dir(txn, parent)?;
-    if dir.removing {
-        return Err(err(ENOENT, "directory is being removed"));
-    }
     txn.put_as(dentry_key(parent, name), &entry)?;
     if entry.kind == Kind::Dir {
         dir.nlink += 1;
@@ -440,17 +439,23 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             link_into(txn, *parent, name, Entry { ino, kind: *kind }, *now)?;
             Ok(Reply::Attr { ino, inode })
         }
-        FsCommand::NewDir {
+        FsCommand::AllocIno => Ok(Reply::Ino(alloc_ino(txn)?)),
+        FsCommand::MakeDir {
+            ino,
             parent,
             perm,
             uid,
             gid,
             now,
         } => {
-            let ino = alloc_ino(txn)?;
+            if ino_shard(*ino) != txn.shard() || txn.get(&inode_key(*ino))?.is_some() {
+                return Err(MetaError::Invalid(format!(
+                    "inode {ino:#x} cannot be made here"
+                )));
+            }
             let inode = new_inode(Kind::Dir, *perm, *uid, *gid, *parent, *now);
-            put_inode(txn, ino, &inode)?;
-            Ok(Reply::Attr { ino, inode })
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
         }
         FsCommand::PutEntry {
             parent,
@@ -463,9 +468,11 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             let old = get_entry(txn, *parent, name)?;
             match (mode, old) {
                 (PutMode::MustNotExist, Some(_)) => return Err(err(EEXIST, "file exists")),
-                (PutMode::Exchange { .. }, None) => return Err(err(ENOENT, "no such entry")),
-                (PutMode::Exchange { expect }, Some(old)) if old.ino != *expect => {
-                    return Err(err(EAGAIN, "entry changed during rename"))
+                (PutMode::Replace { .. }, None) => {
+                    return Err(err(EAGAIN, "entry changed during the operation"))
+                }
+                (PutMode::Replace { expect }, Some(old)) if old.ino != *expect => {
+                    return Err(err(EAGAIN, "entry changed during the operation"))
                 }
                 _ => {}
             }
@@ -537,25 +544,15 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
-        FsCommand::MarkRemoving { ino, on } => {
-            let mut inode = get_inode(txn, *ino)?;
+        FsCommand::DropDir { ino } => {
+            let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir {
                 return Err(err(ENOTDIR, "not a directory"));
             }
-            if *on && !dir_is_empty(txn, *ino)? {
+            if !dir_is_empty(txn, *ino)? {
                 return Err(err(ENOTEMPTY, "directory not empty"));
             }
-            inode.removing = *on;
-            put_inode(txn, *ino, &inode)?;
-            Ok(Reply::None)
-        }
-        FsCommand::DropDir { ino } => {
-            if let Some(inode) = txn.get_as::<Inode>(&inode_key(*ino))? {
-                if !inode.removing {
-                    return Err(err(EAGAIN, "directory is not marked for removal"));
-                }
-                delete_inode(txn, *ino)?;
-            }
+            delete_inode(txn, *ino)?;
             Ok(Reply::None)
         }
         FsCommand::SetParent { ino, parent, now } => {
@@ -574,6 +571,13 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now,
         } => rename(txn, *parent, name, *new_parent, new_name, *mode, *now),
         FsCommand::SetAttr { ino, set, now } => set_attr(txn, *ino, set, *now),
+        FsCommand::Batch(cmds) => {
+            let mut last = Reply::None;
+            for cmd in cmds {
+                last = apply(txn, cmd)?;
+            }
+            Ok(last)
+        }
         FsCommand::SetXattr {
             ino,
             name,
@@ -733,12 +737,9 @@ fn rename(
     validate_name(name)?;
     validate_name(new_name)?;
     parent_dir(txn, parent)?;
-    let dst_dir = parent_dir(txn, new_parent)?;
+    parent_dir(txn, new_parent)?;
     let src = get_entry(txn, parent, name)?.ok_or_else(|| err(ENOENT, "no such file"))?;
     let dst = get_entry(txn, new_parent, new_name)?;
-    if dst_dir.removing {
-        return Err(err(ENOENT, "directory is being removed"));
-    }
     match (mode, dst) {
         (RenameMode::NoReplace, Some(_)) => return Err(err(EEXIST, "file exists")),
         (RenameMode::Exchange, None) => return Err(err(ENOENT, "no such file")),

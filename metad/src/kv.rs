@@ -89,6 +89,10 @@ impl<'a> Txn<'a> {
         self.shard
     }
 
+    pub fn db(&self) -> &'a DB {
+        self.db
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         if let Some(staged) = self.writes.get(key) {
             return Ok(staged.clone());
@@ -124,6 +128,11 @@ impl<'a> Txn<'a> {
         self.writes.insert(key, None);
     }
 
+    /// Keys this transaction writes or deletes.
+    pub fn staged_keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.writes.keys()
+    }
+
     /// Drops every staged write (a failed command changes nothing).
     pub fn discard(&mut self) {
         self.writes.clear();
@@ -131,12 +140,7 @@ impl<'a> Txn<'a> {
 
     /// Up to `limit` entries whose key starts with `prefix` and is greater than
     /// `prefix + after`, in key order, including this transaction's writes.
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        after: &[u8],
-        limit: usize,
-    ) -> Result<Pairs, MetaError> {
+    pub fn scan(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Pairs, MetaError> {
         let mut start = prefix.to_vec();
         start.extend_from_slice(after);
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();

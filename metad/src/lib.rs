@@ -10,6 +10,7 @@
 //! - `store`: openraft log store and state machine;
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
+//! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
 //! - `network`: Raft transport over gRPC;
 //! - `node`: shard hosting, routing, linearizable reads, cross-shard coordinator;
 //! - `service`: the gRPC edge (validation and conversion);
@@ -24,6 +25,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod txn;
 pub mod types;
 
 use tokio::net::TcpListener;

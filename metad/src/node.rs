@@ -57,6 +57,8 @@ use crate::kv::Txn;
 use crate::network::NetworkFactory;
 use crate::store::LogStore;
 use crate::store::StateMachine;
+use crate::txn;
+use crate::txn::TxnCommand;
 use crate::types::Command;
 use crate::types::Raft;
 use crate::types::Request;
@@ -149,6 +151,22 @@ impl Op {
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. } => ino_shard(*ino),
+        }
+    }
+}
+
+/// Transactions older than this are finished or rolled back by recovery.
+const TXN_RECOVER_AFTER_MS: i64 = 5_000;
+
+/// Builds the requests of one client operation's steps: each step is
+/// exactly-once on its shard under (client, seq, step).
+pub struct Steps(pub Option<(u64, u64)>);
+
+impl Steps {
+    pub fn req(&self, step: u8, cmd: Command) -> Request {
+        Request {
+            key: self.0.map(|(client, seq)| RequestKey { client, seq, step }),
+            cmd,
         }
     }
 }
@@ -467,8 +485,9 @@ impl MetaNode {
         1 + (h % u64::from(self.config.data_shards)) as ShardId
     }
 
-    /// Executes a namespace mutation, coordinating steps on other shards.
-    /// Must run on the leader of `op.home_shard()`.
+    /// Executes a namespace mutation. Must run on the leader of
+    /// `op.home_shard()`. An operation confined to the home shard is one Raft
+    /// command; one that touches other shards runs as a two-phase transaction.
     pub async fn mutate(
         &self,
         key: Option<(u64, u64)>,
@@ -478,17 +497,8 @@ impl MetaNode {
         let home = op.home_shard();
         self.leader_raft(home)?;
         let now = now_ns();
-        let step = |n: u8| {
-            key.map(|(client, seq)| RequestKey {
-                client,
-                seq,
-                step: n,
-            })
-        };
-        let fs_req = |n: u8, cmd: FsCommand| Request {
-            key: step(n),
-            cmd: Command::Fs(cmd),
-        };
+        let step = Steps(key);
+        let local = |cmd: FsCommand| self.propose_local(home, step.req(0, Command::Fs(cmd)));
         match op {
             Op::Create {
                 parent,
@@ -498,7 +508,7 @@ impl MetaNode {
                 rdev,
                 exclusive,
             } => {
-                let cmd = FsCommand::Create {
+                local(FsCommand::Create {
                     parent,
                     name,
                     kind,
@@ -509,15 +519,15 @@ impl MetaNode {
                     exclusive,
                     target: None,
                     now,
-                };
-                self.propose_local(home, fs_req(0, cmd)).await
+                })
+                .await
             }
             Op::Symlink {
                 parent,
                 name,
                 target,
             } => {
-                let cmd = FsCommand::Create {
+                local(FsCommand::Create {
                     parent,
                     name,
                     kind: Kind::Symlink,
@@ -528,13 +538,13 @@ impl MetaNode {
                     exclusive: true,
                     target: Some(target),
                     now,
-                };
-                self.propose_local(home, fs_req(0, cmd)).await
+                })
+                .await
             }
             Op::Mkdir { parent, name, perm } => {
                 let target = self.dir_shard(parent, &name);
                 if target == home {
-                    let cmd = FsCommand::Create {
+                    return local(FsCommand::Create {
                         parent,
                         name,
                         kind: Kind::Dir,
@@ -545,27 +555,20 @@ impl MetaNode {
                         exclusive: true,
                         target: None,
                         now,
-                    };
-                    return self.propose_local(home, fs_req(0, cmd)).await;
+                    })
+                    .await;
                 }
-                // The name must be free before an inode is made for it.
-                if self
-                    .read(home, |txn| fs::get_entry(txn, parent, &name))
-                    .await?
-                    .is_some()
-                {
-                    return Err(MetaError::fs(EEXIST, "file exists"));
-                }
-                let new_dir = FsCommand::NewDir {
+                let alloc = step.req(1, Command::Fs(FsCommand::AllocIno));
+                let Reply::Ino(ino) = self.propose(target, alloc).await? else {
+                    return Err(MetaError::Storage("AllocIno answered no inode".into()));
+                };
+                let make = FsCommand::MakeDir {
+                    ino,
                     parent,
                     perm,
                     uid: caller.uid,
                     gid: caller.gid,
                     now,
-                };
-                let created = self.propose(target, fs_req(1, new_dir)).await?;
-                let Reply::Attr { ino, .. } = created else {
-                    return Err(MetaError::Storage("NewDir answered no inode".into()));
                 };
                 let put = FsCommand::PutEntry {
                     parent,
@@ -577,63 +580,54 @@ impl MetaNode {
                     mode: PutMode::MustNotExist,
                     now,
                 };
-                if let Err(e) = self.propose_local(home, fs_req(2, put)).await {
-                    self.drop_dir(target, ino, step(3), step(4)).await?;
-                    return Err(e);
-                }
-                Ok(created)
+                self.run_txn(home, &step, vec![(target, make), (home, put)])
+                    .await?;
+                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, caller.gid, parent, now);
+                Ok(Reply::Attr { ino, inode })
             }
             Op::Unlink { parent, name } => {
-                let reply = self
-                    .propose_local(home, fs_req(0, FsCommand::Unlink { parent, name, now }))
-                    .await?;
-                if let Reply::Entry(Some(entry)) = reply {
-                    let shard = ino_shard(entry.ino);
-                    if shard != home {
-                        let adjust = FsCommand::AdjustNlink {
-                            ino: entry.ino,
-                            delta: -1,
-                            now,
-                        };
-                        self.propose(shard, fs_req(1, adjust)).await?;
-                    }
-                }
-                Ok(Reply::None)
-            }
-            Op::Rmdir { parent, name } => {
-                let entry = self
-                    .read(home, |txn| fs::get_entry(txn, parent, &name))
-                    .await?
-                    .ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
-                if entry.kind != Kind::Dir {
-                    return Err(MetaError::fs(ENOTDIR, "not a directory"));
+                let entry = self.read_entry(parent, &name).await?;
+                let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
+                if entry.kind == Kind::Dir {
+                    return Err(MetaError::fs(EISDIR, "is a directory"));
                 }
                 let shard = ino_shard(entry.ino);
                 if shard == home {
-                    return self
-                        .propose_local(home, fs_req(0, FsCommand::Rmdir { parent, name, now }))
-                        .await;
+                    return local(FsCommand::Unlink { parent, name, now }).await;
                 }
-                let mark = FsCommand::MarkRemoving {
-                    ino: entry.ino,
-                    on: true,
-                };
-                self.propose(shard, fs_req(1, mark)).await?;
                 let del = FsCommand::DelEntry {
                     parent,
                     name,
                     expect: entry.ino,
                     now,
                 };
-                if let Err(e) = self.propose_local(home, fs_req(2, del)).await {
-                    let unmark = FsCommand::MarkRemoving {
-                        ino: entry.ino,
-                        on: false,
-                    };
-                    self.propose(shard, fs_req(3, unmark)).await?;
-                    return Err(e);
+                let drop = FsCommand::AdjustNlink {
+                    ino: entry.ino,
+                    delta: -1,
+                    now,
+                };
+                self.run_txn(home, &step, vec![(home, del), (shard, drop)])
+                    .await?;
+                Ok(Reply::None)
+            }
+            Op::Rmdir { parent, name } => {
+                let entry = self.read_entry(parent, &name).await?;
+                let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
+                if entry.kind != Kind::Dir {
+                    return Err(MetaError::fs(ENOTDIR, "not a directory"));
                 }
-                self.propose(shard, fs_req(4, FsCommand::DropDir { ino: entry.ino }))
+                let shard = ino_shard(entry.ino);
+                if shard == home {
+                    return local(FsCommand::Rmdir { parent, name, now }).await;
+                }
+                let del = FsCommand::DelEntry {
+                    parent,
+                    name,
+                    expect: entry.ino,
+                    now,
+                };
+                let drop = FsCommand::DropDir { ino: entry.ino };
+                self.run_txn(home, &step, vec![(shard, drop), (home, del)])
                     .await?;
                 Ok(Reply::None)
             }
@@ -642,32 +636,25 @@ impl MetaNode {
                 new_parent,
                 new_name,
             } => {
-                let shard = ino_shard(ino);
+                let inode = self.getattr_anywhere(ino).await?;
+                if inode.kind == Kind::Dir {
+                    return Err(MetaError::fs(EPERM, "cannot link a directory"));
+                }
                 let adjust = FsCommand::AdjustNlink { ino, delta: 1, now };
-                let attr = self.propose(shard, fs_req(1, adjust)).await?;
                 let put = FsCommand::PutEntry {
                     parent: new_parent,
                     name: new_name,
                     entry: Entry {
                         ino,
-                        kind: match &attr {
-                            Reply::Attr { inode, .. } => inode.kind,
-                            _ => Kind::File,
-                        },
+                        kind: inode.kind,
                     },
                     mode: PutMode::MustNotExist,
                     now,
                 };
-                if let Err(e) = self.propose_local(home, fs_req(2, put)).await {
-                    let undo = FsCommand::AdjustNlink {
-                        ino,
-                        delta: -1,
-                        now,
-                    };
-                    self.propose(shard, fs_req(3, undo)).await?;
-                    return Err(e);
-                }
-                Ok(attr)
+                self.run_txn(home, &step, vec![(ino_shard(ino), adjust), (home, put)])
+                    .await?;
+                let inode = self.getattr_anywhere(ino).await?;
+                Ok(Reply::Attr { ino, inode })
             }
             Op::Rename {
                 parent,
@@ -676,68 +663,185 @@ impl MetaNode {
                 new_name,
                 mode,
             } => {
-                self.rename(home, step, now, parent, name, new_parent, new_name, mode)
+                self.rename(home, &step, now, parent, name, new_parent, new_name, mode)
                     .await
             }
-            Op::SetAttr { ino, set } => {
-                self.propose_local(home, fs_req(0, FsCommand::SetAttr { ino, set, now }))
-                    .await
-            }
+            Op::SetAttr { ino, set } => local(FsCommand::SetAttr { ino, set, now }).await,
             Op::SetXattr {
                 ino,
                 name,
                 value,
                 flags,
             } => {
-                let cmd = FsCommand::SetXattr {
+                local(FsCommand::SetXattr {
                     ino,
                     name,
                     value,
                     flags,
                     now,
-                };
-                self.propose_local(home, fs_req(0, cmd)).await
+                })
+                .await
             }
-            Op::RemoveXattr { ino, name } => {
-                self.propose_local(home, fs_req(0, FsCommand::RemoveXattr { ino, name, now }))
-                    .await
-            }
+            Op::RemoveXattr { ino, name } => local(FsCommand::RemoveXattr { ino, name, now }).await,
             Op::Commit {
                 ino,
                 chunks,
                 length,
                 mtime,
             } => {
-                let cmd = FsCommand::Commit {
+                local(FsCommand::Commit {
                     ino,
                     chunks,
                     length,
                     mtime,
-                };
-                self.propose_local(home, fs_req(0, cmd)).await
+                })
+                .await
             }
         }
     }
 
-    /// Removes a directory inode that no entry names (marks it, then drops it).
-    async fn drop_dir(
+    /// Runs `actions` (commands per shard) atomically: all apply or none do.
+    /// Actions of one shard are prepared and applied together, in order.
+    pub async fn run_txn(
         &self,
-        shard: ShardId,
-        ino: u64,
-        mark_key: Option<RequestKey>,
-        drop_key: Option<RequestKey>,
+        home: ShardId,
+        step: &Steps,
+        actions: Vec<(ShardId, FsCommand)>,
     ) -> Result<(), MetaError> {
-        let mark = Request {
-            key: mark_key,
-            cmd: Command::Fs(FsCommand::MarkRemoving { ino, on: true }),
+        let mut by_shard: BTreeMap<ShardId, Vec<FsCommand>> = BTreeMap::new();
+        for (shard, cmd) in actions {
+            by_shard.entry(shard).or_default().push(cmd);
+        }
+        if by_shard.len() == 1 {
+            // Everything on one shard: one Raft command is atomic already.
+            if let Some((shard, cmds)) = by_shard.pop_first() {
+                let batch = step.req(11, Command::Fs(FsCommand::Batch(cmds)));
+                return self.propose(shard, batch).await.map(|_| ());
+            }
+        }
+        let participants: Vec<ShardId> = by_shard.keys().copied().collect();
+        let begin = TxnCommand::Begin {
+            id: rand::random::<u64>() | 1,
+            participants: participants.clone(),
+            now_ms: now_ns() / 1_000_000,
         };
-        self.propose(shard, mark).await?;
-        let drop = Request {
-            key: drop_key,
-            cmd: Command::Fs(FsCommand::DropDir { ino }),
+        let Reply::Txn { id, .. } = self
+            .propose_local(home, step.req(10, Command::Txn(begin)))
+            .await?
+        else {
+            return Err(MetaError::Storage("Begin answered no transaction".into()));
         };
-        self.propose(shard, drop).await?;
+        fail::fail_point!("txn::after_begin", |_| Err(MetaError::Raft(
+            "failpoint txn::after_begin".into()
+        )));
+        let mut failure = None;
+        for (i, (shard, cmds)) in by_shard.into_iter().enumerate() {
+            let prepare = TxnCommand::Prepare {
+                id,
+                coordinator: home,
+                cmds,
+            };
+            if let Err(e) = self
+                .propose(shard, step.req(11 + i as u8, Command::Txn(prepare)))
+                .await
+            {
+                failure = Some(e);
+                break;
+            }
+            fail::fail_point!("txn::after_prepare", |_| Err(MetaError::Raft(
+                "failpoint txn::after_prepare".into()
+            )));
+        }
+        let decide = TxnCommand::Decide {
+            id,
+            commit: failure.is_none(),
+        };
+        let committed = match self
+            .propose_local(home, step.req(40, Command::Txn(decide)))
+            .await?
+        {
+            Reply::Txn {
+                committed: Some(c), ..
+            } => c,
+            _ => return Err(MetaError::Storage("Decide answered no decision".into())),
+        };
+        fail::fail_point!("txn::after_decide", |_| Err(MetaError::Raft(
+            "failpoint txn::after_decide".into()
+        )));
+        self.finish_txn(home, id, &participants, committed, step)
+            .await?;
+        match (committed, failure) {
+            (true, _) => Ok(()),
+            (false, Some(e)) => Err(e),
+            (false, None) => Err(MetaError::fs(EAGAIN, "transaction aborted by recovery")),
+        }
+    }
+
+    /// Sends the decision to every participant, then forgets the record.
+    async fn finish_txn(
+        &self,
+        home: ShardId,
+        id: u64,
+        participants: &[ShardId],
+        commit: bool,
+        step: &Steps,
+    ) -> Result<(), MetaError> {
+        for (i, shard) in participants.iter().enumerate() {
+            let finish = TxnCommand::Finish { id, commit };
+            self.propose(*shard, step.req(41 + i as u8, Command::Txn(finish)))
+                .await?;
+            fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
+                "failpoint txn::after_finish".into()
+            )));
+        }
+        self.propose(home, step.req(70, Command::Txn(TxnCommand::Forget { id })))
+            .await?;
         Ok(())
+    }
+
+    /// Finishes or rolls back transactions of the shards led here that have been
+    /// in flight longer than `TXN_RECOVER_AFTER_MS` (their coordinator died or
+    /// gave up).
+    async fn recover_txns(&self) {
+        let now_ms = now_ns() / 1_000_000;
+        for shard in self.rafts.keys().copied() {
+            if self.leader_of(shard) != Some(self.id) {
+                continue;
+            }
+            let Ok(records) = self.read(shard, txn::records).await else {
+                continue;
+            };
+            for (id, record) in records {
+                if now_ms - record.started_ms < TXN_RECOVER_AFTER_MS {
+                    continue;
+                }
+                let result = async {
+                    let decide = TxnCommand::Decide { id, commit: false };
+                    let committed = match self
+                        .propose_local(
+                            shard,
+                            Request {
+                                key: None,
+                                cmd: Command::Txn(decide),
+                            },
+                        )
+                        .await?
+                    {
+                        Reply::Txn {
+                            committed: Some(c), ..
+                        } => c,
+                        _ => false,
+                    };
+                    tracing::info!(shard, id, committed, "recovering transaction");
+                    self.finish_txn(shard, id, &record.participants, committed, &Steps(None))
+                        .await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(shard, id, "recovering transaction: {e}");
+                }
+            }
+        }
     }
 
     /// Whether `dir` is `ancestor` or lies below it.
@@ -755,11 +859,14 @@ impl MetaNode {
         Err(MetaError::fs(ELOOP, "directory tree too deep"))
     }
 
+    /// rename(2). Both entries on the home shard: one Rename command, plus
+    /// transactional fix-ups of inodes on other shards. Otherwise: a transaction
+    /// that puts the new entry, removes (or swaps) the old one and fixes inodes.
     #[allow(clippy::too_many_arguments)]
     async fn rename(
         &self,
         home: ShardId,
-        step: impl Fn(u8) -> Option<RequestKey>,
+        step: &Steps,
         now: i64,
         parent: u64,
         name: Vec<u8>,
@@ -768,12 +875,8 @@ impl MetaNode {
         mode: RenameMode,
     ) -> Result<Reply, MetaError> {
         let dst_home = ino_shard(new_parent);
-        let fs_req = |n: u8, cmd: FsCommand| Request {
-            key: step(n),
-            cmd: Command::Fs(cmd),
-        };
         let src = self
-            .read(home, |txn| fs::get_entry(txn, parent, &name))
+            .read_entry(parent, &name)
             .await?
             .ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
         if src.kind == Kind::Dir
@@ -786,156 +889,103 @@ impl MetaNode {
             ));
         }
         let dst = self.read_entry(new_parent, &new_name).await?;
-        // A directory replaced on a shard other than the one applying the rename
-        // is checked empty and fenced against new entries first.
-        let mut marked = None;
-        if let (RenameMode::Replace, Some(d)) = (mode, dst) {
-            if d.ino != src.ino && d.kind == Kind::Dir && src.kind == Kind::Dir {
-                let shard = ino_shard(d.ino);
-                if shard != home || home != dst_home {
-                    let mark = FsCommand::MarkRemoving {
-                        ino: d.ino,
-                        on: true,
-                    };
-                    self.propose(shard, fs_req(1, mark)).await?;
-                    marked = Some(d);
-                }
+        match (mode, dst) {
+            (RenameMode::NoReplace, Some(_)) => return Err(MetaError::fs(EEXIST, "file exists")),
+            (RenameMode::Exchange, None) => return Err(MetaError::fs(ENOENT, "no such file")),
+            (_, Some(d)) if d.ino == src.ino => {
+                return Ok(Reply::Renamed {
+                    moved: src,
+                    replaced: None,
+                })
             }
+            (RenameMode::Replace, Some(d)) => match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                (true, false) => return Err(MetaError::fs(ENOTDIR, "not a directory")),
+                (false, true) => return Err(MetaError::fs(EISDIR, "is a directory")),
+                _ => {}
+            },
+            _ => {}
         }
-        let result = if home == dst_home {
-            let cmd = FsCommand::Rename {
-                parent,
-                name: name.clone(),
-                new_parent,
-                new_name: new_name.clone(),
-                mode,
-                now,
-            };
-            self.propose_local(home, fs_req(2, cmd)).await
+        let mut actions: Vec<(ShardId, FsCommand)> = Vec::new();
+        if home == dst_home {
+            actions.push((
+                home,
+                FsCommand::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                    mode,
+                    now,
+                },
+            ));
         } else {
-            self.rename_across(
-                &fs_req, now, parent, &name, src, new_parent, &new_name, dst, mode,
-            )
-            .await
-        };
-        let reply = match result {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(d) = marked {
-                    let unmark = FsCommand::MarkRemoving {
-                        ino: d.ino,
-                        on: false,
-                    };
-                    self.propose(ino_shard(d.ino), fs_req(3, unmark)).await?;
-                }
-                return Err(e);
-            }
-        };
-        let Reply::Renamed { moved, replaced } = reply.clone() else {
-            return Ok(reply);
-        };
-        // Fix up inodes that live on shards other than the one that applied it.
-        let applied_on = if home == dst_home { Some(home) } else { None };
-        let remote = |ino: u64| applied_on != Some(ino_shard(ino));
-        if moved.kind == Kind::Dir && parent != new_parent && remote(moved.ino) {
+            let put_mode = match dst {
+                Some(d) => PutMode::Replace { expect: d.ino },
+                None => PutMode::MustNotExist,
+            };
+            actions.push((
+                dst_home,
+                FsCommand::PutEntry {
+                    parent: new_parent,
+                    name: new_name,
+                    entry: src,
+                    mode: put_mode,
+                    now,
+                },
+            ));
+            let second = match (mode, dst) {
+                (RenameMode::Exchange, Some(d)) => FsCommand::PutEntry {
+                    parent,
+                    name,
+                    entry: d,
+                    mode: PutMode::Replace { expect: src.ino },
+                    now,
+                },
+                _ => FsCommand::DelEntry {
+                    parent,
+                    name,
+                    expect: src.ino,
+                    now,
+                },
+            };
+            actions.push((home, second));
+        }
+        // Inodes the entry commands above do not reach: those on other shards
+        // (a same-shard Rename fixes its own shard's inodes itself).
+        let fixed_by_rename = |ino: u64| home == dst_home && ino_shard(ino) == home;
+        if src.kind == Kind::Dir && parent != new_parent && !fixed_by_rename(src.ino) {
             let cmd = FsCommand::SetParent {
-                ino: moved.ino,
+                ino: src.ino,
                 parent: new_parent,
                 now,
             };
-            self.propose(ino_shard(moved.ino), fs_req(4, cmd)).await?;
+            actions.push((ino_shard(src.ino), cmd));
         }
-        if let Some(r) = replaced.filter(|r| r.ino != moved.ino && remote(r.ino)) {
-            let shard = ino_shard(r.ino);
-            let cmd = match (mode, r.kind) {
+        if let Some(d) = dst.filter(|d| !fixed_by_rename(d.ino)) {
+            let fix = match (mode, d.kind) {
                 (RenameMode::Exchange, Kind::Dir) if parent != new_parent => {
                     Some(FsCommand::SetParent {
-                        ino: r.ino,
+                        ino: d.ino,
                         parent,
                         now,
                     })
                 }
                 (RenameMode::Exchange, _) => None,
-                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: r.ino }),
+                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: d.ino }),
                 _ => Some(FsCommand::AdjustNlink {
-                    ino: r.ino,
+                    ino: d.ino,
                     delta: -1,
                     now,
                 }),
             };
-            if let Some(cmd) = cmd {
-                self.propose(shard, fs_req(5, cmd)).await?;
+            if let Some(fix) = fix {
+                actions.push((ino_shard(d.ino), fix));
             }
         }
-        Ok(Reply::Renamed { moved, replaced })
-    }
-
-    /// rename(2) whose two parents are on different shards: the new entry is put
-    /// first, then the old one removed (or swapped, for RENAME_EXCHANGE).
-    #[allow(clippy::too_many_arguments)]
-    async fn rename_across(
-        &self,
-        fs_req: &impl Fn(u8, FsCommand) -> Request,
-        now: i64,
-        parent: u64,
-        name: &[u8],
-        src: Entry,
-        new_parent: u64,
-        new_name: &[u8],
-        dst: Option<Entry>,
-        mode: RenameMode,
-    ) -> Result<Reply, MetaError> {
-        let put_mode = match (mode, dst) {
-            (RenameMode::NoReplace, Some(_)) => return Err(MetaError::fs(EEXIST, "file exists")),
-            (RenameMode::NoReplace, None) => PutMode::MustNotExist,
-            (RenameMode::Exchange, None) => return Err(MetaError::fs(ENOENT, "no such file")),
-            (RenameMode::Exchange, Some(d)) => PutMode::Exchange { expect: d.ino },
-            (RenameMode::Replace, Some(d)) => {
-                match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
-                    (true, false) => return Err(MetaError::fs(ENOTDIR, "not a directory")),
-                    (false, true) => return Err(MetaError::fs(EISDIR, "is a directory")),
-                    _ => {}
-                }
-                if d.ino == src.ino {
-                    return Ok(Reply::Renamed {
-                        moved: src,
-                        replaced: None,
-                    });
-                }
-                PutMode::Replace
-            }
-            (RenameMode::Replace, None) => PutMode::MustNotExist,
-        };
-        let put = FsCommand::PutEntry {
-            parent: new_parent,
-            name: new_name.to_vec(),
-            entry: src,
-            mode: put_mode,
-            now,
-        };
-        let replaced = match self.propose(ino_shard(new_parent), fs_req(6, put)).await? {
-            Reply::Entry(old) => old,
-            _ => None,
-        };
-        let second = match (mode, replaced) {
-            (RenameMode::Exchange, Some(d)) => FsCommand::PutEntry {
-                parent,
-                name: name.to_vec(),
-                entry: d,
-                mode: PutMode::Exchange { expect: src.ino },
-                now,
-            },
-            _ => FsCommand::DelEntry {
-                parent,
-                name: name.to_vec(),
-                expect: src.ino,
-                now,
-            },
-        };
-        self.propose(ino_shard(parent), fs_req(7, second)).await?;
+        self.run_txn(home, step, actions).await?;
         Ok(Reply::Renamed {
             moved: src,
-            replaced,
+            replaced: dst,
         })
     }
 
@@ -1002,6 +1052,7 @@ impl MetaNode {
                     groups: self.config.placement_groups,
                     replication: self.config.data_replication,
                     block_size: self.config.block_size,
+                    dead_after_ms: self.config.data_node_timeout_ms as i64,
                 };
                 let has_layout = self
                     .read(MAP_SHARD, cluster::layout)
@@ -1018,7 +1069,7 @@ impl MetaNode {
                         tracing::warn!("initializing the data layout: {e}");
                     }
                 }
-                if last_liveness.elapsed() >= Duration::from_secs(2) {
+                if last_liveness.elapsed() >= Duration::from_secs(1) {
                     last_liveness = std::time::Instant::now();
                     let req = Request {
                         key: None,
@@ -1031,6 +1082,7 @@ impl MetaNode {
                     }
                 }
             }
+            self.recover_txns().await;
             let root_shard = ino_shard(ROOT_INO);
             if self.leader_of(root_shard) == Some(self.id) {
                 let has_root = self

@@ -92,7 +92,6 @@ pub fn inode_from_pb(a: &pb::Attr) -> Result<Inode, MetaError> {
         ctime: a.ctime_ns,
         rdev: a.rdev,
         parent: a.parent,
-        removing: false,
     })
 }
 
@@ -464,6 +463,7 @@ impl pb::meta_server::Meta for MetaService {
             })
             .await?;
         let now_ms = now_ns() / 1_000_000;
+        let dead_after = layout.map_or(cluster::DEFAULT_DEAD_AFTER_MS, |l| l.dead_after_ms);
         let node = &self.node;
         let map = pb::ClusterMap {
             meta_nodes: node
@@ -490,7 +490,7 @@ impl pb::meta_server::Meta for MetaService {
                     capacity_bytes: n.capacity,
                     used_bytes: n.used,
                     blocks: n.blocks,
-                    alive: cluster::is_alive(n, now_ms),
+                    alive: cluster::is_alive(n, now_ms, dead_after),
                     last_heartbeat_ms: n.last_heartbeat_ms,
                 })
                 .collect(),

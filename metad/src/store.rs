@@ -274,8 +274,12 @@ impl StateMachine {
             }
         }
         let result = match &req.cmd {
-            Command::Fs(cmd) => crate::fs::apply(txn, cmd),
+            Command::Fs(cmd) => crate::fs::apply(txn, cmd).and_then(|reply| {
+                crate::txn::check_locks(txn, None)?;
+                Ok(reply)
+            }),
             Command::Map(cmd) => crate::cluster::apply(txn, cmd),
+            Command::Txn(cmd) => crate::txn::apply(txn, cmd),
         };
         let resp = match result {
             Ok(reply) => Response(Ok(reply)),
@@ -283,11 +287,14 @@ impl StateMachine {
             Err(MetaError::Invalid(m)) => Response(Err(Errno::new(cairn_proto::status::EINVAL, m))),
             Err(e) => return Err(e),
         };
-        if let Some(key) = &req.key {
-            // A failed command changes nothing but its remembered reply.
-            if resp.0.is_err() {
-                txn.discard();
-            }
+        // A failed command changes nothing but its remembered reply.
+        if resp.0.is_err() {
+            txn.discard();
+        }
+        // EAGAIN (a lock held by a cross-shard operation) is not remembered:
+        // the retry must run again.
+        let transient = matches!(&resp.0, Err(e) if e.errno == cairn_proto::status::EAGAIN);
+        if let Some(key) = req.key.as_ref().filter(|_| !transient) {
             txn.put_as(reply_key(key), &resp)?;
             if key.seq >= REPLY_WINDOW {
                 txn.delete(reply_key(&RequestKey {
@@ -295,8 +302,6 @@ impl StateMachine {
                     ..*key
                 }));
             }
-        } else if resp.0.is_err() {
-            txn.discard();
         }
         Ok(resp)
     }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::cluster::MapCommand;
 use crate::fs::FsCommand;
 use crate::fs::Reply;
+use crate::txn::TxnCommand;
 
 openraft::declare_raft_types!(
     /// Type configuration of every Cairn metadata shard.
@@ -45,6 +46,7 @@ pub struct Request {
 pub enum Command {
     Fs(FsCommand),
     Map(MapCommand),
+    Txn(TxnCommand),
 }
 
 /// The result of applying a request: a reply or an errno. Blank and membership

@@ -205,6 +205,7 @@ impl Cluster {
                     "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\npeers = [{}]\n\
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
+                     data-node-timeout-ms = 2000\n\
                      election-timeout-ms = 300\n",
                     data_dir.display(),
                     peers.join(", "),
