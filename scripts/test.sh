@@ -10,3 +10,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The multi-process tests run the `cairn` binary built here.
 cargo build --bin cairn
 cargo nextest run --workspace --no-fail-fast
+# Failures injected at each step of the two-phase commit: metad built with its
+# failpoints, in a test binary of its own (the failpoint registry is global).
+cargo nextest run -p cairn-tests --features failpoints --test failpoints

@@ -41,6 +41,9 @@ pub struct Config {
     pub block_size: u32,
     /// A data node this long without a heartbeat leaves the placement chains.
     pub data_node_timeout_ms: u64,
+    /// A cross-shard transaction in flight this long is finished or rolled back
+    /// by its coordinator shard's leader.
+    pub txn_recover_after_ms: u64,
     /// Raft heartbeat interval.
     pub heartbeat_ms: u64,
     /// Raft election timeout (a random value in [min, 2 * min)).
@@ -61,6 +64,7 @@ impl Default for Config {
             data_replication: 3,
             block_size: 4 << 20,
             data_node_timeout_ms: 10_000,
+            txn_recover_after_ms: 5_000,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
         }
@@ -96,6 +100,9 @@ impl Config {
         }
         if self.data_node_timeout_ms < 500 || self.data_node_timeout_ms > i64::MAX as u64 {
             return bad("data-node-timeout-ms must be at least 500");
+        }
+        if self.txn_recover_after_ms < 100 || self.txn_recover_after_ms > i64::MAX as u64 {
+            return bad("txn-recover-after-ms must be at least 100");
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad("election-timeout-ms must be at least 3 heartbeats");

@@ -155,20 +155,35 @@ impl Op {
     }
 }
 
-/// Transactions older than this are finished or rolled back by recovery.
-const TXN_RECOVER_AFTER_MS: i64 = 5_000;
-
 /// Builds the requests of one client operation's steps: each step is
 /// exactly-once on its shard under (client, seq, step).
 pub struct Steps(pub Option<(u64, u64)>);
 
 impl Steps {
+    pub fn key(&self, step: u8) -> Option<RequestKey> {
+        self.0.map(|(client, seq)| RequestKey { client, seq, step })
+    }
+
     pub fn req(&self, step: u8, cmd: Command) -> Request {
         Request {
-            key: self.0.map(|(client, seq)| RequestKey { client, seq, step }),
+            key: self.key(step),
             cmd,
         }
     }
+}
+
+/// Step number under which a transaction's commit decision is remembered.
+const DECIDE_STEP: u8 = 40;
+
+/// The shard of a new directory: a hash of (parent, name) over the data shards.
+pub fn dir_shard(parent: u64, name: &[u8], data_shards: u32) -> ShardId {
+    // FNV-1a: stable across processes and releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parent.to_be_bytes().iter().chain(name) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    1 + (h % u64::from(data_shards.max(1))) as ShardId
 }
 
 /// Nanoseconds since the epoch.
@@ -474,15 +489,9 @@ impl MetaNode {
         .await
     }
 
-    /// The shard of a new directory: a hash of (parent, name) over the data shards.
+    /// The shard of a new directory named `name` in `parent`.
     pub fn dir_shard(&self, parent: u64, name: &[u8]) -> ShardId {
-        // FNV-1a: stable across processes and releases, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in parent.to_be_bytes().iter().chain(name) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        1 + (h % u64::from(self.config.data_shards)) as ShardId
+        dir_shard(parent, name, self.config.data_shards)
     }
 
     /// Executes a namespace mutation. Must run on the leader of
@@ -702,6 +711,11 @@ impl MetaNode {
 
     /// Runs `actions` (commands per shard) atomically: all apply or none do.
     /// Actions of one shard are prepared and applied together, in order.
+    ///
+    /// Each attempt is a fresh transaction; only a commit decision is recorded
+    /// under the client's request key. A client retrying after a lost answer
+    /// therefore finds the earlier commit (its new attempt is aborted and it
+    /// answers success), while a retry after an abort simply tries again.
     pub async fn run_txn(
         &self,
         home: ShardId,
@@ -719,32 +733,33 @@ impl MetaNode {
                 return self.propose(shard, batch).await.map(|_| ());
             }
         }
+        if let Some(earlier) = self.earlier_commit(home, step).await? {
+            return self.complete(home, earlier).await;
+        }
+        let unkeyed = |cmd: TxnCommand| Request {
+            key: None,
+            cmd: Command::Txn(cmd),
+        };
         let participants: Vec<ShardId> = by_shard.keys().copied().collect();
         let begin = TxnCommand::Begin {
             id: rand::random::<u64>() | 1,
             participants: participants.clone(),
             now_ms: now_ns() / 1_000_000,
         };
-        let Reply::Txn { id, .. } = self
-            .propose_local(home, step.req(10, Command::Txn(begin)))
-            .await?
-        else {
+        let Reply::Txn { id, .. } = self.propose_local(home, unkeyed(begin)).await? else {
             return Err(MetaError::Storage("Begin answered no transaction".into()));
         };
         fail::fail_point!("txn::after_begin", |_| Err(MetaError::Raft(
             "failpoint txn::after_begin".into()
         )));
         let mut failure = None;
-        for (i, (shard, cmds)) in by_shard.into_iter().enumerate() {
+        for (shard, cmds) in by_shard {
             let prepare = TxnCommand::Prepare {
                 id,
                 coordinator: home,
                 cmds,
             };
-            if let Err(e) = self
-                .propose(shard, step.req(11 + i as u8, Command::Txn(prepare)))
-                .await
-            {
+            if let Err(e) = self.propose(shard, unkeyed(prepare)).await {
                 failure = Some(e);
                 break;
             }
@@ -752,29 +767,73 @@ impl MetaNode {
                 "failpoint txn::after_prepare".into()
             )));
         }
-        let decide = TxnCommand::Decide {
-            id,
-            commit: failure.is_none(),
+        let commit = failure.is_none();
+        if !commit {
+            if let Some(earlier) = self.earlier_commit(home, step).await? {
+                self.finish_txn(home, id, &participants, false).await?;
+                return self.complete(home, earlier).await;
+            }
+        }
+        let decide = TxnCommand::Decide { id, commit };
+        let decide = if commit {
+            step.req(DECIDE_STEP, Command::Txn(decide))
+        } else {
+            unkeyed(decide)
         };
-        let committed = match self
-            .propose_local(home, step.req(40, Command::Txn(decide)))
-            .await?
-        {
+        let (decided_id, committed) = match self.propose_local(home, decide).await? {
             Reply::Txn {
-                committed: Some(c), ..
-            } => c,
+                id,
+                committed: Some(c),
+            } => (id, c),
             _ => return Err(MetaError::Storage("Decide answered no decision".into())),
         };
         fail::fail_point!("txn::after_decide", |_| Err(MetaError::Raft(
             "failpoint txn::after_decide".into()
         )));
-        self.finish_txn(home, id, &participants, committed, step)
-            .await?;
+        if decided_id != id {
+            // An earlier attempt of this request committed: drop this one.
+            self.finish_txn(home, id, &participants, false).await?;
+            return self.complete(home, decided_id).await;
+        }
+        self.finish_txn(home, id, &participants, committed).await?;
         match (committed, failure) {
             (true, _) => Ok(()),
             (false, Some(e)) => Err(e),
-            (false, None) => Err(MetaError::fs(EAGAIN, "transaction aborted by recovery")),
+            (false, None) => Err(MetaError::fs(
+                EIO,
+                "transaction was rolled back by recovery",
+            )),
         }
+    }
+
+    /// The id of an earlier attempt of this request that committed, if any.
+    async fn earlier_commit(&self, home: ShardId, step: &Steps) -> Result<Option<u64>, MetaError> {
+        let Some(key) = step.key(DECIDE_STEP) else {
+            return Ok(None);
+        };
+        let remembered = self
+            .read(home, |txn| crate::store::remembered(txn, &key))
+            .await?;
+        Ok(match remembered {
+            Some(Response(Ok(Reply::Txn {
+                id,
+                committed: Some(true),
+            }))) => Some(id),
+            _ => None,
+        })
+    }
+
+    /// Finishes a decided transaction if its record is still there, so its
+    /// effects are visible before the caller answers.
+    async fn complete(&self, home: ShardId, id: u64) -> Result<(), MetaError> {
+        let record: Option<txn::TxnRecord> =
+            self.read(home, |t| t.get_as(&txn::record_key(id))).await?;
+        if let Some(record) = record {
+            let committed = record.state == txn::TxnState::Committed;
+            self.finish_txn(home, id, &record.participants, committed)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Sends the decision to every participant, then forgets the record.
@@ -784,23 +843,27 @@ impl MetaNode {
         id: u64,
         participants: &[ShardId],
         commit: bool,
-        step: &Steps,
     ) -> Result<(), MetaError> {
-        for (i, shard) in participants.iter().enumerate() {
-            let finish = TxnCommand::Finish { id, commit };
-            self.propose(*shard, step.req(41 + i as u8, Command::Txn(finish)))
-                .await?;
+        for shard in participants {
+            let finish = Request {
+                key: None,
+                cmd: Command::Txn(TxnCommand::Finish { id, commit }),
+            };
+            self.propose(*shard, finish).await?;
             fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
                 "failpoint txn::after_finish".into()
             )));
         }
-        self.propose(home, step.req(70, Command::Txn(TxnCommand::Forget { id })))
-            .await?;
+        let forget = Request {
+            key: None,
+            cmd: Command::Txn(TxnCommand::Forget { id }),
+        };
+        self.propose(home, forget).await?;
         Ok(())
     }
 
     /// Finishes or rolls back transactions of the shards led here that have been
-    /// in flight longer than `TXN_RECOVER_AFTER_MS` (their coordinator died or
+    /// in flight longer than `txn-recover-after-ms` (their coordinator died or
     /// gave up).
     async fn recover_txns(&self) {
         let now_ms = now_ns() / 1_000_000;
@@ -812,7 +875,7 @@ impl MetaNode {
                 continue;
             };
             for (id, record) in records {
-                if now_ms - record.started_ms < TXN_RECOVER_AFTER_MS {
+                if now_ms - record.started_ms < self.config.txn_recover_after_ms as i64 {
                     continue;
                 }
                 let result = async {
@@ -833,7 +896,7 @@ impl MetaNode {
                         _ => false,
                     };
                     tracing::info!(shard, id, committed, "recovering transaction");
-                    self.finish_txn(shard, id, &record.participants, committed, &Steps(None))
+                    self.finish_txn(shard, id, &record.participants, committed)
                         .await
                 }
                 .await;

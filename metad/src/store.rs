@@ -77,6 +77,11 @@ fn reply_key(k: &RequestKey) -> Vec<u8> {
     )
 }
 
+/// The reply remembered for a request key, if any.
+pub fn remembered(txn: &Txn, key: &RequestKey) -> Result<Option<Response>, MetaError> {
+    txn.get_as(&reply_key(key))
+}
+
 /// The Raft log of one shard.
 #[derive(Clone)]
 pub struct LogStore {

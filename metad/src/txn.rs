@@ -22,6 +22,7 @@
 
 use cairn_proto::ids::ShardId;
 use cairn_proto::status::EAGAIN;
+use cairn_proto::status::EIO;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -179,7 +180,12 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
         }
         TxnCommand::Decide { id, commit } => {
             let Some(mut record) = txn.get_as::<TxnRecord>(&record_key(*id))? else {
-                return Err(MetaError::fs(EAGAIN, "transaction already finished"));
+                // Only recovery resolves a record its coordinator has not decided,
+                // and recovery aborts.
+                return Err(MetaError::fs(
+                    EIO,
+                    "transaction was rolled back by recovery",
+                ));
             };
             if record.state == TxnState::Preparing {
                 record.state = if *commit {

@@ -205,7 +205,7 @@ impl Cluster {
                     "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\npeers = [{}]\n\
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
-                     data-node-timeout-ms = 2000\n\
+                     data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\n\
                      election-timeout-ms = 300\n",
                     data_dir.display(),
                     peers.join(", "),
@@ -384,4 +384,82 @@ pub async fn read_file(client: &Arc<Client>, path: &str) -> anyhow::Result<Vec<u
         }
         out.extend_from_slice(&data);
     }
+}
+
+/// What [`check_tree`] saw.
+#[derive(Debug, Default)]
+pub struct TreeStats {
+    pub dirs: usize,
+    pub files: usize,
+}
+
+/// Walks the whole namespace and checks its invariants: every entry points at an
+/// existing inode of the kind it says; every directory is reachable once, its
+/// `..` is the directory holding it and its nlink is 2 + its subdirectories;
+/// every file's nlink equals the entries naming it; and every directory accepts
+/// a new entry (no lock left behind by a transaction).
+pub async fn check_tree(meta: &MetaClient) -> anyhow::Result<TreeStats> {
+    use std::collections::HashMap;
+    use std::collections::HashSet;
+
+    use cairn_proto::pb::FileKind;
+
+    let mut stats = TreeStats::default();
+    let mut seen_dirs = HashSet::new();
+    let mut file_links: HashMap<u64, u32> = HashMap::new();
+    let mut stack = vec![ROOT_INO];
+    seen_dirs.insert(ROOT_INO);
+    while let Some(dir) = stack.pop() {
+        stats.dirs += 1;
+        let attr = meta.getattr(dir).await?;
+        let mut subdirs = 0;
+        for e in meta.readdir(dir).await? {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let child = meta
+                .getattr(e.ino)
+                .await
+                .with_context(|| format!("entry {name} in {dir:#x} points at a missing inode"))?;
+            anyhow::ensure!(
+                child.kind == e.kind,
+                "entry {name} in {dir:#x}: kind differs from inode"
+            );
+            if e.kind == FileKind::Directory as i32 {
+                subdirs += 1;
+                anyhow::ensure!(
+                    seen_dirs.insert(e.ino),
+                    "directory {:#x} reachable twice ({name})",
+                    e.ino
+                );
+                anyhow::ensure!(
+                    child.parent == dir,
+                    "directory {name} ({:#x}) has parent {:#x}, listed in {dir:#x}",
+                    e.ino,
+                    child.parent
+                );
+                stack.push(e.ino);
+            } else {
+                *file_links.entry(e.ino).or_default() += 1;
+            }
+        }
+        anyhow::ensure!(
+            attr.nlink == 2 + subdirs,
+            "directory {dir:#x} has nlink {} but {subdirs} subdirectories",
+            attr.nlink
+        );
+        let probe = format!(".probe-{dir:x}");
+        meta.create(dir, probe.as_bytes(), 0o600, true)
+            .await
+            .with_context(|| format!("directory {dir:#x} refuses new entries"))?;
+        meta.unlink(dir, probe.as_bytes()).await?;
+    }
+    for (ino, links) in &file_links {
+        stats.files += 1;
+        let attr = meta.getattr(*ino).await?;
+        anyhow::ensure!(
+            attr.nlink == *links,
+            "file {ino:#x} has nlink {} but {links} entries",
+            attr.nlink
+        );
+    }
+    Ok(stats)
 }
