@@ -197,6 +197,10 @@ pub enum FsCommand {
         name: Vec<u8>,
         now: i64,
     },
+    /// Removes slices whose blocks were deleted from the deletion queue.
+    DequeueSlices {
+        ids: Vec<u64>,
+    },
     /// Several commands applied in order as one.
     Batch(Vec<FsCommand>),
     /// Appends written slices to a file's chunks and extends its length.
@@ -271,6 +275,20 @@ fn gc_key(slice_id: u64) -> Vec<u8> {
     key(b'q', &[&slice_id.to_be_bytes()])
 }
 const NEXT_INO_KEY: &[u8] = b"nino";
+
+/// Up to `limit` slices waiting for their blocks to be deleted: (id, size).
+pub fn gc_queue(txn: &Txn, limit: usize) -> Result<Vec<(u64, u32)>, MetaError> {
+    let mut out = Vec::new();
+    for (k, v) in txn.scan(b"q", b"", limit)? {
+        let id = u64::from_be_bytes(
+            k[1..9]
+                .try_into()
+                .map_err(|_| MetaError::Storage("malformed queue key".into()))?,
+        );
+        out.push((id, crate::kv::decode(&v)?));
+    }
+    Ok(out)
+}
 
 pub fn get_inode(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
     txn.get_as(&inode_key(ino))?
@@ -571,6 +589,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now,
         } => rename(txn, *parent, name, *new_parent, new_name, *mode, *now),
         FsCommand::SetAttr { ino, set, now } => set_attr(txn, *ino, set, *now),
+        FsCommand::DequeueSlices { ids } => {
+            for id in ids {
+                txn.delete(gc_key(*id));
+            }
+            Ok(Reply::None)
+        }
         FsCommand::Batch(cmds) => {
             let mut last = Reply::None;
             for cmd in cmds {

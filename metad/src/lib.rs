@@ -11,6 +11,7 @@
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
 //! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
+//! - `gc`: deletes the blocks of freed slices on the data servers;
 //! - `network`: Raft transport over gRPC;
 //! - `node`: shard hosting, routing, linearizable reads, cross-shard coordinator;
 //! - `service`: the gRPC edge (validation and conversion);
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod gc;
 pub mod kv;
 pub mod network;
 pub mod node;

@@ -489,6 +489,85 @@ impl MetaNode {
         .await
     }
 
+    /// The cluster map, read at shard 0 on this node (which must lead it).
+    pub async fn cluster_map_local(&self) -> Result<pb::ClusterMap, MetaError> {
+        let (layout, nodes, groups) = self
+            .read(MAP_SHARD, |txn| {
+                Ok((
+                    cluster::layout(txn)?,
+                    cluster::data_nodes(txn)?,
+                    cluster::groups(txn)?,
+                ))
+            })
+            .await?;
+        let now_ms = now_ns() / 1_000_000;
+        let dead_after = layout.map_or(cluster::DEFAULT_DEAD_AFTER_MS, |l| l.dead_after_ms);
+        let map = pb::ClusterMap {
+            meta_nodes: self
+                .members()
+                .iter()
+                .map(|p| pb::MetaNodeInfo {
+                    id: p.id,
+                    addr: p.addr.clone(),
+                })
+                .collect(),
+            shards: self
+                .shards()
+                .map(|s| pb::ShardInfo {
+                    id: s,
+                    replicas: self.replicas(s),
+                    leader: self.leader_of(s).unwrap_or(0),
+                })
+                .collect(),
+            data_nodes: nodes
+                .iter()
+                .map(|n| pb::DataNodeInfo {
+                    id: n.id,
+                    addr: n.addr.clone(),
+                    capacity_bytes: n.capacity,
+                    used_bytes: n.used,
+                    blocks: n.blocks,
+                    alive: cluster::is_alive(n, now_ms, dead_after),
+                    last_heartbeat_ms: n.last_heartbeat_ms,
+                })
+                .collect(),
+            groups: groups
+                .into_iter()
+                .map(|(id, g)| pb::PlacementGroup {
+                    id,
+                    chain: g.chain,
+                    version: g.version,
+                })
+                .collect(),
+            replication: layout.map(|l| l.replication).unwrap_or(0),
+            block_size: layout.map(|l| l.block_size).unwrap_or(0),
+            chunk_size: cairn_proto::ids::CHUNK_SIZE as u32,
+        };
+        Ok(map)
+    }
+
+    /// The cluster map, from shard 0's leader wherever that is.
+    pub async fn cluster_map(&self) -> Result<pb::ClusterMap, MetaError> {
+        self.with_leader(MAP_SHARD, |target| async move {
+            match target {
+                None => self.cluster_map_local().await,
+                Some(addr) => {
+                    let mut client = pb::meta_client::MetaClient::new(
+                        self.channels
+                            .get(&addr)
+                            .map_err(|e| MetaError::Peer(e.to_string()))?,
+                    );
+                    client
+                        .get_cluster_map(pb::ClusterMapRequest {})
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| self.wire_error(MAP_SHARD, &s))
+                }
+            }
+        })
+        .await
+    }
+
     /// The shard of a new directory named `name` in `parent`.
     pub fn dir_shard(&self, parent: u64, name: &[u8]) -> ShardId {
         dir_shard(parent, name, self.config.data_shards)
@@ -1146,6 +1225,13 @@ impl MetaNode {
                 }
             }
             self.recover_txns().await;
+            for shard in self.shards() {
+                if shard != MAP_SHARD && self.leader_of(shard) == Some(self.id) {
+                    if let Err(e) = crate::gc::collect(&self, shard).await {
+                        tracing::warn!(shard, "block garbage collection: {e}");
+                    }
+                }
+            }
             let root_shard = ino_shard(ROOT_INO);
             if self.leader_of(root_shard) == Some(self.id) {
                 let has_root = self

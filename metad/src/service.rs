@@ -452,61 +452,7 @@ impl pb::meta_server::Meta for MetaService {
         &self,
         _req: GrpcRequest<pb::ClusterMapRequest>,
     ) -> GrpcResult<pb::ClusterMap> {
-        let (layout, nodes, groups) = self
-            .node
-            .read(MAP_SHARD, |txn| {
-                Ok((
-                    cluster::layout(txn)?,
-                    cluster::data_nodes(txn)?,
-                    cluster::groups(txn)?,
-                ))
-            })
-            .await?;
-        let now_ms = now_ns() / 1_000_000;
-        let dead_after = layout.map_or(cluster::DEFAULT_DEAD_AFTER_MS, |l| l.dead_after_ms);
-        let node = &self.node;
-        let map = pb::ClusterMap {
-            meta_nodes: node
-                .members()
-                .iter()
-                .map(|p| pb::MetaNodeInfo {
-                    id: p.id,
-                    addr: p.addr.clone(),
-                })
-                .collect(),
-            shards: node
-                .shards()
-                .map(|s| pb::ShardInfo {
-                    id: s,
-                    replicas: node.replicas(s),
-                    leader: node.leader_of(s).unwrap_or(0),
-                })
-                .collect(),
-            data_nodes: nodes
-                .iter()
-                .map(|n| pb::DataNodeInfo {
-                    id: n.id,
-                    addr: n.addr.clone(),
-                    capacity_bytes: n.capacity,
-                    used_bytes: n.used,
-                    blocks: n.blocks,
-                    alive: cluster::is_alive(n, now_ms, dead_after),
-                    last_heartbeat_ms: n.last_heartbeat_ms,
-                })
-                .collect(),
-            groups: groups
-                .into_iter()
-                .map(|(id, g)| pb::PlacementGroup {
-                    id,
-                    chain: g.chain,
-                    version: g.version,
-                })
-                .collect(),
-            replication: layout.map(|l| l.replication).unwrap_or(0),
-            block_size: layout.map(|l| l.block_size).unwrap_or(0),
-            chunk_size: cairn_proto::ids::CHUNK_SIZE as u32,
-        };
-        Ok(GrpcResponse::new(map))
+        Ok(GrpcResponse::new(self.node.cluster_map_local().await?))
     }
 
     async fn register_data_node(

@@ -374,3 +374,57 @@ async fn malformed_rpcs_are_rejected() -> anyhow::Result<()> {
     assert!(client.meta.readdir(ROOT_INO).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_of_deleted_and_truncated_files_are_collected() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::default()).await?;
+    let client = cluster.client();
+    let blocks = |client: std::sync::Arc<cairn_client::Client>| async move {
+        let map = client.meta.refresh_map().await.ok()?;
+        Some(map.data_nodes.iter().map(|n| n.blocks).collect::<Vec<_>>())
+    };
+    // 5 blocks per copy, on 3 replicas each.
+    write_file(&client, "/doomed", &random_bytes(18 << 20, 3)).await?;
+    write_file(&client, "/kept", &random_bytes(6 << 20, 4)).await?;
+    cairn_tests::wait_for("blocks to be reported", Duration::from_secs(10), || async {
+        blocks(client.clone())
+            .await
+            .is_some_and(|b| b.iter().sum::<u64>() == 3 * 7)
+    })
+    .await?;
+    client.meta.unlink(ROOT_INO, b"doomed").await?;
+    cairn_tests::wait_for(
+        "the deleted file's blocks to go",
+        Duration::from_secs(20),
+        || async {
+            blocks(client.clone())
+                .await
+                .is_some_and(|b| b.iter().sum::<u64>() == 3 * 2)
+        },
+    )
+    .await?;
+    // Truncating to zero frees the remaining file's slices too; its data is gone, its inode stays.
+    let kept = client.meta.resolve("/kept").await?;
+    client
+        .meta
+        .setattr(
+            kept.ino,
+            pb::SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    cairn_tests::wait_for(
+        "the truncated file's blocks to go",
+        Duration::from_secs(20),
+        || async {
+            blocks(client.clone())
+                .await
+                .is_some_and(|b| b.iter().sum::<u64>() == 0)
+        },
+    )
+    .await?;
+    assert!(read_file(&client, "/kept").await?.is_empty());
+    Ok(())
+}
