@@ -287,6 +287,7 @@ async fn get(client: &Arc<Client>, path: &str, local: &PathBuf) -> anyhow::Resul
         bar.set_position(offset);
     }
     out.sync_all().await?;
+    reader.close().await?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -304,6 +305,7 @@ async fn cat(client: &Arc<Client>, path: &str) -> anyhow::Result<()> {
         offset += data.len() as u64;
     }
     out.flush().await?;
+    reader.close().await?;
     Ok(())
 }
 

@@ -262,6 +262,8 @@ pub struct FileReader {
     chunks: HashMap<u32, Arc<Vec<Segment>>>,
     cache: BTreeMap<(u64, u32), Bytes>,
     next_sequential: u64,
+    /// Whether this reader holds an open reference (see `Client::open_file`).
+    pub(crate) opened: bool,
 }
 
 impl FileReader {
@@ -274,7 +276,16 @@ impl FileReader {
             chunks: HashMap::new(),
             cache: BTreeMap::new(),
             next_sequential: 0,
+            opened: false,
         }
+    }
+
+    /// Releases the open reference, if this reader holds one.
+    pub async fn close(self) -> Result<()> {
+        if self.opened {
+            self.client.meta.close(self.ino).await?;
+        }
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {

@@ -51,6 +51,22 @@ pub struct MetaClient {
     seq: AtomicU64,
     slice_ids: tokio::sync::Mutex<(u64, u64)>,
     backoff: Backoff,
+    /// Open files per shard; the session is renewed on these shards.
+    open_shards: Mutex<HashMap<ShardId, usize>>,
+    renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for MetaClient {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl MetaClient {
@@ -68,6 +84,8 @@ impl MetaClient {
                 deadline: Duration::from_secs(30),
                 ..Backoff::default()
             },
+            open_shards: Mutex::new(HashMap::new()),
+            renewer: Mutex::new(None),
         }
     }
 
@@ -447,6 +465,74 @@ impl MetaClient {
     pub async fn commit(&self, commit: pb::CommitSlices) -> Result<pb::Attr> {
         let shard = ino_shard(commit.ino);
         Self::expect_attr(self.mutate(shard, Op::Commit(commit)).await?)
+    }
+
+    /// Opens a file: until [`close`](Self::close) (or until this client stops
+    /// renewing its session) the file's data stays even if it is unlinked.
+    pub async fn open(self: &Arc<Self>, ino: u64) -> Result<pb::Attr> {
+        let shard = ino_shard(ino);
+        let attr = Self::expect_attr(self.mutate(shard, Op::Open(pb::OpenOp { ino })).await?)?;
+        *self
+            .open_shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(shard)
+            .or_default() += 1;
+        self.start_renewer().await?;
+        Ok(attr)
+    }
+
+    /// Closes a file opened with [`open`](Self::open).
+    pub async fn close(&self, ino: u64) -> Result<()> {
+        let shard = ino_shard(ino);
+        self.mutate(shard, Op::Close(pb::CloseOp { ino })).await?;
+        let mut open = self.open_shards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&shard) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&shard);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the task renewing this client's session where it has open files.
+    async fn start_renewer(self: &Arc<Self>) -> Result<()> {
+        let lease_ms = self.map().await?.session_lease_ms.max(1000);
+        let mut renewer = self.renewer.lock().unwrap_or_else(|p| p.into_inner());
+        if renewer.is_some() {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(self);
+        *renewer = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(lease_ms / 3));
+            loop {
+                tick.tick().await;
+                let Some(client) = weak.upgrade() else {
+                    return;
+                };
+                let shards: Vec<ShardId> = client
+                    .open_shards
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .copied()
+                    .collect();
+                for shard in shards {
+                    let client_id = client.client_id;
+                    let renewed = client
+                        .call(shard, |mut c| async move {
+                            c.renew_session(pb::RenewSessionRequest { client_id, shard })
+                                .await
+                        })
+                        .await;
+                    if let Err(e) = renewed {
+                        tracing::warn!(shard, "renewing the session: {e}");
+                    }
+                }
+            }
+        }));
+        Ok(())
     }
 
     /// A fresh slice id (fetched from shard 0 in batches).

@@ -496,6 +496,12 @@ mod tests {
         ) -> Result<Response<pb::AllocSliceIdsReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn renew_session(
+            &self,
+            _: Request<pb::RenewSessionRequest>,
+        ) -> Result<Response<pb::RenewSessionReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     struct FakeMetaServer {

@@ -44,6 +44,8 @@ pub struct Config {
     /// A cross-shard transaction in flight this long is finished or rolled back
     /// by its coordinator shard's leader.
     pub txn_recover_after_ms: u64,
+    /// How long a client's open files stay referenced without a renewal.
+    pub session_lease_ms: u64,
     /// Raft heartbeat interval.
     pub heartbeat_ms: u64,
     /// Raft election timeout (a random value in [min, 2 * min)).
@@ -65,6 +67,7 @@ impl Default for Config {
             block_size: 4 << 20,
             data_node_timeout_ms: 10_000,
             txn_recover_after_ms: 5_000,
+            session_lease_ms: 30_000,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
         }
@@ -103,6 +106,9 @@ impl Config {
         }
         if self.txn_recover_after_ms < 100 || self.txn_recover_after_ms > i64::MAX as u64 {
             return bad("txn-recover-after-ms must be at least 100");
+        }
+        if self.session_lease_ms < 1000 || self.session_lease_ms > i64::MAX as u64 {
+            return bad("session-lease-ms must be at least 1000");
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad("election-timeout-ms must be at least 3 heartbeats");

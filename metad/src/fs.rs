@@ -197,6 +197,28 @@ pub enum FsCommand {
         name: Vec<u8>,
         now: i64,
     },
+    /// A client opens a file: the inode is kept (even unlinked) while open.
+    Open {
+        ino: u64,
+        client: u64,
+        now_ms: i64,
+        lease_ms: i64,
+    },
+    /// A client closes a file it opened.
+    Close {
+        ino: u64,
+        client: u64,
+    },
+    /// Extends a client's session on this shard.
+    RenewSession {
+        client: u64,
+        now_ms: i64,
+        lease_ms: i64,
+    },
+    /// Drops the open files of sessions whose lease ran out.
+    ExpireSessions {
+        now_ms: i64,
+    },
     /// Removes slices whose blocks were deleted from the deletion queue.
     DequeueSlices {
         ids: Vec<u64>,
@@ -274,7 +296,26 @@ pub fn symlink_key(ino: u64) -> Vec<u8> {
 fn gc_key(slice_id: u64) -> Vec<u8> {
     key(b'q', &[&slice_id.to_be_bytes()])
 }
+fn open_key(ino: u64, client: u64) -> Vec<u8> {
+    key(b'o', &[&ino.to_be_bytes(), &client.to_be_bytes()])
+}
+fn opener_key(client: u64, ino: u64) -> Vec<u8> {
+    key(b'O', &[&client.to_be_bytes(), &ino.to_be_bytes()])
+}
+fn session_key(client: u64) -> Vec<u8> {
+    key(b's', &[&client.to_be_bytes()])
+}
 const NEXT_INO_KEY: &[u8] = b"nino";
+
+/// Whether some client session on this shard has run out of lease.
+pub fn has_expired_sessions(txn: &Txn, now_ms: i64) -> Result<bool, MetaError> {
+    for (_, v) in txn.scan(b"s", b"", usize::MAX)? {
+        if crate::kv::decode::<i64>(&v)? <= now_ms {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 
 /// Up to `limit` slices waiting for their blocks to be deleted: (id, size).
 pub fn gc_queue(txn: &Txn, limit: usize) -> Result<Vec<(u64, u32)>, MetaError> {
@@ -379,16 +420,31 @@ fn dir_is_empty(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
     Ok(txn.scan(&dentry_prefix(ino), b"", 1)?.is_empty())
 }
 
-/// Drops one link of a local inode, deleting it at zero.
+/// Drops one link of a local inode. At zero it is deleted, unless a client
+/// still has it open: then it stays, unnamed, until the last close.
 fn drop_link(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
     let mut inode = get_inode(txn, ino)?;
     inode.nlink = inode.nlink.saturating_sub(1);
     inode.ctime = now;
-    if inode.nlink == 0 || inode.kind == Kind::Dir {
-        delete_inode(txn, ino)
-    } else {
-        put_inode(txn, ino, &inode)
+    if inode.kind == Kind::Dir {
+        return delete_inode(txn, ino);
     }
+    put_inode(txn, ino, &inode)?;
+    reap(txn, ino)
+}
+
+/// Deletes an inode that has no links left and that nobody has open.
+fn reap(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
+    let Some(inode) = txn.get_as::<Inode>(&inode_key(ino))? else {
+        return Ok(());
+    };
+    let open = !txn
+        .scan(&key(b'o', &[&ino.to_be_bytes()]), b"", 1)?
+        .is_empty();
+    if inode.nlink == 0 && !open {
+        delete_inode(txn, ino)?;
+    }
+    Ok(())
 }
 
 /// Removes an inode with its xattrs, symlink target and chunks; its slices go to
@@ -546,16 +602,16 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
         FsCommand::AdjustNlink { ino, delta, now } => {
             let mut inode = get_inode(txn, *ino)?;
             if *delta < 0 {
-                for _ in 0..delta.unsigned_abs() {
+                for _ in 0..delta.unsigned_abs().min(inode.nlink) {
                     drop_link(txn, *ino, *now)?;
-                    if txn.get(&inode_key(*ino))?.is_none() {
-                        break;
-                    }
                 }
                 return Ok(Reply::None);
             }
             if inode.kind == Kind::Dir {
                 return Err(err(EPERM, "cannot link a directory"));
+            }
+            if inode.nlink == 0 {
+                return Err(err(ENOENT, "file was unlinked"));
             }
             inode.nlink = inode.nlink.saturating_add(delta.unsigned_abs());
             inode.ctime = *now;
@@ -589,6 +645,62 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now,
         } => rename(txn, *parent, name, *new_parent, new_name, *mode, *now),
         FsCommand::SetAttr { ino, set, now } => set_attr(txn, *ino, set, *now),
+        FsCommand::Open {
+            ino,
+            client,
+            now_ms,
+            lease_ms,
+        } => {
+            let inode = get_inode(txn, *ino)?;
+            let count: u32 = txn.get_as(&open_key(*ino, *client))?.unwrap_or(0);
+            txn.put_as(open_key(*ino, *client), &(count + 1))?;
+            txn.put(opener_key(*client, *ino), Vec::new());
+            txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
+            Ok(Reply::Attr { ino: *ino, inode })
+        }
+        FsCommand::Close { ino, client } => {
+            let count: u32 = txn.get_as(&open_key(*ino, *client))?.unwrap_or(0);
+            if count > 1 {
+                txn.put_as(open_key(*ino, *client), &(count - 1))?;
+            } else {
+                txn.delete(open_key(*ino, *client));
+                txn.delete(opener_key(*client, *ino));
+                reap(txn, *ino)?;
+            }
+            Ok(Reply::None)
+        }
+        FsCommand::RenewSession {
+            client,
+            now_ms,
+            lease_ms,
+        } => {
+            if txn.get(&session_key(*client))?.is_none() {
+                return Err(err(ENOENT, "session expired"));
+            }
+            txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
+            Ok(Reply::None)
+        }
+        FsCommand::ExpireSessions { now_ms } => {
+            for (k, v) in txn.scan(b"s", b"", usize::MAX)? {
+                let expiry: i64 = crate::kv::decode(&v)?;
+                if expiry > *now_ms {
+                    continue;
+                }
+                txn.delete(k.clone());
+                let prefix = key(b'O', &[&k[1..]]);
+                for (ok, _) in txn.scan(&prefix, b"", usize::MAX)? {
+                    let ino = u64::from_be_bytes(
+                        ok[9..17]
+                            .try_into()
+                            .map_err(|_| MetaError::Storage("malformed opener key".into()))?,
+                    );
+                    txn.delete(ok);
+                    txn.delete(key(b'o', &[&ino.to_be_bytes(), &k[1..]]));
+                    reap(txn, ino)?;
+                }
+            }
+            Ok(Reply::None)
+        }
         FsCommand::DequeueSlices { ids } => {
             for id in ids {
                 txn.delete(gc_key(*id));

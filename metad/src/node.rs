@@ -134,6 +134,12 @@ pub enum Op {
         length: u64,
         mtime: i64,
     },
+    Open {
+        ino: u64,
+    },
+    Close {
+        ino: u64,
+    },
 }
 
 impl Op {
@@ -150,7 +156,9 @@ impl Op {
             Op::SetAttr { ino, .. }
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
-            | Op::Commit { ino, .. } => ino_shard(*ino),
+            | Op::Commit { ino, .. }
+            | Op::Open { ino }
+            | Op::Close { ino } => ino_shard(*ino),
         }
     }
 }
@@ -542,6 +550,7 @@ impl MetaNode {
             replication: layout.map(|l| l.replication).unwrap_or(0),
             block_size: layout.map(|l| l.block_size).unwrap_or(0),
             chunk_size: cairn_proto::ids::CHUNK_SIZE as u32,
+            session_lease_ms: self.config.session_lease_ms,
         };
         Ok(map)
     }
@@ -771,6 +780,24 @@ impl MetaNode {
                 .await
             }
             Op::RemoveXattr { ino, name } => local(FsCommand::RemoveXattr { ino, name, now }).await,
+            Op::Open { ino } => {
+                let client = key
+                    .map(|(client, _)| client)
+                    .ok_or_else(|| MetaError::Invalid("open needs a request id".into()))?;
+                local(FsCommand::Open {
+                    ino,
+                    client,
+                    now_ms: now / 1_000_000,
+                    lease_ms: self.config.session_lease_ms as i64,
+                })
+                .await
+            }
+            Op::Close { ino } => {
+                let client = key
+                    .map(|(client, _)| client)
+                    .ok_or_else(|| MetaError::Invalid("close needs a request id".into()))?;
+                local(FsCommand::Close { ino, client }).await
+            }
             Op::Commit {
                 ino,
                 chunks,
@@ -939,6 +966,35 @@ impl MetaNode {
         };
         self.propose(home, forget).await?;
         Ok(())
+    }
+
+    /// Drops the open files of clients whose session lease ran out on `shard`.
+    async fn expire_sessions(&self, shard: ShardId) -> Result<(), MetaError> {
+        let now_ms = now_ns() / 1_000_000;
+        if self
+            .read(shard, |txn| fs::has_expired_sessions(txn, now_ms))
+            .await?
+        {
+            let expire = Request {
+                key: None,
+                cmd: Command::Fs(FsCommand::ExpireSessions { now_ms }),
+            };
+            self.propose_local(shard, expire).await?;
+        }
+        Ok(())
+    }
+
+    /// Extends a client's session on `shard` (led here).
+    pub async fn renew_session(&self, shard: ShardId, client: u64) -> Result<(), MetaError> {
+        let renew = Request {
+            key: None,
+            cmd: Command::Fs(FsCommand::RenewSession {
+                client,
+                now_ms: now_ns() / 1_000_000,
+                lease_ms: self.config.session_lease_ms as i64,
+            }),
+        };
+        self.propose_local(shard, renew).await.map(|_| ())
     }
 
     /// Finishes or rolls back transactions of the shards led here that have been
@@ -1227,6 +1283,9 @@ impl MetaNode {
             self.recover_txns().await;
             for shard in self.shards() {
                 if shard != MAP_SHARD && self.leader_of(shard) == Some(self.id) {
+                    if let Err(e) = self.expire_sessions(shard).await {
+                        tracing::warn!(shard, "expiring sessions: {e}");
+                    }
                     if let Err(e) = crate::gc::collect(&self, shard).await {
                         tracing::warn!(shard, "block garbage collection: {e}");
                     }

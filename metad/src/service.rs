@@ -221,6 +221,8 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
             ino: x.ino,
             name: xattr_name(&x.name)?,
         },
+        PbOp::Open(o) => Op::Open { ino: o.ino },
+        PbOp::Close(c) => Op::Close { ino: c.ino },
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c
@@ -485,6 +487,15 @@ impl pb::meta_server::Meta for MetaService {
             )
             .await?;
         Ok(GrpcResponse::new(pb::RegisterDataNodeReply {}))
+    }
+
+    async fn renew_session(
+        &self,
+        req: GrpcRequest<pb::RenewSessionRequest>,
+    ) -> GrpcResult<pb::RenewSessionReply> {
+        let req = req.into_inner();
+        self.node.renew_session(req.shard, req.client_id).await?;
+        Ok(GrpcResponse::new(pb::RenewSessionReply {}))
     }
 
     async fn alloc_slice_ids(

@@ -205,7 +205,7 @@ impl Cluster {
                     "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\npeers = [{}]\n\
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
-                     data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\n\
+                     data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\nsession-lease-ms = 3000\n\
                      election-timeout-ms = 300\n",
                     data_dir.display(),
                     peers.join(", "),
@@ -380,6 +380,7 @@ pub async fn read_file(client: &Arc<Client>, path: &str) -> anyhow::Result<Vec<u
     loop {
         let data = r.read_at(out.len() as u64, 8 << 20).await?;
         if data.is_empty() {
+            r.close().await?;
             return Ok(out);
         }
         out.extend_from_slice(&data);

@@ -428,3 +428,56 @@ async fn blocks_of_deleted_and_truncated_files_are_collected() -> anyhow::Result
     assert!(read_file(&client, "/kept").await?.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlinked_open_files_live_until_closed_or_lease_expiry() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::default()).await?;
+    let total_blocks = |client: std::sync::Arc<cairn_client::Client>| async move {
+        let map = client.meta.refresh_map().await.ok()?;
+        Some(map.data_nodes.iter().map(|n| n.blocks).sum::<u64>())
+    };
+    let reader = cluster.client();
+    let other = cluster.client();
+    let data = random_bytes(6 << 20, 9);
+    write_file(&other, "/open", &data).await?;
+    let attr = reader.meta.resolve("/open").await?;
+    reader.meta.open(attr.ino).await?;
+    other.meta.unlink(ROOT_INO, b"open").await?;
+    assert_eq!(errno(other.meta.lookup(ROOT_INO, b"open").await), ENOENT);
+    // Still readable through the open reference, across several lease periods
+    // (time itself is what must pass here: the client's renewals keep it).
+    for _ in 0..3 {
+        let mut r = reader.reader(&reader.meta.getattr(attr.ino).await?).await?;
+        assert_eq!(&r.read_at(0, data.len()).await?[..], &data[..]);
+        assert_eq!(reader.meta.getattr(attr.ino).await?.nlink, 0);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(total_blocks(other.clone()).await, Some(3 * 2));
+    reader.meta.close(attr.ino).await?;
+    cairn_tests::wait_for(
+        "the closed file's blocks to go",
+        Duration::from_secs(20),
+        || async { total_blocks(other.clone()).await == Some(0) },
+    )
+    .await?;
+    assert_eq!(errno(other.meta.getattr(attr.ino).await), ENOENT);
+
+    // A client that dies with the file open: its lease runs out and the data goes.
+    write_file(&other, "/abandoned", &data).await?;
+    let dying = cluster.client();
+    let ino = dying.meta.resolve("/abandoned").await?.ino;
+    dying.meta.open(ino).await?;
+    drop(dying);
+    other.meta.unlink(ROOT_INO, b"abandoned").await?;
+    assert!(
+        other.meta.getattr(ino).await.is_ok(),
+        "kept while the lease lasts"
+    );
+    cairn_tests::wait_for(
+        "the abandoned file's blocks to go",
+        Duration::from_secs(20),
+        || async { total_blocks(other.clone()).await == Some(0) },
+    )
+    .await?;
+    Ok(())
+}
