@@ -13,11 +13,6 @@ use serde::Serialize;
 
 use crate::error::DataError;
 
-/// Capacity reported when `capacity-bytes` is 0: the standard library cannot ask
-/// the file system for its size without unsafe code, so an unconfigured node
-/// reports 1 TiB and does not enforce it. Set `capacity-bytes` in production.
-pub const FALLBACK_CAPACITY_BYTES: u64 = 1 << 40;
-
 /// Settings of one datad.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -34,8 +29,8 @@ pub struct Config {
     /// metad addresses to register with and heartbeat to; empty runs the node
     /// standalone (no registration), which only tests and tools should do.
     pub meta: Vec<String>,
-    /// Bytes this node may store; 0 means the disk's size, reported as
-    /// [`FALLBACK_CAPACITY_BYTES`] and not enforced.
+    /// Bytes this node may store; 0 means the size of the file system holding
+    /// `data_dir` (reported, and enforced by the disk itself: a full disk is ENOSPC).
     pub capacity_bytes: u64,
     /// Period of the heartbeat to metad, in milliseconds.
     pub heartbeat_ms: u64,

@@ -48,7 +48,6 @@ use tokio::sync::oneshot;
 use tokio::sync::Mutex;
 use tokio::task::spawn_blocking;
 
-use crate::config::FALLBACK_CAPACITY_BYTES;
 use crate::error::DataError;
 
 /// Largest block the store accepts.
@@ -178,7 +177,8 @@ struct Inner {
     blocks_dir: PathBuf,
     db: Arc<Db>,
     capacity: u64,
-    /// Only a configured capacity is enforced (see [`FALLBACK_CAPACITY_BYTES`]).
+    /// Only a configured capacity is enforced; otherwise the disk's own size is
+    /// reported and a full disk answers ENOSPC.
     enforce_capacity: bool,
     used: AtomicU64,
     count: AtomicU64,
@@ -297,6 +297,12 @@ fn synced() -> WriteOptions {
     opts
 }
 
+/// Size in bytes of the file system holding `path`.
+pub fn disk_size(path: &Path) -> Result<u64, DataError> {
+    let st = rustix::fs::statvfs(path).map_err(std::io::Error::from)?;
+    Ok(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
 fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, DataError> {
     let blocks_dir = data_dir.join("blocks");
     for d in 0..=255u8 {
@@ -313,7 +319,7 @@ fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, Dat
     let db = Arc::new(db);
     let committer = Committer::start(Arc::clone(&db))?;
     let (capacity, enforce_capacity) = match capacity_bytes {
-        0 => (FALLBACK_CAPACITY_BYTES, false),
+        0 => (disk_size(data_dir)?, false),
         n => (n, true),
     };
     Ok(BlockStore {
@@ -749,7 +755,7 @@ mod tests {
         assert_eq!(
             store.stats(),
             StoreStats {
-                capacity_bytes: FALLBACK_CAPACITY_BYTES,
+                capacity_bytes: disk_size(dir.path()).unwrap(),
                 used_bytes: MAX_BLOCK_BYTES as u64,
                 blocks: 1
             }
@@ -857,7 +863,7 @@ mod tests {
         assert_eq!(
             store.stats(),
             StoreStats {
-                capacity_bytes: FALLBACK_CAPACITY_BYTES,
+                capacity_bytes: disk_size(dir.path()).unwrap(),
                 used_bytes: 101 + 103,
                 blocks: 2
             }
