@@ -18,7 +18,6 @@ use cairn_proto::pb;
 use cairn_proto::pb::data_client::DataClient as Grpc;
 use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
-use cairn_proto::MAX_MESSAGE_BYTES;
 
 use crate::error::from_status;
 use crate::error::ClientError;
@@ -43,13 +42,9 @@ impl DataClient {
     }
 
     fn grpc(&self, addr: &str) -> Result<Grpc<Channel>> {
-        let ch = self
-            .channels
-            .get(addr)
-            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?;
-        Ok(Grpc::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        self.channels
+            .data(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))
     }
 
     async fn chain(&self, slice_id: u64, index: u32, refresh: bool) -> Result<Chain> {

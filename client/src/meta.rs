@@ -32,7 +32,6 @@ use cairn_proto::retry::Backoff;
 use cairn_proto::status::decode;
 use cairn_proto::status::WireError;
 use cairn_proto::status::ENOTDIR;
-use cairn_proto::MAX_MESSAGE_BYTES;
 
 use crate::error::from_status;
 use crate::error::ClientError;
@@ -96,13 +95,9 @@ impl MetaClient {
     }
 
     fn grpc(&self, addr: &str) -> Result<Grpc<Channel>> {
-        let ch = self
-            .channels
-            .get(addr)
-            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?;
-        Ok(Grpc::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        self.channels
+            .meta(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))
     }
 
     /// Where to send a request for `shard` on the given attempt.

@@ -91,6 +91,12 @@ impl DataError {
     }
 }
 
+impl From<tonic::transport::Error> for DataError {
+    fn from(e: tonic::transport::Error) -> Self {
+        DataError::Invalid(format!("bad peer address: {e}"))
+    }
+}
+
 impl From<rocksdb::Error> for DataError {
     fn from(e: rocksdb::Error) -> Self {
         DataError::Db(e.into_string())

@@ -16,8 +16,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::peers::Channels;
 use crate::store::BlockStore;
+use cairn_proto::channel::Channels;
 
 /// The heartbeat loop of one node.
 pub struct Heartbeat {
@@ -48,7 +48,7 @@ impl Heartbeat {
             meta,
             period,
             store,
-            channels: Channels::new(timeout, timeout),
+            channels: Channels::with_timeouts(timeout, timeout),
             last_good: None,
         }
     }
@@ -122,7 +122,10 @@ impl Heartbeat {
         addr: &str,
         request: pb::RegisterDataNodeRequest,
     ) -> Result<(), Status> {
-        let mut client = self.channels.meta(addr)?;
+        let mut client = self
+            .channels
+            .meta(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad metad address {addr}: {e}")))?;
         client.register_data_node(request).await?;
         Ok(())
     }

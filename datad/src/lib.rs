@@ -13,7 +13,6 @@ pub mod config;
 pub mod error;
 pub mod fence;
 pub mod heartbeat;
-pub mod peers;
 pub mod service;
 pub mod store;
 
@@ -119,7 +118,7 @@ mod tests {
     use tonic::Status;
 
     use super::*;
-    use crate::peers::Channels;
+    use cairn_proto::channel::Channels;
 
     /// Generous bound for conditions that normally hold within milliseconds.
     const WAIT: Duration = Duration::from_secs(20);
@@ -155,7 +154,9 @@ mod tests {
         }
 
         fn client(&self) -> DataClient<Channel> {
-            Channels::new(WAIT, WAIT).data(&self.addr).unwrap()
+            Channels::with_timeouts(WAIT, WAIT)
+                .data(&self.addr)
+                .unwrap()
         }
 
         async fn stop(self) {
@@ -376,7 +377,7 @@ mod tests {
             let addr = listener.local_addr().unwrap().to_string();
             let stop = CancellationToken::new();
             let task = tokio::spawn(serve(config.clone(), listener, stop.clone()));
-            let mut client = Channels::new(WAIT, WAIT).data(&addr).unwrap();
+            let mut client = Channels::with_timeouts(WAIT, WAIT).data(&addr).unwrap();
             if round == 0 {
                 client
                     .put_block(put_request(77, b"kept", 9, vec![]))

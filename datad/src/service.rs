@@ -23,10 +23,10 @@ use tonic::Status;
 
 use crate::error::DataError;
 use crate::fence::ChainFence;
-use crate::peers::Channels;
 use crate::store::BlockId;
 use crate::store::BlockStore;
 use crate::store::MAX_BLOCK_BYTES;
+use cairn_proto::channel::Channels;
 
 /// Longest chain after this node that a request may name.
 pub const MAX_CHAIN_REST: usize = 15;
@@ -51,7 +51,7 @@ impl DataService {
             node_id,
             store,
             fence,
-            peers: Arc::new(Channels::new(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
+            peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
         })
     }
 

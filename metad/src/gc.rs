@@ -8,7 +8,6 @@
 
 use cairn_proto::ids::ShardId;
 use cairn_proto::pb;
-use cairn_proto::pb::data_client::DataClient;
 
 use crate::error::MetaError;
 use crate::fs;
@@ -41,12 +40,9 @@ pub async fn collect(node: &MetaNode, shard: ShardId) -> Result<usize, MetaError
         })
         .collect();
     for data_node in map.data_nodes.iter().filter(|n| n.alive) {
-        let channel = node
-            .channels
-            .get(&data_node.addr)
-            .map_err(|e| MetaError::Peer(e.to_string()))?;
-        DataClient::new(channel)
-            .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
+        node.channels
+            .data(&data_node.addr)
+            .map_err(|e| MetaError::Peer(e.to_string()))?
             .delete_blocks(pb::DeleteBlocksRequest {
                 blocks: blocks.clone(),
             })

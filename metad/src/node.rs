@@ -477,11 +477,10 @@ impl MetaNode {
             match target {
                 None => self.read(shard, |txn| fs::get_inode(txn, ino)).await,
                 Some(addr) => {
-                    let mut client = pb::meta_client::MetaClient::new(
-                        self.channels
-                            .get(&addr)
-                            .map_err(|e| MetaError::Peer(e.to_string()))?,
-                    );
+                    let mut client = self
+                        .channels
+                        .meta(&addr)
+                        .map_err(|e| MetaError::Peer(e.to_string()))?;
                     let reply = client
                         .get_attr(pb::GetAttrRequest { ino })
                         .await
@@ -561,11 +560,10 @@ impl MetaNode {
             match target {
                 None => self.cluster_map_local().await,
                 Some(addr) => {
-                    let mut client = pb::meta_client::MetaClient::new(
-                        self.channels
-                            .get(&addr)
-                            .map_err(|e| MetaError::Peer(e.to_string()))?,
-                    );
+                    let mut client = self
+                        .channels
+                        .meta(&addr)
+                        .map_err(|e| MetaError::Peer(e.to_string()))?;
                     client
                         .get_cluster_map(pb::ClusterMapRequest {})
                         .await
@@ -1202,11 +1200,10 @@ impl MetaNode {
                         .await
                 }
                 Some(addr) => {
-                    let mut client = pb::meta_client::MetaClient::new(
-                        self.channels
-                            .get(&addr)
-                            .map_err(|e| MetaError::Peer(e.to_string()))?,
-                    );
+                    let mut client = self
+                        .channels
+                        .meta(&addr)
+                        .map_err(|e| MetaError::Peer(e.to_string()))?;
                     match client
                         .lookup(pb::LookupRequest {
                             parent,
