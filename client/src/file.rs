@@ -349,8 +349,10 @@ impl FileReader {
             }
         } else {
             let data = &self.client.data;
-            let parts: Vec<(usize, Bytes)> = futures::stream::iter(pieces.iter())
-                .map(|p| async move {
+            // Pieces by value: a stream of borrowed pieces makes this future
+            // impossible to spawn (higher-ranked closure lifetimes).
+            let parts: Vec<(usize, Bytes)> = futures::stream::iter(pieces)
+                .map(|p: Piece| async move {
                     let bytes = data.get_block(p.slice_id, p.index, p.offset, p.len).await?;
                     if bytes.len() != p.len as usize {
                         return Err(ClientError::Data("short block read".into()));
@@ -464,6 +466,13 @@ mod tests {
             off: 0,
             size: len,
         }
+    }
+
+    /// Reads must be usable from spawned tasks (FUSE and S3 front ends spawn
+    /// them); this only has to compile.
+    #[allow(dead_code)]
+    fn read_at_is_spawnable(mut reader: FileReader) {
+        tokio::spawn(async move { reader.read_at(0, 1).await });
     }
 
     #[test]

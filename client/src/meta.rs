@@ -303,7 +303,7 @@ impl MetaClient {
 
     pub async fn statfs(&self) -> Result<pb::StatFsReply> {
         self.call(MAP_SHARD, |mut c| async move {
-            c.stat_fs(pb::StatFsRequest {}).await
+            c.stat_fs(pb::StatFsRequest { shard: None }).await
         })
         .await
     }

@@ -306,6 +306,17 @@ fn session_key(client: u64) -> Vec<u8> {
     key(b's', &[&client.to_be_bytes()])
 }
 const NEXT_INO_KEY: &[u8] = b"nino";
+const INODES_KEY: &[u8] = b"ninodes";
+
+/// Inodes on this shard (for statfs).
+pub fn inode_count(txn: &Txn) -> Result<u64, MetaError> {
+    Ok(txn.get_as(INODES_KEY)?.unwrap_or(0))
+}
+
+fn count_inodes(txn: &mut Txn, delta: i64) -> Result<(), MetaError> {
+    let n = inode_count(txn)?.saturating_add_signed(delta);
+    txn.put_as(INODES_KEY.to_vec(), &n)
+}
 
 /// Whether some client session on this shard has run out of lease.
 pub fn has_expired_sessions(txn: &Txn, now_ms: i64) -> Result<bool, MetaError> {
@@ -451,6 +462,7 @@ fn reap(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
 /// the block-deletion queue.
 fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
     txn.delete(inode_key(ino));
+    count_inodes(txn, -1)?;
     txn.delete(symlink_key(ino));
     for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
@@ -472,6 +484,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             if txn.get(&inode_key(ROOT_INO))?.is_none() && txn.shard() == ino_shard(ROOT_INO) {
                 let root = new_inode(Kind::Dir, 0o755, 0, 0, ROOT_INO, *now);
                 put_inode(txn, ROOT_INO, &root)?;
+                count_inodes(txn, 1)?;
             }
             Ok(Reply::None)
         }
@@ -510,6 +523,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 txn.put(symlink_key(ino), target.clone());
             }
             put_inode(txn, ino, &inode)?;
+            count_inodes(txn, 1)?;
             link_into(txn, *parent, name, Entry { ino, kind: *kind }, *now)?;
             Ok(Reply::Attr { ino, inode })
         }
@@ -529,6 +543,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             }
             let inode = new_inode(Kind::Dir, *perm, *uid, *gid, *parent, *now);
             put_inode(txn, *ino, &inode)?;
+            count_inodes(txn, 1)?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
         FsCommand::PutEntry {

@@ -575,6 +575,34 @@ impl MetaNode {
         .await
     }
 
+    /// Capacity of the data servers and inodes of every namespace shard.
+    pub async fn statfs(&self) -> Result<pb::StatFsReply, MetaError> {
+        let map = self.cluster_map().await?;
+        let mut reply = pb::StatFsReply {
+            total_bytes: map.data_nodes.iter().map(|n| n.capacity_bytes).sum(),
+            used_bytes: map.data_nodes.iter().map(|n| n.used_bytes).sum(),
+            inodes: 0,
+        };
+        for shard in self.shards().filter(|s| *s != MAP_SHARD) {
+            reply.inodes += self
+                .with_leader(shard, |target| async move {
+                    match target {
+                        None => self.read(shard, fs::inode_count).await,
+                        Some(addr) => self
+                            .channels
+                            .meta(&addr)
+                            .map_err(|e| MetaError::Peer(e.to_string()))?
+                            .stat_fs(pb::StatFsRequest { shard: Some(shard) })
+                            .await
+                            .map(|r| r.into_inner().inodes)
+                            .map_err(|s| self.wire_error(shard, &s)),
+                    }
+                })
+                .await?;
+        }
+        Ok(reply)
+    }
+
     /// The shard of a new directory named `name` in `parent`.
     pub fn dir_shard(&self, parent: u64, name: &[u8]) -> ShardId {
         dir_shard(parent, name, self.config.data_shards)

@@ -424,13 +424,15 @@ impl pb::meta_server::Meta for MetaService {
         Ok(GrpcResponse::new(reply))
     }
 
-    async fn stat_fs(&self, _req: GrpcRequest<pb::StatFsRequest>) -> GrpcResult<pb::StatFsReply> {
-        let nodes = self.node.read(MAP_SHARD, cluster::data_nodes).await?;
-        Ok(GrpcResponse::new(pb::StatFsReply {
-            total_bytes: nodes.iter().map(|n| n.capacity).sum(),
-            used_bytes: nodes.iter().map(|n| n.used).sum(),
-            inodes: 0,
-        }))
+    async fn stat_fs(&self, req: GrpcRequest<pb::StatFsRequest>) -> GrpcResult<pb::StatFsReply> {
+        let reply = match req.into_inner().shard {
+            Some(shard) => pb::StatFsReply {
+                inodes: self.node.read(shard, fs::inode_count).await?,
+                ..Default::default()
+            },
+            None => self.node.statfs().await?,
+        };
+        Ok(GrpcResponse::new(reply))
     }
 
     async fn mutate(&self, req: GrpcRequest<pb::MutateRequest>) -> GrpcResult<pb::MutateReply> {

@@ -154,7 +154,13 @@ async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
     .await?;
     let c = cluster.client();
     let meta = &c.meta;
+    let before = meta.statfs().await?;
     let dir = meta.mkdir(ROOT_INO, b"p", 0o755).await?;
+    meta.create(dir.ino, b"counted", 0o644, true).await?;
+    let after = meta.statfs().await?;
+    assert_eq!(after.inodes, before.inodes + 2, "statfs counts inodes on every shard");
+    assert!(after.total_bytes > 0);
+    meta.unlink(dir.ino, b"counted").await?;
 
     // Invalid names are refused and change nothing.
     for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
