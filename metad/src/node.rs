@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
@@ -211,6 +212,8 @@ pub struct MetaNode {
     pub channels: Channels,
     /// Last known leader of shards this node does not host.
     hints: Mutex<HashMap<ShardId, u64>>,
+    /// Read leases of shards led here: (term, valid until).
+    leases: Mutex<HashMap<ShardId, (u64, Instant)>>,
 }
 
 impl MetaNode {
@@ -243,6 +246,7 @@ impl MetaNode {
             rafts: BTreeMap::new(),
             channels,
             hints: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         };
         for shard in 0..=node.config.data_shards {
             if !node.replicas(shard).contains(&node.id) {
@@ -456,16 +460,39 @@ impl MetaNode {
     }
 
     /// Runs a linearizable read of `shard`, which must be led by this node.
+    ///
+    /// Leadership is confirmed by a quorum round trip (ReadIndex), which also
+    /// waits until everything committed before it is applied. That confirmation
+    /// then serves as a lease: followers that acknowledged it refuse to elect
+    /// another leader for `election_timeout_min` after receiving it, so for half
+    /// of that time after sending it, in the same term, reads are served from
+    /// the local state machine (every write acknowledged since was applied here
+    /// before its acknowledgement).
     pub async fn read<T>(
         &self,
         shard: ShardId,
         f: impl FnOnce(&Txn) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let raft = self.leader_raft(shard)?;
-        raft.ensure_linearizable().await.map_err(|e| match e {
-            RaftError::APIError(_) => self.not_leader(shard),
-            e => MetaError::Raft(e.to_string()),
-        })?;
+        let term = raft.metrics().borrow().current_term;
+        let now = Instant::now();
+        let leased = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .is_some_and(|&(t, until)| t == term && now < until);
+        if !leased {
+            raft.ensure_linearizable().await.map_err(|e| match e {
+                RaftError::APIError(_) => self.not_leader(shard),
+                e => MetaError::Raft(e.to_string()),
+            })?;
+            let lease = Duration::from_millis(self.config.election_timeout_ms / 2);
+            self.leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard, (term, now + lease));
+        }
         let txn = Txn::new(&self.db, shard);
         f(&txn)
     }
@@ -1264,7 +1291,7 @@ impl MetaNode {
     /// data layout once, and keep data-node liveness current. Runs until cancelled.
     pub async fn run_duties(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut last_liveness = std::time::Instant::now();
+        let mut last_liveness = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -1293,7 +1320,7 @@ impl MetaNode {
                     }
                 }
                 if last_liveness.elapsed() >= Duration::from_secs(1) {
-                    last_liveness = std::time::Instant::now();
+                    last_liveness = Instant::now();
                     let req = Request {
                         key: None,
                         cmd: Command::Map(MapCommand::CheckLiveness {

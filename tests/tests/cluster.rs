@@ -158,7 +158,11 @@ async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
     let dir = meta.mkdir(ROOT_INO, b"p", 0o755).await?;
     meta.create(dir.ino, b"counted", 0o644, true).await?;
     let after = meta.statfs().await?;
-    assert_eq!(after.inodes, before.inodes + 2, "statfs counts inodes on every shard");
+    assert_eq!(
+        after.inodes,
+        before.inodes + 2,
+        "statfs counts inodes on every shard"
+    );
     assert!(after.total_bytes > 0);
     meta.unlink(dir.ino, b"counted").await?;
 
