@@ -13,12 +13,14 @@
 //! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
 //! - `gc`: deletes the blocks of freed slices on the data servers;
 //! - `network`: Raft transport over gRPC;
-//! - `node`: shard hosting, routing, linearizable reads, cross-shard coordinator;
+//! - `node`: shard hosting, routing, linearizable reads, leader duties;
+//! - `coordinator`: namespace mutations, single-shard or as transactions;
 //! - `service`: the gRPC edge (validation and conversion);
 //! - `config`, `error`.
 
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod fs;
 pub mod gc;

@@ -1,17 +1,12 @@
 //! One metad process: the shard replicas it hosts (multi-Raft over one RocksDB),
-//! routing of requests to shard leaders, linearizable reads, and the coordinator
-//! that splits operations spanning shards into per-shard steps.
+//! routing of requests to shard leaders (forwarding, leader hints), linearizable
+//! reads, the cluster map and the background duties of the leaders hosted here.
+//! Namespace mutations are coordinated in `coordinator.rs`.
 //!
 //! Placement is fixed by the configuration: shard `s` is replicated on
 //! `replication` consecutive members starting at member `s mod n`, so leaders of
 //! different shards start on different nodes. A new directory's inode is placed on
 //! a shard chosen by hash of (parent, name); its entries and its files live there.
-//!
-//! Cross-shard steps are ordered so that a crash between them leaves at worst an
-//! unreachable inode, never an entry pointing at nothing: inodes are created
-//! before the entry that names them and dropped after it is removed. Each step is
-//! exactly-once on its own shard (request key with a step number), so a client
-//! that retries the whole operation replays it to the same result.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -48,141 +43,16 @@ use crate::fs;
 use crate::fs::Entry;
 use crate::fs::FsCommand;
 use crate::fs::Inode;
-use crate::fs::Kind;
-use crate::fs::PutMode;
-use crate::fs::RenameMode;
 use crate::fs::Reply;
-use crate::fs::SetAttrs;
-use crate::fs::SliceRec;
 use crate::kv::Txn;
 use crate::network::NetworkFactory;
 use crate::store::LogStore;
 use crate::store::StateMachine;
-use crate::txn;
-use crate::txn::TxnCommand;
 use crate::types::Command;
 use crate::types::Raft;
 use crate::types::Request;
-use crate::types::RequestKey;
 use crate::types::Response;
 use cairn_proto::channel::Channels;
-
-/// The caller's identity for new inodes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// A namespace mutation, validated.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Create {
-        parent: u64,
-        name: Vec<u8>,
-        kind: Kind,
-        perm: u32,
-        rdev: u32,
-        exclusive: bool,
-    },
-    Mkdir {
-        parent: u64,
-        name: Vec<u8>,
-        perm: u32,
-    },
-    Symlink {
-        parent: u64,
-        name: Vec<u8>,
-        target: Vec<u8>,
-    },
-    Unlink {
-        parent: u64,
-        name: Vec<u8>,
-    },
-    Rmdir {
-        parent: u64,
-        name: Vec<u8>,
-    },
-    Rename {
-        parent: u64,
-        name: Vec<u8>,
-        new_parent: u64,
-        new_name: Vec<u8>,
-        mode: RenameMode,
-    },
-    Link {
-        ino: u64,
-        new_parent: u64,
-        new_name: Vec<u8>,
-    },
-    SetAttr {
-        ino: u64,
-        set: SetAttrs,
-    },
-    SetXattr {
-        ino: u64,
-        name: Vec<u8>,
-        value: Vec<u8>,
-        flags: u32,
-    },
-    RemoveXattr {
-        ino: u64,
-        name: Vec<u8>,
-    },
-    Commit {
-        ino: u64,
-        chunks: Vec<(u32, Vec<SliceRec>)>,
-        length: u64,
-        mtime: i64,
-    },
-    Open {
-        ino: u64,
-    },
-    Close {
-        ino: u64,
-    },
-}
-
-impl Op {
-    /// The shard whose leader coordinates this operation.
-    pub fn home_shard(&self) -> ShardId {
-        match self {
-            Op::Create { parent, .. }
-            | Op::Mkdir { parent, .. }
-            | Op::Symlink { parent, .. }
-            | Op::Unlink { parent, .. }
-            | Op::Rmdir { parent, .. }
-            | Op::Rename { parent, .. } => ino_shard(*parent),
-            Op::Link { new_parent, .. } => ino_shard(*new_parent),
-            Op::SetAttr { ino, .. }
-            | Op::SetXattr { ino, .. }
-            | Op::RemoveXattr { ino, .. }
-            | Op::Commit { ino, .. }
-            | Op::Open { ino }
-            | Op::Close { ino } => ino_shard(*ino),
-        }
-    }
-}
-
-/// Builds the requests of one client operation's steps: each step is
-/// exactly-once on its shard under (client, seq, step).
-pub struct Steps(pub Option<(u64, u64)>);
-
-impl Steps {
-    pub fn key(&self, step: u8) -> Option<RequestKey> {
-        self.0.map(|(client, seq)| RequestKey { client, seq, step })
-    }
-
-    pub fn req(&self, step: u8, cmd: Command) -> Request {
-        Request {
-            key: self.key(step),
-            cmd,
-        }
-    }
-}
-
-/// Step number under which a transaction's commit decision is remembered.
-const DECIDE_STEP: u8 = 40;
 
 /// The shard of a new directory: a hash of (parent, name) over the data shards.
 pub fn dir_shard(parent: u64, name: &[u8], data_shards: u32) -> ShardId {
@@ -310,7 +180,7 @@ impl MetaNode {
             .collect()
     }
 
-    fn addr_of(&self, id: u64) -> Option<String> {
+    pub(crate) fn addr_of(&self, id: u64) -> Option<String> {
         self.members
             .iter()
             .find(|p| p.id == id)
@@ -334,7 +204,7 @@ impl MetaNode {
         }
     }
 
-    fn not_leader(&self, shard: ShardId) -> MetaError {
+    pub(crate) fn not_leader(&self, shard: ShardId) -> MetaError {
         let leader = self
             .leader_of(shard)
             .filter(|l| *l != self.id)
@@ -346,7 +216,7 @@ impl MetaNode {
     }
 
     /// This node's replica of `shard` if it is the leader.
-    fn leader_raft(&self, shard: ShardId) -> Result<&Raft, MetaError> {
+    pub(crate) fn leader_raft(&self, shard: ShardId) -> Result<&Raft, MetaError> {
         let raft = self
             .rafts
             .get(&shard)
@@ -383,7 +253,7 @@ impl MetaNode {
         .await
     }
 
-    async fn propose_remote(
+    pub(crate) async fn propose_remote(
         &self,
         addr: &str,
         shard: ShardId,
@@ -404,7 +274,7 @@ impl MetaNode {
     }
 
     /// Turns a peer's status into an error, remembering leader hints.
-    fn wire_error(&self, shard: ShardId, status: &tonic::Status) -> MetaError {
+    pub(crate) fn wire_error(&self, shard: ShardId, status: &tonic::Status) -> MetaError {
         match decode(status) {
             WireError::Errno { errno, message } => MetaError::fs(errno, message),
             WireError::NotLeader { leader } => {
@@ -422,7 +292,7 @@ impl MetaNode {
 
     /// Runs `f` against the leader of `shard` (None: this node), retrying while
     /// the leader moves.
-    async fn with_leader<T, F, Fut>(&self, shard: ShardId, f: F) -> Result<T, MetaError>
+    pub(crate) async fn with_leader<T, F, Fut>(&self, shard: ShardId, f: F) -> Result<T, MetaError>
     where
         F: Fn(Option<String>) -> Fut,
         Fut: std::future::Future<Output = Result<T, MetaError>>,
@@ -635,392 +505,6 @@ impl MetaNode {
         dir_shard(parent, name, self.config.data_shards)
     }
 
-    /// Executes a namespace mutation. Must run on the leader of
-    /// `op.home_shard()`. An operation confined to the home shard is one Raft
-    /// command; one that touches other shards runs as a two-phase transaction.
-    pub async fn mutate(
-        &self,
-        key: Option<(u64, u64)>,
-        caller: Caller,
-        op: Op,
-    ) -> Result<Reply, MetaError> {
-        let home = op.home_shard();
-        self.leader_raft(home)?;
-        let now = now_ns();
-        let step = Steps(key);
-        let local = |cmd: FsCommand| self.propose_local(home, step.req(0, Command::Fs(cmd)));
-        match op {
-            Op::Create {
-                parent,
-                name,
-                kind,
-                perm,
-                rdev,
-                exclusive,
-            } => {
-                local(FsCommand::Create {
-                    parent,
-                    name,
-                    kind,
-                    perm,
-                    rdev,
-                    uid: caller.uid,
-                    gid: caller.gid,
-                    exclusive,
-                    target: None,
-                    now,
-                })
-                .await
-            }
-            Op::Symlink {
-                parent,
-                name,
-                target,
-            } => {
-                local(FsCommand::Create {
-                    parent,
-                    name,
-                    kind: Kind::Symlink,
-                    perm: 0o777,
-                    rdev: 0,
-                    uid: caller.uid,
-                    gid: caller.gid,
-                    exclusive: true,
-                    target: Some(target),
-                    now,
-                })
-                .await
-            }
-            Op::Mkdir { parent, name, perm } => {
-                let target = self.dir_shard(parent, &name);
-                if target == home {
-                    return local(FsCommand::Create {
-                        parent,
-                        name,
-                        kind: Kind::Dir,
-                        perm,
-                        rdev: 0,
-                        uid: caller.uid,
-                        gid: caller.gid,
-                        exclusive: true,
-                        target: None,
-                        now,
-                    })
-                    .await;
-                }
-                let alloc = step.req(1, Command::Fs(FsCommand::AllocIno));
-                let Reply::Ino(ino) = self.propose(target, alloc).await? else {
-                    return Err(MetaError::Storage("AllocIno answered no inode".into()));
-                };
-                let make = FsCommand::MakeDir {
-                    ino,
-                    parent,
-                    perm,
-                    uid: caller.uid,
-                    gid: caller.gid,
-                    now,
-                };
-                let put = FsCommand::PutEntry {
-                    parent,
-                    name,
-                    entry: Entry {
-                        ino,
-                        kind: Kind::Dir,
-                    },
-                    mode: PutMode::MustNotExist,
-                    now,
-                };
-                self.run_txn(home, &step, vec![(target, make), (home, put)])
-                    .await?;
-                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, caller.gid, parent, now);
-                Ok(Reply::Attr { ino, inode })
-            }
-            Op::Unlink { parent, name } => {
-                let entry = self.read_entry(parent, &name).await?;
-                let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
-                if entry.kind == Kind::Dir {
-                    return Err(MetaError::fs(EISDIR, "is a directory"));
-                }
-                let shard = ino_shard(entry.ino);
-                if shard == home {
-                    return local(FsCommand::Unlink { parent, name, now }).await;
-                }
-                let del = FsCommand::DelEntry {
-                    parent,
-                    name,
-                    expect: entry.ino,
-                    now,
-                };
-                let drop = FsCommand::AdjustNlink {
-                    ino: entry.ino,
-                    delta: -1,
-                    now,
-                };
-                self.run_txn(home, &step, vec![(home, del), (shard, drop)])
-                    .await?;
-                Ok(Reply::None)
-            }
-            Op::Rmdir { parent, name } => {
-                let entry = self.read_entry(parent, &name).await?;
-                let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
-                if entry.kind != Kind::Dir {
-                    return Err(MetaError::fs(ENOTDIR, "not a directory"));
-                }
-                let shard = ino_shard(entry.ino);
-                if shard == home {
-                    return local(FsCommand::Rmdir { parent, name, now }).await;
-                }
-                let del = FsCommand::DelEntry {
-                    parent,
-                    name,
-                    expect: entry.ino,
-                    now,
-                };
-                let drop = FsCommand::DropDir { ino: entry.ino };
-                self.run_txn(home, &step, vec![(shard, drop), (home, del)])
-                    .await?;
-                Ok(Reply::None)
-            }
-            Op::Link {
-                ino,
-                new_parent,
-                new_name,
-            } => {
-                let inode = self.getattr_anywhere(ino).await?;
-                if inode.kind == Kind::Dir {
-                    return Err(MetaError::fs(EPERM, "cannot link a directory"));
-                }
-                let adjust = FsCommand::AdjustNlink { ino, delta: 1, now };
-                let put = FsCommand::PutEntry {
-                    parent: new_parent,
-                    name: new_name,
-                    entry: Entry {
-                        ino,
-                        kind: inode.kind,
-                    },
-                    mode: PutMode::MustNotExist,
-                    now,
-                };
-                self.run_txn(home, &step, vec![(ino_shard(ino), adjust), (home, put)])
-                    .await?;
-                let inode = self.getattr_anywhere(ino).await?;
-                Ok(Reply::Attr { ino, inode })
-            }
-            Op::Rename {
-                parent,
-                name,
-                new_parent,
-                new_name,
-                mode,
-            } => {
-                self.rename(home, &step, now, parent, name, new_parent, new_name, mode)
-                    .await
-            }
-            Op::SetAttr { ino, set } => local(FsCommand::SetAttr { ino, set, now }).await,
-            Op::SetXattr {
-                ino,
-                name,
-                value,
-                flags,
-            } => {
-                local(FsCommand::SetXattr {
-                    ino,
-                    name,
-                    value,
-                    flags,
-                    now,
-                })
-                .await
-            }
-            Op::RemoveXattr { ino, name } => local(FsCommand::RemoveXattr { ino, name, now }).await,
-            Op::Open { ino } => {
-                let client = key
-                    .map(|(client, _)| client)
-                    .ok_or_else(|| MetaError::Invalid("open needs a request id".into()))?;
-                local(FsCommand::Open {
-                    ino,
-                    client,
-                    now_ms: now / 1_000_000,
-                    lease_ms: self.config.session_lease_ms as i64,
-                })
-                .await
-            }
-            Op::Close { ino } => {
-                let client = key
-                    .map(|(client, _)| client)
-                    .ok_or_else(|| MetaError::Invalid("close needs a request id".into()))?;
-                local(FsCommand::Close { ino, client }).await
-            }
-            Op::Commit {
-                ino,
-                chunks,
-                length,
-                mtime,
-            } => {
-                local(FsCommand::Commit {
-                    ino,
-                    chunks,
-                    length,
-                    mtime,
-                })
-                .await
-            }
-        }
-    }
-
-    /// Runs `actions` (commands per shard) atomically: all apply or none do.
-    /// Actions of one shard are prepared and applied together, in order.
-    ///
-    /// Each attempt is a fresh transaction; only a commit decision is recorded
-    /// under the client's request key. A client retrying after a lost answer
-    /// therefore finds the earlier commit (its new attempt is aborted and it
-    /// answers success), while a retry after an abort simply tries again.
-    pub async fn run_txn(
-        &self,
-        home: ShardId,
-        step: &Steps,
-        actions: Vec<(ShardId, FsCommand)>,
-    ) -> Result<(), MetaError> {
-        let mut by_shard: BTreeMap<ShardId, Vec<FsCommand>> = BTreeMap::new();
-        for (shard, cmd) in actions {
-            by_shard.entry(shard).or_default().push(cmd);
-        }
-        if by_shard.len() == 1 {
-            // Everything on one shard: one Raft command is atomic already.
-            if let Some((shard, cmds)) = by_shard.pop_first() {
-                let batch = step.req(11, Command::Fs(FsCommand::Batch(cmds)));
-                return self.propose(shard, batch).await.map(|_| ());
-            }
-        }
-        if let Some(earlier) = self.earlier_commit(home, step).await? {
-            return self.complete(home, earlier).await;
-        }
-        let unkeyed = |cmd: TxnCommand| Request {
-            key: None,
-            cmd: Command::Txn(cmd),
-        };
-        let participants: Vec<ShardId> = by_shard.keys().copied().collect();
-        let begin = TxnCommand::Begin {
-            id: rand::random::<u64>() | 1,
-            participants: participants.clone(),
-            now_ms: now_ns() / 1_000_000,
-        };
-        let Reply::Txn { id, .. } = self.propose_local(home, unkeyed(begin)).await? else {
-            return Err(MetaError::Storage("Begin answered no transaction".into()));
-        };
-        fail::fail_point!("txn::after_begin", |_| Err(MetaError::Raft(
-            "failpoint txn::after_begin".into()
-        )));
-        let mut failure = None;
-        for (shard, cmds) in by_shard {
-            let prepare = TxnCommand::Prepare {
-                id,
-                coordinator: home,
-                cmds,
-            };
-            if let Err(e) = self.propose(shard, unkeyed(prepare)).await {
-                failure = Some(e);
-                break;
-            }
-            fail::fail_point!("txn::after_prepare", |_| Err(MetaError::Raft(
-                "failpoint txn::after_prepare".into()
-            )));
-        }
-        let commit = failure.is_none();
-        if !commit {
-            if let Some(earlier) = self.earlier_commit(home, step).await? {
-                self.finish_txn(home, id, &participants, false).await?;
-                return self.complete(home, earlier).await;
-            }
-        }
-        let decide = TxnCommand::Decide { id, commit };
-        let decide = if commit {
-            step.req(DECIDE_STEP, Command::Txn(decide))
-        } else {
-            unkeyed(decide)
-        };
-        let (decided_id, committed) = match self.propose_local(home, decide).await? {
-            Reply::Txn {
-                id,
-                committed: Some(c),
-            } => (id, c),
-            _ => return Err(MetaError::Storage("Decide answered no decision".into())),
-        };
-        fail::fail_point!("txn::after_decide", |_| Err(MetaError::Raft(
-            "failpoint txn::after_decide".into()
-        )));
-        if decided_id != id {
-            // An earlier attempt of this request committed: drop this one.
-            self.finish_txn(home, id, &participants, false).await?;
-            return self.complete(home, decided_id).await;
-        }
-        self.finish_txn(home, id, &participants, committed).await?;
-        match (committed, failure) {
-            (true, _) => Ok(()),
-            (false, Some(e)) => Err(e),
-            (false, None) => Err(MetaError::fs(
-                EIO,
-                "transaction was rolled back by recovery",
-            )),
-        }
-    }
-
-    /// The id of an earlier attempt of this request that committed, if any.
-    async fn earlier_commit(&self, home: ShardId, step: &Steps) -> Result<Option<u64>, MetaError> {
-        let Some(key) = step.key(DECIDE_STEP) else {
-            return Ok(None);
-        };
-        let remembered = self
-            .read(home, |txn| crate::store::remembered(txn, &key))
-            .await?;
-        Ok(match remembered {
-            Some(Response(Ok(Reply::Txn {
-                id,
-                committed: Some(true),
-            }))) => Some(id),
-            _ => None,
-        })
-    }
-
-    /// Finishes a decided transaction if its record is still there, so its
-    /// effects are visible before the caller answers.
-    async fn complete(&self, home: ShardId, id: u64) -> Result<(), MetaError> {
-        let record: Option<txn::TxnRecord> =
-            self.read(home, |t| t.get_as(&txn::record_key(id))).await?;
-        if let Some(record) = record {
-            let committed = record.state == txn::TxnState::Committed;
-            self.finish_txn(home, id, &record.participants, committed)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Sends the decision to every participant, then forgets the record.
-    async fn finish_txn(
-        &self,
-        home: ShardId,
-        id: u64,
-        participants: &[ShardId],
-        commit: bool,
-    ) -> Result<(), MetaError> {
-        for shard in participants {
-            let finish = Request {
-                key: None,
-                cmd: Command::Txn(TxnCommand::Finish { id, commit }),
-            };
-            self.propose(*shard, finish).await?;
-            fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
-                "failpoint txn::after_finish".into()
-            )));
-        }
-        let forget = Request {
-            key: None,
-            cmd: Command::Txn(TxnCommand::Forget { id }),
-        };
-        self.propose(home, forget).await?;
-        Ok(())
-    }
-
     /// Drops the open files of clients whose session lease ran out on `shard`.
     async fn expire_sessions(&self, shard: ShardId) -> Result<(), MetaError> {
         let now_ms = now_ns() / 1_000_000;
@@ -1050,198 +534,12 @@ impl MetaNode {
         self.propose_local(shard, renew).await.map(|_| ())
     }
 
-    /// Finishes or rolls back transactions of the shards led here that have been
-    /// in flight longer than `txn-recover-after-ms` (their coordinator died or
-    /// gave up).
-    async fn recover_txns(&self) {
-        let now_ms = now_ns() / 1_000_000;
-        for shard in self.rafts.keys().copied() {
-            if self.leader_of(shard) != Some(self.id) {
-                continue;
-            }
-            let Ok(records) = self.read(shard, txn::records).await else {
-                continue;
-            };
-            for (id, record) in records {
-                if now_ms - record.started_ms < self.config.txn_recover_after_ms as i64 {
-                    continue;
-                }
-                let result = async {
-                    let decide = TxnCommand::Decide { id, commit: false };
-                    let committed = match self
-                        .propose_local(
-                            shard,
-                            Request {
-                                key: None,
-                                cmd: Command::Txn(decide),
-                            },
-                        )
-                        .await?
-                    {
-                        Reply::Txn {
-                            committed: Some(c), ..
-                        } => c,
-                        _ => false,
-                    };
-                    tracing::info!(shard, id, committed, "recovering transaction");
-                    self.finish_txn(shard, id, &record.participants, committed)
-                        .await
-                }
-                .await;
-                if let Err(e) = result {
-                    tracing::warn!(shard, id, "recovering transaction: {e}");
-                }
-            }
-        }
-    }
-
-    /// Whether `dir` is `ancestor` or lies below it.
-    async fn is_below(&self, dir: u64, ancestor: u64) -> Result<bool, MetaError> {
-        let mut cur = dir;
-        for _ in 0..4096 {
-            if cur == ancestor {
-                return Ok(true);
-            }
-            if cur == ROOT_INO {
-                return Ok(false);
-            }
-            cur = self.getattr_anywhere(cur).await?.parent;
-        }
-        Err(MetaError::fs(ELOOP, "directory tree too deep"))
-    }
-
-    /// rename(2). Both entries on the home shard: one Rename command, plus
-    /// transactional fix-ups of inodes on other shards. Otherwise: a transaction
-    /// that puts the new entry, removes (or swaps) the old one and fixes inodes.
-    #[allow(clippy::too_many_arguments)]
-    async fn rename(
-        &self,
-        home: ShardId,
-        step: &Steps,
-        now: i64,
-        parent: u64,
-        name: Vec<u8>,
-        new_parent: u64,
-        new_name: Vec<u8>,
-        mode: RenameMode,
-    ) -> Result<Reply, MetaError> {
-        let dst_home = ino_shard(new_parent);
-        let src = self
-            .read_entry(parent, &name)
-            .await?
-            .ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
-        if src.kind == Kind::Dir
-            && parent != new_parent
-            && self.is_below(new_parent, src.ino).await?
-        {
-            return Err(MetaError::fs(
-                EINVAL,
-                "cannot move a directory below itself",
-            ));
-        }
-        let dst = self.read_entry(new_parent, &new_name).await?;
-        match (mode, dst) {
-            (RenameMode::NoReplace, Some(_)) => return Err(MetaError::fs(EEXIST, "file exists")),
-            (RenameMode::Exchange, None) => return Err(MetaError::fs(ENOENT, "no such file")),
-            (_, Some(d)) if d.ino == src.ino => {
-                return Ok(Reply::Renamed {
-                    moved: src,
-                    replaced: None,
-                })
-            }
-            (RenameMode::Replace, Some(d)) => match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
-                (true, false) => return Err(MetaError::fs(ENOTDIR, "not a directory")),
-                (false, true) => return Err(MetaError::fs(EISDIR, "is a directory")),
-                _ => {}
-            },
-            _ => {}
-        }
-        let mut actions: Vec<(ShardId, FsCommand)> = Vec::new();
-        if home == dst_home {
-            actions.push((
-                home,
-                FsCommand::Rename {
-                    parent,
-                    name,
-                    new_parent,
-                    new_name,
-                    mode,
-                    now,
-                },
-            ));
-        } else {
-            let put_mode = match dst {
-                Some(d) => PutMode::Replace { expect: d.ino },
-                None => PutMode::MustNotExist,
-            };
-            actions.push((
-                dst_home,
-                FsCommand::PutEntry {
-                    parent: new_parent,
-                    name: new_name,
-                    entry: src,
-                    mode: put_mode,
-                    now,
-                },
-            ));
-            let second = match (mode, dst) {
-                (RenameMode::Exchange, Some(d)) => FsCommand::PutEntry {
-                    parent,
-                    name,
-                    entry: d,
-                    mode: PutMode::Replace { expect: src.ino },
-                    now,
-                },
-                _ => FsCommand::DelEntry {
-                    parent,
-                    name,
-                    expect: src.ino,
-                    now,
-                },
-            };
-            actions.push((home, second));
-        }
-        // Inodes the entry commands above do not reach: those on other shards
-        // (a same-shard Rename fixes its own shard's inodes itself).
-        let fixed_by_rename = |ino: u64| home == dst_home && ino_shard(ino) == home;
-        if src.kind == Kind::Dir && parent != new_parent && !fixed_by_rename(src.ino) {
-            let cmd = FsCommand::SetParent {
-                ino: src.ino,
-                parent: new_parent,
-                now,
-            };
-            actions.push((ino_shard(src.ino), cmd));
-        }
-        if let Some(d) = dst.filter(|d| !fixed_by_rename(d.ino)) {
-            let fix = match (mode, d.kind) {
-                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => {
-                    Some(FsCommand::SetParent {
-                        ino: d.ino,
-                        parent,
-                        now,
-                    })
-                }
-                (RenameMode::Exchange, _) => None,
-                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: d.ino }),
-                _ => Some(FsCommand::AdjustNlink {
-                    ino: d.ino,
-                    delta: -1,
-                    now,
-                }),
-            };
-            if let Some(fix) = fix {
-                actions.push((ino_shard(d.ino), fix));
-            }
-        }
-        self.run_txn(home, step, actions).await?;
-        Ok(Reply::Renamed {
-            moved: src,
-            replaced: dst,
-        })
-    }
-
     /// A directory entry, read at its shard's leader wherever that is.
-    async fn read_entry(&self, parent: u64, name: &[u8]) -> Result<Option<Entry>, MetaError> {
+    pub(crate) async fn read_entry(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<Option<Entry>, MetaError> {
         let shard = ino_shard(parent);
         if self.leader_of(shard) == Some(self.id) {
             return self

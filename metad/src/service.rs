@@ -17,6 +17,8 @@ use cairn_proto::pb::mutate_request::Op as PbOp;
 
 use crate::cluster;
 use crate::cluster::MapCommand;
+use crate::coordinator::Caller;
+use crate::coordinator::Op;
 use crate::error::MetaError;
 use crate::fs;
 use crate::fs::Inode;
@@ -26,9 +28,7 @@ use crate::fs::Reply;
 use crate::fs::SetAttrs;
 use crate::fs::SliceRec;
 use crate::node::now_ns;
-use crate::node::Caller;
 use crate::node::MetaNode;
-use crate::node::Op;
 use crate::types::Command;
 use crate::types::Request;
 
