@@ -210,3 +210,95 @@ async fn coordinator_leader_killed_mid_transactions() -> anyhow::Result<()> {
     check_tree(&meta.meta).await?;
     Ok(())
 }
+
+/// Every entry reachable from `dir`, recursively, as (ino, kind).
+async fn all_entries(client: &Client, dir: u64) -> anyhow::Result<Vec<(u64, i32)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for e in client.meta.readdir(d).await? {
+            if e.kind == FileKind::Directory as i32 {
+                stack.push(e.ino);
+            }
+            out.push((e.ino, e.kind));
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_renames_lose_and_duplicate_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec {
+        datas: 1,
+        data_replication: 1,
+        ..Spec::default()
+    })
+    .await?;
+    let top = setup(&cluster).await?;
+    let client = cluster.client();
+    let tops: Vec<u64> = client
+        .meta
+        .readdir(top)
+        .await?
+        .iter()
+        .map(|e| e.ino)
+        .collect();
+    // Each of 4 clients owns 10 files and 3 directories and keeps moving them
+    // between the top directories (mostly across shards); nothing is deleted.
+    let mut owned = Vec::new();
+    for c in 0..4u64 {
+        for i in 0..13u64 {
+            let name = format!("c{c}-{i}");
+            let parent = tops[(i as usize) % tops.len()];
+            let attr = if i < 10 {
+                client
+                    .meta
+                    .create(parent, name.as_bytes(), 0o644, true)
+                    .await?
+            } else {
+                client.meta.mkdir(parent, name.as_bytes(), 0o755).await?
+            };
+            owned.push((c, name, attr.ino));
+        }
+    }
+    let before = all_entries(&client, top).await?;
+    let tasks: Vec<_> = (0..4u64)
+        .map(|c| {
+            let client = cluster.client();
+            let tops = tops.clone();
+            let mine: Vec<(String, u64)> = owned
+                .iter()
+                .filter(|(o, _, _)| *o == c)
+                .map(|(_, n, i)| (n.clone(), *i))
+                .collect();
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(c);
+                let mut at: Vec<u64> = (0..mine.len()).map(|i| tops[i % tops.len()]).collect();
+                for _ in 0..40 {
+                    let k = rng.gen_range(0..mine.len());
+                    let to = tops[rng.gen_range(0..tops.len())];
+                    if to == at[k] {
+                        continue;
+                    }
+                    let name = mine[k].0.as_bytes();
+                    client
+                        .meta
+                        .rename(at[k], name, to, name, pb::RenameMode::Noreplace)
+                        .await?;
+                    at[k] = to;
+                }
+                Ok::<_, ClientError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let mut after = all_entries(&client, top).await?;
+    let mut before = before;
+    after.sort_unstable();
+    before.sort_unstable();
+    assert_eq!(after, before, "the same entries, each exactly once");
+    check_tree(&client.meta).await?;
+    Ok(())
+}
