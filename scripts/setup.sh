@@ -6,6 +6,7 @@ missing=()
 command -v clang >/dev/null || missing+=(clang)
 [ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || missing+=(libclang-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   as_root apt-get update -qq

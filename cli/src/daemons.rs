@@ -18,6 +18,9 @@ pub struct DevArgs {
     /// Address of the data service.
     #[arg(long, default_value = "127.0.0.1:7100")]
     data_listen: String,
+    /// Also mount the cluster through FUSE here.
+    #[arg(long)]
+    mount: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -47,7 +50,7 @@ pub struct DatadArgs {
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -139,6 +142,28 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  data service:     {}", args.data_listen);
     println!("  try: cairn status; cairn fs put ./file /file; cairn fs ls /");
+    let session = match &args.mount {
+        Some(path) => {
+            let seeds = vec![args.meta_listen.clone()];
+            let client = cairn_client::Client::new(seeds.clone());
+            // The mount needs a serving cluster: wait for the root directory.
+            let ready = cairn_proto::retry::retry(
+                cairn_proto::retry::Backoff::default(),
+                |_| true,
+                |_| client.meta.getattr(cairn_proto::ids::ROOT_INO),
+            )
+            .await;
+            ready.context("waiting for the dev cluster to serve")?;
+            let mount_args = crate::mount::MountArgs {
+                path: path.clone(),
+                entry_timeout_ms: 1000,
+                attr_timeout_ms: 1000,
+                allow_other: true,
+            };
+            Some(crate::mount::mount(seeds, &mount_args)?)
+        }
+        None => None,
+    };
     // When either service stops (signal or failure), stop the other too.
     let (m, d) = tokio::select! {
         m = &mut metad => {
@@ -150,6 +175,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             (metad.await, d)
         }
     };
+    if let Some(session) = session {
+        tokio::task::spawn_blocking(move || drop(session)).await?;
+    }
     m.context("metad task")??;
     d.context("datad task")??;
     Ok(())

@@ -3,6 +3,7 @@
 mod bench;
 mod daemons;
 mod fs;
+mod mount;
 mod status;
 
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ enum Command {
         #[command(subcommand)]
         command: fs::FsCommand,
     },
+    /// Mount the cluster through FUSE (in the foreground; Ctrl-C unmounts).
+    Mount(mount::MountArgs),
+    /// Unmount a FUSE mount.
+    Umount { path: std::path::PathBuf },
     /// Nodes, shards and leaders, placement groups, capacity; exits 0 only when
     /// the cluster serves requests.
     Status,
@@ -71,6 +76,8 @@ fn main() -> anyhow::Result<()> {
             Command::Metad(args) => daemons::metad(args).await,
             Command::Datad(args) => daemons::datad(args).await,
             Command::Fs { command } => fs::run(seeds, command).await,
+            Command::Mount(args) => mount::run(seeds, args).await,
+            Command::Umount { path } => mount::umount(&path),
             Command::Status => status::run(seeds).await,
             Command::Bench(args) => bench::run(seeds, args).await,
         }

@@ -20,6 +20,7 @@ use cairn_proto::pb;
 pub use error::ClientError;
 pub use file::FileReader;
 pub use file::FileWriter;
+pub use meta::Caller;
 pub use meta::MetaClient;
 pub use meta::Result;
 

@@ -38,6 +38,17 @@ use crate::error::ClientError;
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
+/// Who creates an inode (its owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+}
+
 /// Slice ids fetched from shard 0 at a time.
 const SLICE_ID_BATCH: u32 = 256;
 
@@ -308,8 +319,19 @@ impl MetaClient {
         .await
     }
 
-    /// Applies a mutation exactly once at the leader of `shard`.
+    /// Applies a mutation exactly once at the leader of `shard`, as root.
     pub async fn mutate(&self, shard: ShardId, op: Op) -> Result<Option<pb::Attr>> {
+        self.mutate_as(Caller::ROOT, shard, op).await
+    }
+
+    /// Applies a mutation exactly once at the leader of `shard`; new inodes
+    /// belong to `caller`.
+    pub async fn mutate_as(
+        &self,
+        caller: Caller,
+        shard: ShardId,
+        op: Op,
+    ) -> Result<Option<pb::Attr>> {
         let id = pb::RequestId {
             client_id: self.client_id,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
@@ -318,8 +340,8 @@ impl MetaClient {
             .call(shard, |mut c| {
                 let req = pb::MutateRequest {
                     id: Some(id),
-                    uid: 0,
-                    gid: 0,
+                    uid: caller.uid,
+                    gid: caller.gid,
                     op: Some(op.clone()),
                 };
                 async move { c.mutate(req).await }
@@ -339,6 +361,18 @@ impl MetaClient {
         perm: u32,
         exclusive: bool,
     ) -> Result<pb::Attr> {
+        self.create_as(Caller::ROOT, parent, name, perm, exclusive)
+            .await
+    }
+
+    pub async fn create_as(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        exclusive: bool,
+    ) -> Result<pb::Attr> {
         let op = Op::Create(pb::CreateOp {
             parent,
             name: name.to_vec().into(),
@@ -347,11 +381,12 @@ impl MetaClient {
             rdev: 0,
             exclusive,
         });
-        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+        Self::expect_attr(self.mutate_as(caller, ino_shard(parent), op).await?)
     }
 
     pub async fn mknod(
         &self,
+        caller: Caller,
         parent: u64,
         name: &[u8],
         kind: pb::FileKind,
@@ -366,25 +401,45 @@ impl MetaClient {
             rdev,
             exclusive: true,
         });
-        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+        Self::expect_attr(self.mutate_as(caller, ino_shard(parent), op).await?)
     }
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], perm: u32) -> Result<pb::Attr> {
+        self.mkdir_as(Caller::ROOT, parent, name, perm).await
+    }
+
+    pub async fn mkdir_as(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+    ) -> Result<pb::Attr> {
         let op = Op::Mkdir(pb::MkdirOp {
             parent,
             name: name.to_vec().into(),
             perm,
         });
-        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+        Self::expect_attr(self.mutate_as(caller, ino_shard(parent), op).await?)
     }
 
     pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8]) -> Result<pb::Attr> {
+        self.symlink_as(Caller::ROOT, parent, name, target).await
+    }
+
+    pub async fn symlink_as(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<pb::Attr> {
         let op = Op::Symlink(pb::SymlinkOp {
             parent,
             name: name.to_vec().into(),
             target: target.to_vec().into(),
         });
-        Self::expect_attr(self.mutate(ino_shard(parent), op).await?)
+        Self::expect_attr(self.mutate_as(caller, ino_shard(parent), op).await?)
     }
 
     pub async fn link(&self, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<pb::Attr> {

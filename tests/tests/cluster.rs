@@ -202,7 +202,14 @@ async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
     let l = meta.symlink(dir.ino, b"l", b"sub/g").await?;
     assert_eq!(meta.readlink(l.ino).await?, b"sub/g");
     let fifo = meta
-        .mknod(dir.ino, b"fifo", pb::FileKind::Fifo, 0o600, 0)
+        .mknod(
+            cairn_client::Caller::ROOT,
+            dir.ino,
+            b"fifo",
+            pb::FileKind::Fifo,
+            0o600,
+            0,
+        )
         .await?;
     assert_eq!(fifo.kind, pb::FileKind::Fifo as i32);
     meta.setxattr(sub.ino, b"user.a", b"1", 0).await?;

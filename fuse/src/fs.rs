@@ -1,0 +1,853 @@
+//! The fuser `Filesystem`: each kernel request is answered by a task on the
+//! tokio runtime that calls the client library, so slow requests never block
+//! the others.
+//!
+//! Inode numbers are Cairn's, except that the kernel's root (1) is Cairn's root.
+//! Open files hold a writer (buffered, parallel block uploads, committed on
+//! flush/fsync/close) and a reader (created at open, so a mount sees what was
+//! committed when the file was opened: close-to-open consistency). A read
+//! through a handle with unflushed writes flushes them first, so a process
+//! reads its own writes. Opening registers the file with metad, so an unlinked
+//! open file stays readable until release.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use fuser::FileAttr;
+use fuser::FileType;
+use fuser::Filesystem;
+use fuser::KernelConfig;
+use fuser::ReplyAttr;
+use fuser::ReplyCreate;
+use fuser::ReplyData;
+use fuser::ReplyDirectory;
+use fuser::ReplyEmpty;
+use fuser::ReplyEntry;
+use fuser::ReplyOpen;
+use fuser::ReplyStatfs;
+use fuser::ReplyWrite;
+use fuser::ReplyXattr;
+use fuser::Request;
+use fuser::TimeOrNow;
+
+use cairn_client::Caller;
+use cairn_client::Client;
+use cairn_client::ClientError;
+use cairn_client::FileReader;
+use cairn_client::FileWriter;
+use cairn_proto::ids::ROOT_INO;
+use cairn_proto::pb;
+use cairn_proto::pb::FileKind;
+
+/// Kernel cache lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub entry: Duration,
+    pub attr: Duration,
+}
+
+/// An open file.
+struct OpenFile {
+    ino: u64,
+    writer: Option<FileWriter>,
+    reader: Option<FileReader>,
+}
+
+impl OpenFile {
+    /// Commits buffered writes; the reader is rebuilt on the next read.
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+type Handle = Arc<tokio::sync::Mutex<OpenFile>>;
+
+/// A directory listing taken at opendir: (kernel ino, type, name) by offset.
+type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+
+pub struct CairnFs {
+    client: Arc<Client>,
+    rt: tokio::runtime::Handle,
+    timeouts: Timeouts,
+    files: Arc<Mutex<HashMap<u64, Handle>>>,
+    /// Directory listings taken at opendir, read by offset.
+    dirs: Arc<Mutex<HashMap<u64, Listing>>>,
+    next_fh: AtomicU64,
+}
+
+impl CairnFs {
+    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, timeouts: Timeouts) -> Self {
+        CairnFs {
+            client,
+            rt,
+            timeouts,
+            files: Arc::default(),
+            dirs: Arc::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn handle(&self, fh: u64) -> Option<Handle> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+}
+
+/// Kernel inode number → Cairn's.
+fn cairn_ino(ino: u64) -> u64 {
+    if ino == fuser::FUSE_ROOT_ID {
+        ROOT_INO
+    } else {
+        ino
+    }
+}
+
+/// Cairn inode number → the kernel's.
+fn kernel_ino(ino: u64) -> u64 {
+    if ino == ROOT_INO {
+        fuser::FUSE_ROOT_ID
+    } else {
+        ino
+    }
+}
+
+fn file_type(kind: i32) -> FileType {
+    match FileKind::try_from(kind) {
+        Ok(FileKind::Directory) => FileType::Directory,
+        Ok(FileKind::Symlink) => FileType::Symlink,
+        Ok(FileKind::Fifo) => FileType::NamedPipe,
+        Ok(FileKind::Socket) => FileType::Socket,
+        Ok(FileKind::CharDevice) => FileType::CharDevice,
+        Ok(FileKind::BlockDevice) => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
+
+fn ns(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn file_attr(a: &pb::Attr) -> FileAttr {
+    FileAttr {
+        ino: kernel_ino(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request<'_>) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+/// Something that can answer a FUSE request with an errno.
+trait ReplyErr {
+    fn error(self, errno: i32);
+}
+
+macro_rules! reply_err {
+    ($($t:ty),*) => {$(
+        impl ReplyErr for $t {
+            fn error(self, errno: i32) {
+                <$t>::error(self, errno)
+            }
+        }
+    )*};
+}
+reply_err!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite,
+    ReplyXattr
+);
+
+impl CairnFs {
+    /// Runs `f` on the runtime; its error answers the request with an errno.
+    fn spawn<R, F>(&self, reply: R, f: impl FnOnce(Arc<Client>, R) -> F)
+    where
+        R: ReplyErr + Send + 'static,
+        F: std::future::Future<Output = Result<(), (R, ClientError)>> + Send + 'static,
+    {
+        let fut = f(self.client.clone(), reply);
+        self.rt.spawn(async move {
+            if let Err((reply, e)) = fut.await {
+                tracing::debug!("fuse request failed: {e}");
+                reply.error(e.errno());
+            }
+        });
+    }
+}
+
+/// `?` for request tasks: keeps the reply to answer with the error.
+macro_rules! tri {
+    ($reply:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Err(($reply, ClientError::from(e))),
+        }
+    };
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        // Large writes: up to 1 MiB per request.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let name = name_bytes(name);
+        let ttl = self.timeouts.entry;
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
+            reply.entry(&ttl, &file_attr(&a), 0);
+            Ok(())
+        });
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let ttl = self.timeouts.attr;
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(reply, c.meta.getattr(cairn_ino(ino)).await);
+            reply.attr(&ttl, &file_attr(&a));
+            Ok(())
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let ttl = self.timeouts.attr;
+        let handle = fh.and_then(|fh| self.handle(fh));
+        self.spawn(reply, move |c, reply| async move {
+            if let (Some(h), Some(_)) = (&handle, size) {
+                // Buffered writes land before the truncate, as the caller ordered them.
+                let mut h = h.lock().await;
+                tri!(reply, h.flush().await);
+                h.reader = None;
+            }
+            let set = pb::SetAttr {
+                perm: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size,
+                atime_ns: atime.map(ns),
+                mtime_ns: mtime.map(ns),
+            };
+            let a = tri!(reply, c.meta.setattr(cairn_ino(ino), set).await);
+            reply.attr(&ttl, &file_attr(&a));
+            Ok(())
+        });
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        self.spawn(reply, move |c, reply| async move {
+            let target = tri!(reply, c.meta.readlink(cairn_ino(ino)).await);
+            reply.data(&target);
+            Ok(())
+        });
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => FileKind::Regular,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(
+                reply,
+                c.meta
+                    .mknod(who, cairn_ino(parent), &name, kind, mode & 0o7777, rdev)
+                    .await
+            );
+            reply.entry(&ttl, &file_attr(&a), 0);
+            Ok(())
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(
+                reply,
+                c.meta
+                    .mkdir_as(who, cairn_ino(parent), &name, mode & 0o7777)
+                    .await
+            );
+            reply.entry(&ttl, &file_attr(&a), 0);
+            Ok(())
+        });
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(reply, move |c, reply| async move {
+            tri!(reply, c.meta.unlink(cairn_ino(parent), &name).await);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(reply, move |c, reply| async move {
+            tri!(reply, c.meta.rmdir(cairn_ino(parent), &name).await);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, who, ttl) = (name_bytes(link_name), caller(req), self.timeouts.entry);
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(
+                reply,
+                c.meta
+                    .symlink_as(who, cairn_ino(parent), &name, &target)
+                    .await
+            );
+            reply.entry(&ttl, &file_attr(&a), 0);
+            Ok(())
+        });
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = match flags {
+            0 => pb::RenameMode::Replace,
+            libc::RENAME_NOREPLACE => pb::RenameMode::Noreplace,
+            libc::RENAME_EXCHANGE => pb::RenameMode::Exchange,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (name, newname) = (name_bytes(name), name_bytes(newname));
+        self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                c.meta
+                    .rename(
+                        cairn_ino(parent),
+                        &name,
+                        cairn_ino(newparent),
+                        &newname,
+                        mode
+                    )
+                    .await
+            );
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (name, ttl) = (name_bytes(newname), self.timeouts.entry);
+        self.spawn(reply, move |c, reply| async move {
+            let a = tri!(
+                reply,
+                c.meta
+                    .link(cairn_ino(ino), cairn_ino(newparent), &name)
+                    .await
+            );
+            reply.entry(&ttl, &file_attr(&a), 0);
+            Ok(())
+        });
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let fh = self.fh();
+        let files = self.files.clone();
+        self.spawn(reply, move |c, reply| async move {
+            let attr = tri!(reply, c.meta.open(cairn_ino(ino)).await);
+            let reader = tri!(reply, c.reader(&attr).await);
+            let file = OpenFile {
+                ino: attr.ino,
+                writer: None,
+                reader: Some(reader),
+            };
+            files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+            // Keep the page cache only while nothing changed is a later refinement;
+            // for now the kernel revalidates on every open.
+            reply.opened(fh, 0);
+            Ok(())
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(libc::EBADF);
+        };
+        self.spawn(reply, move |c, reply| async move {
+            let mut h = handle.lock().await;
+            if h.writer.is_some() {
+                tri!(reply, h.flush().await);
+                h.reader = None;
+            }
+            if h.reader.is_none() {
+                let attr = tri!(reply, c.meta.getattr(h.ino).await);
+                h.reader = Some(tri!(reply, c.reader(&attr).await));
+            }
+            let Some(reader) = h.reader.as_mut() else {
+                return Err((reply, ClientError::Invalid("no reader".into())));
+            };
+            let data = tri!(
+                reply,
+                reader
+                    .read_at(u64::try_from(offset).unwrap_or(0), size as usize)
+                    .await
+            );
+            reply.data(&data);
+            Ok(())
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(libc::EBADF);
+        };
+        let data = data.to_vec();
+        self.spawn(reply, move |c, reply| async move {
+            let mut h = handle.lock().await;
+            if h.writer.is_none() {
+                let ino = h.ino;
+                h.writer = Some(tri!(reply, c.writer(ino).await));
+            }
+            h.reader = None;
+            let Some(writer) = h.writer.as_mut() else {
+                return Err((reply, ClientError::Invalid("no writer".into())));
+            };
+            tri!(
+                reply,
+                writer
+                    .write_at(u64::try_from(offset).unwrap_or(0), &data)
+                    .await
+            );
+            reply.written(data.len() as u32);
+            Ok(())
+        });
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(libc::EBADF);
+        };
+        self.spawn(reply, move |_c, reply| async move {
+            tri!(reply, handle.lock().await.flush().await);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _data: bool, reply: ReplyEmpty) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(libc::EBADF);
+        };
+        self.spawn(reply, move |_c, reply| async move {
+            tri!(reply, handle.lock().await.flush().await);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        let Some(handle) = handle else {
+            return reply.error(libc::EBADF);
+        };
+        self.spawn(reply, move |c, reply| async move {
+            let mut h = handle.lock().await;
+            let flushed = h.flush().await;
+            let closed = c.meta.close(h.ino).await;
+            tri!(reply, flushed);
+            tri!(reply, closed);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let fh = self.fh();
+        let dirs = self.dirs.clone();
+        self.spawn(reply, move |c, reply| async move {
+            let ino = cairn_ino(ino);
+            let dir = tri!(reply, c.meta.getattr(ino).await);
+            let mut listing = vec![
+                (kernel_ino(ino), FileType::Directory, b".".to_vec()),
+                (
+                    kernel_ino(dir.parent.max(1)),
+                    FileType::Directory,
+                    b"..".to_vec(),
+                ),
+            ];
+            for e in tri!(reply, c.meta.readdir(ino).await) {
+                listing.push((kernel_ino(e.ino), file_type(e.kind), e.name.to_vec()));
+            }
+            dirs.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(listing));
+            reply.opened(fh, 0);
+            Ok(())
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned();
+        let Some(listing) = listing else {
+            return reply.error(libc::EBADF);
+        };
+        let start = usize::try_from(offset).unwrap_or(0);
+        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(start) {
+            if reply.add(*ino, (i + 1) as i64, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        reply.ok();
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        self.spawn(reply, move |c, reply| async move {
+            let s = tri!(reply, c.meta.statfs().await);
+            let bsize: u64 = 4096;
+            let blocks = s.total_bytes / bsize;
+            let free = s.total_bytes.saturating_sub(s.used_bytes) / bsize;
+            let files = s.inodes + (1 << 32);
+            reply.statfs(
+                blocks,
+                free,
+                free,
+                files,
+                files - s.inodes,
+                bsize as u32,
+                255,
+                bsize as u32,
+            );
+            Ok(())
+        });
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let flags = match flags {
+            0 => 0,
+            libc::XATTR_CREATE => 1,
+            libc::XATTR_REPLACE => 2,
+            _ => return reply.error(libc::EINVAL),
+        };
+        let (name, value) = (name_bytes(name), value.to_vec());
+        self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                c.meta.setxattr(cairn_ino(ino), &name, &value, flags).await
+            );
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        let name = name_bytes(name);
+        self.spawn(reply, move |c, reply| async move {
+            let value = tri!(reply, c.meta.getxattr(cairn_ino(ino), &name).await);
+            answer_xattr(reply, &value, size);
+            Ok(())
+        });
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        self.spawn(reply, move |c, reply| async move {
+            let names = tri!(reply, c.meta.listxattr(cairn_ino(ino)).await);
+            let mut list = Vec::new();
+            for n in names {
+                list.extend_from_slice(&n);
+                list.push(0);
+            }
+            answer_xattr(reply, &list, size);
+            Ok(())
+        });
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_bytes(name);
+        self.spawn(reply, move |c, reply| async move {
+            tri!(reply, c.meta.removexattr(cairn_ino(ino), &name).await);
+            reply.ok();
+            Ok(())
+        });
+    }
+
+    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // The kernel checks permissions itself (`default_permissions`).
+        reply.ok();
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
+        let exclusive = flags & libc::O_EXCL != 0;
+        let fh = self.fh();
+        let files = self.files.clone();
+        self.spawn(reply, move |c, reply| async move {
+            let attr = tri!(
+                reply,
+                c.meta
+                    .create_as(who, cairn_ino(parent), &name, mode & 0o7777, exclusive)
+                    .await
+            );
+            tri!(reply, c.meta.open(attr.ino).await);
+            let file = OpenFile {
+                ino: attr.ino,
+                writer: None,
+                reader: None,
+            };
+            files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+            reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
+            Ok(())
+        });
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(libc::EOPNOTSUPP);
+        }
+        let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn(reply, move |c, reply| async move {
+            let ino = cairn_ino(ino);
+            let a = tri!(reply, c.meta.getattr(ino).await);
+            let end = offset.saturating_add(length);
+            if end > a.size {
+                // Cairn files are sparse: extending the length is the allocation.
+                let set = pb::SetAttr {
+                    size: Some(end),
+                    ..Default::default()
+                };
+                tri!(reply, c.meta.setattr(ino, set).await);
+            }
+            reply.ok();
+            Ok(())
+        });
+    }
+}
+
+/// getxattr/listxattr protocol: size 0 asks for the length; too small is ERANGE.
+fn answer_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(libc::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

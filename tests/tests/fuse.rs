@@ -1,0 +1,186 @@
+//! POSIX through a real FUSE mount (`cairn mount`, a separate process) of a real
+//! multi-process cluster, and close-to-open consistency between two mounts.
+
+use std::fs;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::Digest;
+use sha2::Sha256;
+
+use cairn_tests::cairn_bin;
+use cairn_tests::random_bytes;
+use cairn_tests::wait_for;
+use cairn_tests::Cluster;
+use cairn_tests::Spec;
+
+/// A `cairn mount` process; unmounted and killed (by PID) when dropped.
+struct Mount {
+    path: PathBuf,
+    child: Child,
+}
+
+impl Mount {
+    async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Mount> {
+        let path = cluster.dir.path().join(name);
+        fs::create_dir_all(&path)?;
+        let log = fs::File::create(cluster.dir.path().join(format!("{name}.log")))?;
+        let child = Command::new(cairn_bin()?)
+            .args(["mount", "--entry-timeout-ms", "0", "--attr-timeout-ms", "0"])
+            .arg(&path)
+            .env("CAIRN_META", cluster.meta_addrs().join(","))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mount = Mount { path, child };
+        let p = mount.path.clone();
+        wait_for("the mount to appear", Duration::from_secs(30), || {
+            let p = p.clone();
+            async move { is_mounted(&p) }
+        })
+        .await?;
+        Ok(mount)
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(path.as_ref()))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_operations_through_a_mount() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::default()).await?;
+    let mount = Mount::start(&cluster, "mnt").await?;
+    let root = mount.path.clone();
+    // Blocking file-system calls run off the test's runtime threads.
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let dir = root.join("a/b");
+        fs::create_dir_all(&dir)?;
+        // Write, read back, append, overwrite in the middle.
+        let f = dir.join("f");
+        fs::write(&f, b"hello world")?;
+        assert_eq!(fs::read(&f)?, b"hello world");
+        OpenOptions::new().append(true).open(&f)?.write_all(b"!")?;
+        let mut h = OpenOptions::new().write(true).open(&f)?;
+        h.seek(SeekFrom::Start(6))?;
+        h.write_all(b"WORLD")?;
+        drop(h);
+        assert_eq!(fs::read(&f)?, b"hello WORLD!");
+        // O_EXCL, truncate, chmod.
+        let again = OpenOptions::new().write(true).create_new(true).open(&f);
+        assert_eq!(errno_of(&again.unwrap_err()), libc::EEXIST);
+        OpenOptions::new().write(true).open(&f)?.set_len(5)?;
+        assert_eq!(fs::read(&f)?, b"hello");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640))?;
+        assert_eq!(fs::metadata(&f)?.mode() & 0o7777, 0o640);
+        // Links, renames, listing.
+        fs::hard_link(&f, root.join("a/hard"))?;
+        assert_eq!(fs::metadata(&f)?.nlink(), 2);
+        std::os::unix::fs::symlink("b/f", root.join("a/sym"))?;
+        assert_eq!(fs::read_link(root.join("a/sym"))?, Path::new("b/f"));
+        assert_eq!(fs::read(root.join("a/sym"))?, b"hello");
+        fs::rename(&dir, root.join("a/c"))?;
+        let mut names: Vec<String> = fs::read_dir(root.join("a"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        assert_eq!(names, ["c", "hard", "sym"]);
+        let err = fs::remove_dir(root.join("a/c")).unwrap_err();
+        assert_eq!(errno_of(&err), libc::ENOTEMPTY);
+        // A sparse file: the hole reads as zeros.
+        let sparse = root.join("sparse");
+        let mut h = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&sparse)?;
+        h.seek(SeekFrom::Start(10 << 20))?;
+        h.write_all(b"end")?;
+        drop(h);
+        let data = fs::read(&sparse)?;
+        assert_eq!(data.len(), (10 << 20) + 3);
+        assert!(data[..10 << 20].iter().all(|b| *b == 0));
+        // A 24 MiB file over several blocks, byte for byte.
+        let big = random_bytes(24 << 20, 5);
+        fs::write(root.join("big"), &big)?;
+        assert_eq!(
+            Sha256::digest(fs::read(root.join("big"))?),
+            Sha256::digest(&big)
+        );
+        // Unlink while open: the open descriptor still reads the data.
+        let mut open = fs::File::open(root.join("big"))?;
+        fs::remove_file(root.join("big"))?;
+        assert!(!root.join("big").exists());
+        let mut back = Vec::new();
+        open.read_to_end(&mut back)?;
+        assert_eq!(back.len(), big.len());
+        drop(open);
+        // Cleanup through the mount.
+        fs::remove_dir_all(root.join("a"))?;
+        fs::remove_file(&sparse)?;
+        assert_eq!(fs::read_dir(&root)?.count(), 0);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_to_open_between_two_mounts() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec {
+        datas: 1,
+        data_replication: 1,
+        ..Spec::default()
+    })
+    .await?;
+    let a = Mount::start(&cluster, "a").await?;
+    let b = Mount::start(&cluster, "b").await?;
+    let (pa, pb) = (a.path.clone(), b.path.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        fs::write(pa.join("f"), b"first version")?;
+        assert_eq!(fs::read(pb.join("f"))?, b"first version");
+        fs::write(pa.join("f"), b"second, longer version")?;
+        assert_eq!(fs::read(pb.join("f"))?, b"second, longer version");
+        fs::rename(pa.join("f"), pa.join("g"))?;
+        assert!(!pb.join("f").exists());
+        assert_eq!(fs::read(pb.join("g"))?, b"second, longer version");
+        fs::remove_file(pb.join("g"))?;
+        assert!(!pa.join("g").exists());
+        Ok(())
+    })
+    .await??;
+    drop(b);
+    drop(a);
+    Ok(())
+}
