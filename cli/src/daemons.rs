@@ -159,6 +159,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 entry_timeout_ms: 1000,
                 attr_timeout_ms: 1000,
                 allow_other: true,
+                cache_dir: Some(args.data_dir.join("cache")),
+                cache_size: 1 << 30,
             };
             Some(crate::mount::mount(seeds, &mount_args)?)
         }

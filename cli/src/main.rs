@@ -44,6 +44,11 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a FUSE mount.
     Umount { path: std::path::PathBuf },
+    /// Inspect or empty a local block cache.
+    Cache {
+        #[command(subcommand)]
+        command: mount::CacheCommand,
+    },
     /// Nodes, shards and leaders, placement groups, capacity; exits 0 only when
     /// the cluster serves requests.
     Status,
@@ -78,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             Command::Fs { command } => fs::run(seeds, command).await,
             Command::Mount(args) => mount::run(seeds, args).await,
             Command::Umount { path } => mount::umount(&path),
+            Command::Cache { command } => mount::cache(command),
             Command::Status => status::run(seeds).await,
             Command::Bench(args) => bench::run(seeds, args).await,
         }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use cairn_client::cache::BlockCache;
 use cairn_client::Client;
+use cairn_client::MetaClient;
 
 #[derive(Args, Clone)]
 pub struct MountArgs {
@@ -22,6 +24,12 @@ pub struct MountArgs {
     /// Let other users use the mount.
     #[arg(long)]
     pub allow_other: bool,
+    /// Local directory (ideally on NVMe) caching blocks read; none: no cache.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the cache's size.
+    #[arg(long, default_value = "10G", value_parser = crate::parse_size)]
+    pub cache_size: u64,
 }
 
 impl MountArgs {
@@ -40,8 +48,16 @@ impl MountArgs {
 pub fn mount(seeds: Vec<String>, args: &MountArgs) -> anyhow::Result<fuser::BackgroundSession> {
     std::fs::create_dir_all(&args.path)
         .with_context(|| format!("creating {}", args.path.display()))?;
+    let cache = match &args.cache_dir {
+        Some(dir) => Some(
+            BlockCache::open(dir, args.cache_size)
+                .with_context(|| format!("opening the cache in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let client = Client::with_options(MetaClient::new(seeds, Default::default()), cache);
     let session = cairn_fuse::mount(
-        Client::new(seeds),
+        client,
         &args.path,
         args.options(),
         tokio::runtime::Handle::current(),
@@ -56,6 +72,41 @@ pub async fn run(seeds: Vec<String>, args: MountArgs) -> anyhow::Result<()> {
     crate::daemons::shutdown_on_signal().cancelled().await;
     // Dropping the session unmounts and joins its thread.
     tokio::task::spawn_blocking(move || drop(session)).await?;
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum CacheCommand {
+    /// Blocks and bytes in a local cache.
+    Stat {
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
+    /// Empties a local cache.
+    Evict {
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
+}
+
+pub fn cache(command: CacheCommand) -> anyhow::Result<()> {
+    match command {
+        CacheCommand::Stat { cache_dir } => {
+            let stats = BlockCache::open(&cache_dir, u64::MAX)?.stats();
+            println!(
+                "{}: {} blocks, {} bytes",
+                cache_dir.display(),
+                stats.blocks,
+                stats.bytes
+            );
+        }
+        CacheCommand::Evict { cache_dir } => {
+            let cache = BlockCache::open(&cache_dir, u64::MAX)?;
+            let stats = cache.stats();
+            cache.clear();
+            println!("evicted {} blocks, {} bytes", stats.blocks, stats.bytes);
+        }
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use cairn_proto::pb::data_client::DataClient as Grpc;
 use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
 
+use crate::cache::BlockCache;
 use crate::error::from_status;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
@@ -27,6 +28,7 @@ use crate::meta::Result;
 pub struct DataClient {
     channels: Channels,
     meta: Arc<MetaClient>,
+    cache: Option<BlockCache>,
 }
 
 /// A placement group's replicas as addresses, head first.
@@ -37,8 +39,16 @@ struct Chain {
 }
 
 impl DataClient {
-    pub fn new(meta: Arc<MetaClient>, channels: Channels) -> Self {
-        DataClient { channels, meta }
+    pub fn new(meta: Arc<MetaClient>, channels: Channels, cache: Option<BlockCache>) -> Self {
+        DataClient {
+            channels,
+            meta,
+            cache,
+        }
+    }
+
+    pub fn cache(&self) -> Option<&BlockCache> {
+        self.cache.as_ref()
     }
 
     fn grpc(&self, addr: &str) -> Result<Grpc<Channel>> {
@@ -121,8 +131,9 @@ impl DataClient {
         .await
     }
 
-    /// Reads bytes [offset, offset + len) of a block (len 0: to its end) from the
-    /// first replica that has it intact.
+    /// Reads bytes [offset, offset + len) of a block (len 0: to its end): from the
+    /// local cache when there is one (whole blocks are fetched into it), else
+    /// from the first replica that has it intact.
     pub async fn get_block(
         &self,
         slice_id: u64,
@@ -130,6 +141,34 @@ impl DataClient {
         offset: u32,
         len: u32,
     ) -> Result<Bytes> {
+        let Some(cache) = &self.cache else {
+            return self.fetch(slice_id, index, offset, len).await;
+        };
+        let block = match cache.get(slice_id, index).await {
+            Some(block) => block,
+            None => {
+                let block = self.fetch(slice_id, index, 0, 0).await?;
+                cache.put(slice_id, index, block.clone()).await;
+                block
+            }
+        };
+        let start = offset as usize;
+        let end = if len == 0 {
+            block.len()
+        } else {
+            start + len as usize
+        };
+        if end > block.len() || start > end {
+            return Err(ClientError::Data(format!(
+                "range {start}..{end} outside block {slice_id}/{index} of {} bytes",
+                block.len()
+            )));
+        }
+        Ok(block.slice(start..end))
+    }
+
+    /// Reads a block range from the first replica that has it intact.
+    async fn fetch(&self, slice_id: u64, index: u32, offset: u32, len: u32) -> Result<Bytes> {
         let mut last_err = ClientError::Unavailable("no replica tried".into());
         for refresh in [false, true] {
             let chain = self.chain(slice_id, index, refresh).await?;

@@ -3,10 +3,12 @@
 //! - `meta`: metadata RPCs routed to shard leaders, exactly-once mutations, path
 //!   resolution, batched slice-id allocation;
 //! - `data`: block I/O over placement-group replica chains;
+//! - `cache`: the local block cache (for a local NVMe disk);
 //! - `file`: chunk/slice/block layout, buffered parallel writes committed on
 //!   close, parallel reads with read-ahead;
 //! - `error`: the one error type front ends map from.
 
+pub mod cache;
 pub mod data;
 pub mod error;
 pub mod file;
@@ -40,10 +42,15 @@ impl Client {
 
     /// A client over an already configured metadata client.
     pub fn with_meta(meta: MetaClient) -> Arc<Self> {
+        Self::with_options(meta, None)
+    }
+
+    /// A client with a local block cache.
+    pub fn with_options(meta: MetaClient, cache: Option<cache::BlockCache>) -> Arc<Self> {
         let channels = Channels::default();
         let meta = Arc::new(meta);
         Arc::new(Client {
-            data: data::DataClient::new(meta.clone(), channels),
+            data: data::DataClient::new(meta.clone(), channels, cache),
             meta,
             max_inflight_bytes: 64 << 20,
         })
