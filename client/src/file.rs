@@ -387,8 +387,10 @@ impl FileReader {
                 if from >= to || seg.slice.slice_id == 0 {
                     continue;
                 }
-                // Map onto the slice object and split at block boundaries.
-                let mut obj = u64::from(seg.slice.off) + (from - s);
+                // Map onto the slice object (relative to where the slice, not
+                // this segment of it, starts) and split at block boundaries.
+                let slice_start = chunk_start + u64::from(seg.slice.pos);
+                let mut obj = u64::from(seg.slice.off) + (from - slice_start);
                 let mut dst = (from - offset) as usize;
                 let mut left = to - from;
                 let bs = u64::from(self.block_size);

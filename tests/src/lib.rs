@@ -464,3 +464,55 @@ pub async fn check_tree(meta: &MetaClient) -> anyhow::Result<TreeStats> {
     }
     Ok(stats)
 }
+
+/// A `cairn mount` process; unmounted and killed (by PID) when dropped.
+pub struct Mount {
+    pub path: PathBuf,
+    child: Child,
+}
+
+impl Mount {
+    /// Mounts `cluster` at `<cluster dir>/<name>` (kernel caches off, so every
+    /// open sees the latest committed state) and waits for the mount.
+    pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Mount> {
+        let path = cluster.dir.path().join(name);
+        std::fs::create_dir_all(&path)?;
+        let log = std::fs::File::create(cluster.dir.path().join(format!("{name}.log")))?;
+        let child = Command::new(cairn_bin()?)
+            .args(["mount", "--entry-timeout-ms", "0", "--attr-timeout-ms", "0"])
+            .arg(&path)
+            .env("CAIRN_META", cluster.meta_addrs().join(","))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mount = Mount { path, child };
+        let p = mount.path.clone();
+        wait_for("the mount to appear", Duration::from_secs(30), || {
+            let p = p.clone();
+            async move { is_mounted(&p) }
+        })
+        .await?;
+        Ok(mount)
+    }
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(path.as_ref()))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

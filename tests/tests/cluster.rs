@@ -287,6 +287,8 @@ async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
     let back = read_file(&c, "/p/t").await?;
     assert_eq!(&back[10..17], b"overlay");
     assert_eq!(&back[..10], &data[..10]);
+    // Bytes after the overlay still come from the first slice, at their offsets.
+    assert_eq!(&back[17..1000], &data[17..1000]);
 
     // Rename: replace, noreplace, exchange, into its own subtree.
     meta.create(dir.ino, b"a", 0o644, true).await?;

@@ -10,69 +10,14 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
-use std::time::Duration;
 
 use sha2::Digest;
 use sha2::Sha256;
 
-use cairn_tests::cairn_bin;
 use cairn_tests::random_bytes;
-use cairn_tests::wait_for;
 use cairn_tests::Cluster;
+use cairn_tests::Mount;
 use cairn_tests::Spec;
-
-/// A `cairn mount` process; unmounted and killed (by PID) when dropped.
-struct Mount {
-    path: PathBuf,
-    child: Child,
-}
-
-impl Mount {
-    async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Mount> {
-        let path = cluster.dir.path().join(name);
-        fs::create_dir_all(&path)?;
-        let log = fs::File::create(cluster.dir.path().join(format!("{name}.log")))?;
-        let child = Command::new(cairn_bin()?)
-            .args(["mount", "--entry-timeout-ms", "0", "--attr-timeout-ms", "0"])
-            .arg(&path)
-            .env("CAIRN_META", cluster.meta_addrs().join(","))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let mount = Mount { path, child };
-        let p = mount.path.clone();
-        wait_for("the mount to appear", Duration::from_secs(30), || {
-            let p = p.clone();
-            async move { is_mounted(&p) }
-        })
-        .await?;
-        Ok(mount)
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let path = path.to_string_lossy();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(path.as_ref()))
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.path)
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
