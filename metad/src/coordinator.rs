@@ -153,6 +153,15 @@ impl Steps {
     }
 }
 
+/// Marks an inode changed (its ctime) and nothing else.
+fn touch(ino: u64, now: i64) -> FsCommand {
+    FsCommand::SetAttr {
+        ino,
+        set: SetAttrs::default(),
+        now,
+    }
+}
+
 /// Step number under which a transaction's commit decision is remembered.
 const DECIDE_STEP: u8 = 40;
 
@@ -695,36 +704,38 @@ impl MetaNode {
             actions.push((home, second));
         }
         // Inodes the entry commands above do not reach: those on other shards
-        // (a same-shard Rename fixes its own shard's inodes itself).
+        // (a same-shard Rename fixes its own shard's inodes itself). A moved
+        // inode's ctime changes wherever it lives, as on local file systems, so
+        // `rename` behaves the same whichever shard placement drew.
         let fixed_by_rename = |ino: u64| home == dst_home && ino_shard(ino) == home;
-        if src.kind == Kind::Dir && parent != new_parent && !fixed_by_rename(src.ino) {
-            let cmd = FsCommand::SetParent {
-                ino: src.ino,
-                parent: new_parent,
-                now,
+        if !fixed_by_rename(src.ino) {
+            let cmd = if src.kind == Kind::Dir && parent != new_parent {
+                FsCommand::SetParent {
+                    ino: src.ino,
+                    parent: new_parent,
+                    now,
+                }
+            } else {
+                touch(src.ino, now)
             };
             actions.push((ino_shard(src.ino), cmd));
         }
         if let Some(d) = dst.filter(|d| !fixed_by_rename(d.ino)) {
             let fix = match (mode, d.kind) {
-                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => {
-                    Some(FsCommand::SetParent {
-                        ino: d.ino,
-                        parent,
-                        now,
-                    })
-                }
-                (RenameMode::Exchange, _) => None,
-                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: d.ino }),
-                _ => Some(FsCommand::AdjustNlink {
+                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => FsCommand::SetParent {
+                    ino: d.ino,
+                    parent,
+                    now,
+                },
+                (RenameMode::Exchange, _) => touch(d.ino, now),
+                (_, Kind::Dir) => FsCommand::DropDir { ino: d.ino },
+                _ => FsCommand::AdjustNlink {
                     ino: d.ino,
                     delta: -1,
                     now,
-                }),
+                },
             };
-            if let Some(fix) = fix {
-                actions.push((ino_shard(d.ino), fix));
-            }
+            actions.push((ino_shard(d.ino), fix));
         }
         self.run_txn(home, step, actions).await?;
         Ok(Reply::Renamed {

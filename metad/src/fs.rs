@@ -926,15 +926,13 @@ fn rename(
     match (mode, dst) {
         (RenameMode::Exchange, Some(dst)) => {
             link_into(txn, parent, name, dst, now)?;
-            if dst.kind == Kind::Dir && is_local(txn, dst.ino) {
-                apply(
-                    txn,
-                    &FsCommand::SetParent {
-                        ino: dst.ino,
-                        parent,
-                        now,
-                    },
-                )?;
+            if is_local(txn, dst.ino) {
+                let mut inode = get_inode(txn, dst.ino)?;
+                inode.ctime = now;
+                if dst.kind == Kind::Dir {
+                    inode.parent = parent;
+                }
+                put_inode(txn, dst.ino, &inode)?;
             }
         }
         (_, Some(dst)) if is_local(txn, dst.ino) => {

@@ -302,3 +302,55 @@ async fn concurrent_renames_lose_and_duplicate_nothing() -> anyhow::Result<()> {
     check_tree(&client.meta).await?;
     Ok(())
 }
+
+/// rename changes the moved inodes' ctime (as local file systems do) wherever
+/// they live: a directory whose inode is on another shard renamed in place, a
+/// file moved to a directory on another shard, both sides of an exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rename_changes_ctime_wherever_the_inode_lives() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec {
+        datas: 1,
+        data_replication: 1,
+        ..Spec::default()
+    })
+    .await?;
+    let client = cluster.client();
+    let meta = &client.meta;
+    let top = meta.mkdir(ROOT_INO, b"t", 0o755).await?.ino;
+    let mut remote = None;
+    for i in 0..64 {
+        let name = format!("d{i}");
+        let a = meta.mkdir(top, name.as_bytes(), 0o755).await?;
+        if ino_shard(a.ino) != ino_shard(top) {
+            remote = Some((name, a));
+            break;
+        }
+    }
+    let (name, dir) = remote.ok_or_else(|| anyhow::anyhow!("no directory landed elsewhere"))?;
+    let ctime = |ino: u64| async move { Ok::<_, ClientError>(meta.getattr(ino).await?.ctime_ns) };
+
+    // A directory renamed within its parent, its inode on another shard.
+    meta.rename(top, name.as_bytes(), top, b"moved", pb::RenameMode::Replace)
+        .await?;
+    assert!(
+        ctime(dir.ino).await? > dir.ctime_ns,
+        "directory renamed in place"
+    );
+
+    // A file moved into a directory on another shard.
+    let f = meta.create(top, b"f", 0o644, true).await?;
+    meta.rename(top, b"f", dir.ino, b"f", pb::RenameMode::Replace)
+        .await?;
+    assert!(ctime(f.ino).await? > f.ctime_ns, "file moved across shards");
+
+    // Two files on different shards exchanged.
+    let g = meta.create(dir.ino, b"g", 0o644, true).await?;
+    let h = meta.create(top, b"h", 0o644, true).await?;
+    meta.rename(top, b"h", dir.ino, b"g", pb::RenameMode::Exchange)
+        .await?;
+    assert!(ctime(g.ino).await? > g.ctime_ns, "exchanged, other shard");
+    assert!(ctime(h.ino).await? > h.ctime_ns, "exchanged, home shard");
+    assert_eq!(meta.lookup(top, b"h").await?.ino, g.ino);
+    check_tree(meta).await?;
+    Ok(())
+}
