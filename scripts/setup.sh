@@ -15,6 +15,18 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
+# pjdfstest (the POSIX suite, Rust port) for tests/tests/pjdfstest.rs, kept
+# outside the clone so every checkout and CI reuse it.
+if [ -z "${PJDFSTEST:-}" ]; then
+  tools=/var/cache/cairn-tools
+  if ! mkdir -p "$tools" 2>/dev/null || [ ! -w "$tools" ]; then
+    tools="$HOME/.cache/cairn-tools"
+  fi
+  export PJDFSTEST="$tools/bin/pjdfstest"
+  if [ ! -x "$PJDFSTEST" ]; then
+    cargo install pjdfstest --version '^0.2' --locked --root "$tools"
+  fi
+fi
 
 # One build cache outside the clone, reused by every checkout and by CI.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/cairn-target}"

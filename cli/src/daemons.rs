@@ -161,6 +161,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 allow_other: true,
                 cache_dir: Some(args.data_dir.join("cache")),
                 cache_size: 1 << 30,
+                writeback: false,
+                no_wait: false,
             };
             Some(crate::mount::mount(seeds, &mount_args)?)
         }
@@ -177,8 +179,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             (metad.await, d)
         }
     };
-    if let Some(session) = session {
-        tokio::task::spawn_blocking(move || drop(session)).await?;
+    if let Some(mounted) = session {
+        crate::mount::unmount(mounted, false).await?;
     }
     m.context("metad task")??;
     d.context("datad task")??;

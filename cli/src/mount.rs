@@ -30,6 +30,15 @@ pub struct MountArgs {
     /// Bound on the cache's size.
     #[arg(long, default_value = "10G", value_parser = crate::parse_size)]
     pub cache_size: u64,
+    /// Write-back: close and fsync return once data is staged (fsync'd) in
+    /// the cache directory; uploads run in the background and are replayed
+    /// after a crash. Losing the cache disk before upload loses that data.
+    #[arg(long, requires = "cache_dir")]
+    pub writeback: bool,
+    /// At unmount, do not wait for staged data to be uploaded (it is uploaded
+    /// by the next mount with the same cache directory).
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 impl MountArgs {
@@ -40,39 +49,64 @@ impl MountArgs {
                 attr: Duration::from_millis(self.attr_timeout_ms),
             },
             allow_other: self.allow_other,
+            writeback_dir: match (&self.cache_dir, self.writeback) {
+                (Some(dir), true) => Some(staging_dir(dir)),
+                _ => None,
+            },
         }
     }
 }
 
-/// Mounts the cluster; a token cancelled by the caller unmounts it.
-pub fn mount(seeds: Vec<String>, args: &MountArgs) -> anyhow::Result<fuser::BackgroundSession> {
+/// Where cached blocks live in a cache directory.
+fn blocks_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("blocks")
+}
+
+/// Where write-back logs live in a cache directory.
+fn staging_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("staging")
+}
+
+/// Mounts the cluster; dropping the result unmounts it.
+pub fn mount(seeds: Vec<String>, args: &MountArgs) -> anyhow::Result<cairn_fuse::Mounted> {
     std::fs::create_dir_all(&args.path)
         .with_context(|| format!("creating {}", args.path.display()))?;
     let cache = match &args.cache_dir {
         Some(dir) => Some(
-            BlockCache::open(dir, args.cache_size)
+            BlockCache::open(&blocks_dir(dir), args.cache_size)
                 .with_context(|| format!("opening the cache in {}", dir.display()))?,
         ),
         None => None,
     };
     let client = Client::with_options(MetaClient::new(seeds, Default::default()), cache);
-    let session = cairn_fuse::mount(
-        client,
-        &args.path,
-        args.options(),
-        tokio::runtime::Handle::current(),
-    )
-    .with_context(|| format!("mounting {}", args.path.display()))?;
+    let mounted = cairn_fuse::mount(client, &args.path, args.options())
+        .with_context(|| format!("mounting {}", args.path.display()))?;
     println!("cairn mounted at {}", args.path.display());
-    Ok(session)
+    if let Some(staging) = &mounted.staging {
+        let (logs, bytes) = staging.backlog();
+        println!("write-back: {logs} staged logs ({bytes} bytes) to upload");
+    }
+    Ok(mounted)
+}
+
+/// Unmounts, first waiting for staged data to be uploaded unless told not to.
+pub async fn unmount(mounted: cairn_fuse::Mounted, wait: bool) -> anyhow::Result<()> {
+    if let (Some(staging), true) = (&mounted.staging, wait) {
+        let (logs, bytes) = staging.backlog();
+        if logs > 0 {
+            println!("waiting for {logs} staged logs ({bytes} bytes) to upload");
+        }
+        staging.wait_all().await;
+    }
+    // Dropping the session unmounts and joins its thread.
+    tokio::task::spawn_blocking(move || drop(mounted)).await?;
+    Ok(())
 }
 
 pub async fn run(seeds: Vec<String>, args: MountArgs) -> anyhow::Result<()> {
-    let session = mount(seeds, &args)?;
+    let mounted = mount(seeds, &args)?;
     crate::daemons::shutdown_on_signal().cancelled().await;
-    // Dropping the session unmounts and joins its thread.
-    tokio::task::spawn_blocking(move || drop(session)).await?;
-    Ok(())
+    unmount(mounted, !args.no_wait).await
 }
 
 #[derive(clap::Subcommand)]
@@ -92,7 +126,7 @@ pub enum CacheCommand {
 pub fn cache(command: CacheCommand) -> anyhow::Result<()> {
     match command {
         CacheCommand::Stat { cache_dir } => {
-            let stats = BlockCache::open(&cache_dir, u64::MAX)?.stats();
+            let stats = BlockCache::open(&blocks_dir(&cache_dir), u64::MAX)?.stats();
             println!(
                 "{}: {} blocks, {} bytes",
                 cache_dir.display(),
@@ -101,7 +135,7 @@ pub fn cache(command: CacheCommand) -> anyhow::Result<()> {
             );
         }
         CacheCommand::Evict { cache_dir } => {
-            let cache = BlockCache::open(&cache_dir, u64::MAX)?;
+            let cache = BlockCache::open(&blocks_dir(&cache_dir), u64::MAX)?;
             let stats = cache.stats();
             cache.clear();
             println!("evicted {} blocks, {} bytes", stats.blocks, stats.bytes);

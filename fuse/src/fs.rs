@@ -7,8 +7,10 @@
 //! flush/fsync/close) and a reader (created at open, so a mount sees what was
 //! committed when the file was opened: close-to-open consistency). A read
 //! through a handle with unflushed writes flushes them first, so a process
-//! reads its own writes. Opening registers the file with metad, so an unlinked
-//! open file stays readable until release.
+//! reads its own writes; so does asking for a file's attributes (getattr,
+//! lookup), so `stat` after `write` shows the new size and times. Opening
+//! registers the file with metad, so an unlinked open file stays readable
+//! until release.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -48,6 +50,9 @@ use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
 use cairn_proto::pb::FileKind;
 
+use crate::writeback::StageLog;
+use crate::writeback::Staging;
+
 /// Kernel cache lifetimes.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -60,19 +65,67 @@ struct OpenFile {
     ino: u64,
     writer: Option<FileWriter>,
     reader: Option<FileReader>,
+    /// Write-back: the mount's staging area, and this handle's log.
+    staging: Option<Arc<Staging>>,
+    stage: Option<StageLog>,
 }
 
 impl OpenFile {
-    /// Commits buffered writes; the reader is rebuilt on the next read.
-    async fn flush(&mut self) -> Result<(), ClientError> {
-        if let Some(w) = self.writer.as_mut() {
-            w.flush().await?;
+    /// Commits buffered writes; answers whether there were any. After a commit
+    /// the reader is rebuilt on the next read.
+    /// With write-back, a staged log is made durable and handed to the uploader
+    /// instead (see [`OpenFile::settle`] to wait for it).
+    async fn flush(&mut self) -> Result<bool, ClientError> {
+        if let (Some(staging), Some(log)) = (&self.staging, self.stage.take()) {
+            if log.is_empty() {
+                return Ok(false);
+            }
+            tokio::task::block_in_place(|| staging.commit(log))
+                .map_err(|e| ClientError::Data(format!("staging: {e}")))?;
+            self.reader = None;
+            return Ok(true);
         }
-        Ok(())
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(false);
+        };
+        let committed = w.flush().await?.is_some();
+        if committed {
+            self.reader = None;
+        }
+        Ok(committed)
     }
 }
 
 type Handle = Arc<tokio::sync::Mutex<OpenFile>>;
+
+/// Waits for write-back uploads of `ino`, so what this mount wrote is what the
+/// cluster answers next.
+async fn settle(staging: &Option<Arc<Staging>>, ino: u64) {
+    if let Some(staging) = staging {
+        staging.wait_uploaded(ino).await;
+    }
+}
+
+/// Open files by file handle, each with the (Cairn) inode it is open on.
+type Files = Arc<Mutex<HashMap<u64, (u64, Handle)>>>;
+
+/// Commits what the handles open on `ino` have buffered, so that attributes
+/// read next show every write made through this mount (POSIX: `stat` after
+/// `write` sees the new size). Answers whether anything was committed.
+async fn flush_open(files: &Files, ino: u64) -> Result<bool, ClientError> {
+    let open: Vec<Handle> = files
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|(i, _)| *i == ino)
+        .map(|(_, h)| h.clone())
+        .collect();
+    let mut committed = false;
+    for h in open {
+        committed |= h.lock().await.flush().await?;
+    }
+    Ok(committed)
+}
 
 /// A directory listing taken at opendir: (kernel ino, type, name) by offset.
 type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
@@ -81,19 +134,26 @@ pub struct CairnFs {
     client: Arc<Client>,
     rt: tokio::runtime::Handle,
     timeouts: Timeouts,
-    files: Arc<Mutex<HashMap<u64, Handle>>>,
+    files: Files,
+    staging: Option<Arc<Staging>>,
     /// Directory listings taken at opendir, read by offset.
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: AtomicU64,
 }
 
 impl CairnFs {
-    pub fn new(client: Arc<Client>, rt: tokio::runtime::Handle, timeouts: Timeouts) -> Self {
+    pub fn new(
+        client: Arc<Client>,
+        rt: tokio::runtime::Handle,
+        timeouts: Timeouts,
+        staging: Option<Arc<Staging>>,
+    ) -> Self {
         CairnFs {
             client,
             rt,
             timeouts,
             files: Arc::default(),
+            staging,
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
         }
@@ -108,7 +168,7 @@ impl CairnFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
-            .cloned()
+            .map(|(_, h)| h.clone())
     }
 }
 
@@ -252,8 +312,15 @@ impl Filesystem for CairnFs {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
         let ttl = self.timeouts.entry;
+        let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
-            let a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
+            let mut a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
+            let flushed = tri!(reply, flush_open(&files, a.ino).await);
+            if flushed || staging.as_ref().is_some_and(|s| s.is_pending(a.ino)) {
+                settle(&staging, a.ino).await;
+                a = tri!(reply, c.meta.getattr(a.ino).await);
+            }
             reply.entry(&ttl, &file_attr(&a), 0);
             Ok(())
         });
@@ -261,8 +328,13 @@ impl Filesystem for CairnFs {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let ttl = self.timeouts.attr;
+        let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
-            let a = tri!(reply, c.meta.getattr(cairn_ino(ino)).await);
+            let ino = cairn_ino(ino);
+            tri!(reply, flush_open(&files, ino).await);
+            settle(&staging, ino).await;
+            let a = tri!(reply, c.meta.getattr(ino).await);
             reply.attr(&ttl, &file_attr(&a));
             Ok(())
         });
@@ -279,7 +351,7 @@ impl Filesystem for CairnFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<u64>,
+        _fh: Option<u64>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -287,13 +359,14 @@ impl Filesystem for CairnFs {
         reply: ReplyAttr,
     ) {
         let ttl = self.timeouts.attr;
-        let handle = fh.and_then(|fh| self.handle(fh));
+        let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
-            if let (Some(h), Some(_)) = (&handle, size) {
-                // Buffered writes land before the truncate, as the caller ordered them.
-                let mut h = h.lock().await;
-                tri!(reply, h.flush().await);
-                h.reader = None;
+            if size.is_some() {
+                // Writes buffered or staged by this mount land before the
+                // truncate, as the caller ordered them.
+                tri!(reply, flush_open(&files, cairn_ino(ino)).await);
+                settle(&staging, cairn_ino(ino)).await;
             }
             let set = pb::SetAttr {
                 perm: mode.map(|m| m & 0o7777),
@@ -469,18 +542,22 @@ impl Filesystem for CairnFs {
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let fh = self.fh();
         let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
+            settle(&staging, cairn_ino(ino)).await;
             let attr = tri!(reply, c.meta.open(cairn_ino(ino)).await);
             let reader = tri!(reply, c.reader(&attr).await);
             let file = OpenFile {
                 ino: attr.ino,
                 writer: None,
                 reader: Some(reader),
+                staging,
+                stage: None,
             };
             files
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+                .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
             // Keep the page cache only while nothing changed is a later refinement;
             // for now the kernel revalidates on every open.
             reply.opened(fh, 0);
@@ -504,10 +581,8 @@ impl Filesystem for CairnFs {
         };
         self.spawn(reply, move |c, reply| async move {
             let mut h = handle.lock().await;
-            if h.writer.is_some() {
-                tri!(reply, h.flush().await);
-                h.reader = None;
-            }
+            tri!(reply, h.flush().await);
+            settle(&h.staging, h.ino).await;
             if h.reader.is_none() {
                 let attr = tri!(reply, c.meta.getattr(h.ino).await);
                 h.reader = Some(tri!(reply, c.reader(&attr).await));
@@ -544,20 +619,36 @@ impl Filesystem for CairnFs {
         let data = data.to_vec();
         self.spawn(reply, move |c, reply| async move {
             let mut h = handle.lock().await;
+            h.reader = None;
+            let offset = u64::try_from(offset).unwrap_or(0);
+            if let Some(staging) = h.staging.clone() {
+                // Write-back: append to this handle's log on the local disk.
+                if h.stage.is_none() {
+                    h.stage = Some(tri!(
+                        reply,
+                        staging
+                            .begin(h.ino)
+                            .map_err(|e| ClientError::Data(format!("staging: {e}")))
+                    ));
+                }
+                if let Some(log) = h.stage.as_mut() {
+                    tri!(
+                        reply,
+                        tokio::task::block_in_place(|| log.append(offset, &data))
+                            .map_err(|e| ClientError::Data(format!("staging: {e}")))
+                    );
+                }
+                reply.written(data.len() as u32);
+                return Ok(());
+            }
             if h.writer.is_none() {
                 let ino = h.ino;
                 h.writer = Some(tri!(reply, c.writer(ino).await));
             }
-            h.reader = None;
             let Some(writer) = h.writer.as_mut() else {
                 return Err((reply, ClientError::Invalid("no writer".into())));
             };
-            tri!(
-                reply,
-                writer
-                    .write_at(u64::try_from(offset).unwrap_or(0), &data)
-                    .await
-            );
+            tri!(reply, writer.write_at(offset, &data).await);
             reply.written(data.len() as u32);
             Ok(())
         });
@@ -600,7 +691,7 @@ impl Filesystem for CairnFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
-        let Some(handle) = handle else {
+        let Some((_, handle)) = handle else {
             return reply.error(libc::EBADF);
         };
         self.spawn(reply, move |c, reply| async move {
@@ -785,6 +876,7 @@ impl Filesystem for CairnFs {
         let exclusive = flags & libc::O_EXCL != 0;
         let fh = self.fh();
         let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
             let attr = tri!(
                 reply,
@@ -797,11 +889,13 @@ impl Filesystem for CairnFs {
                 ino: attr.ino,
                 writer: None,
                 reader: None,
+                staging,
+                stage: None,
             };
             files
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, Arc::new(tokio::sync::Mutex::new(file)));
+                .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
             reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
             Ok(())
         });

@@ -475,11 +475,17 @@ impl Mount {
     /// Mounts `cluster` at `<cluster dir>/<name>` (kernel caches off, so every
     /// open sees the latest committed state) and waits for the mount.
     pub async fn start(cluster: &Cluster, name: &str) -> anyhow::Result<Mount> {
+        Self::start_with(cluster, name, &[]).await
+    }
+
+    /// Like [`Mount::start`], with more `cairn mount` arguments.
+    pub async fn start_with(cluster: &Cluster, name: &str, args: &[&str]) -> anyhow::Result<Mount> {
         let path = cluster.dir.path().join(name);
         std::fs::create_dir_all(&path)?;
         let log = std::fs::File::create(cluster.dir.path().join(format!("{name}.log")))?;
         let child = Command::new(cairn_bin()?)
             .args(["mount", "--entry-timeout-ms", "0", "--attr-timeout-ms", "0"])
+            .args(args)
             .arg(&path)
             .env("CAIRN_META", cluster.meta_addrs().join(","))
             .stdin(Stdio::null())
@@ -504,6 +510,18 @@ pub fn is_mounted(path: &Path) -> bool {
     mounts
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(path.as_ref()))
+}
+
+impl Mount {
+    /// SIGKILL, as a crash: the mount point is left behind (lazily unmounted).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.path)
+            .status();
+    }
 }
 
 impl Drop for Mount {
