@@ -53,19 +53,7 @@ pub async fn run(seeds: Vec<String>, args: BenchArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir_in(".")?,
     };
     let args = Arc::new(args);
-    let mkdirs = |client: Arc<Client>, args: Arc<BenchArgs>| async move {
-        let root = client.meta.resolve("/").await?;
-        let name = args.dir.trim_start_matches('/').to_string();
-        let dir = match client.meta.mkdir(root.ino, name.as_bytes(), 0o755).await {
-            Ok(a) => a,
-            Err(e) if e.errno() == cairn_proto::status::EEXIST => {
-                client.meta.lookup(root.ino, name.as_bytes()).await?
-            }
-            Err(e) => return Err(anyhow::Error::from(e)),
-        };
-        Ok::<_, anyhow::Error>(dir.ino)
-    };
-    let dir = mkdirs(client.clone(), args.clone()).await?;
+    let dir = bench_dir(&client, &args.dir).await?;
     let mut rows = Vec::new();
     let t = args.threads;
     let big_total = (args.big_file_size * t) as f64 / (1 << 20) as f64;
@@ -176,6 +164,19 @@ pub async fn run(seeds: Vec<String>, args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The benchmark's directory (top level), made if missing.
+async fn bench_dir(client: &Arc<Client>, path: &str) -> anyhow::Result<u64> {
+    let name = path.trim_start_matches('/');
+    let root = cairn_proto::ids::ROOT_INO;
+    match client.meta.mkdir(root, name.as_bytes(), 0o755).await {
+        Ok(a) => Ok(a.ino),
+        Err(e) if e.errno() == cairn_proto::status::EEXIST => {
+            Ok(client.meta.lookup(root, name.as_bytes()).await?.ino)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Seconds a future takes.
