@@ -44,6 +44,8 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a FUSE mount.
     Umount { path: std::path::PathBuf },
+    /// Prefetch files or directories into a local block cache.
+    Warmup(mount::WarmupArgs),
     /// Inspect or empty a local block cache.
     Cache {
         #[command(subcommand)]
@@ -84,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             Command::Mount(args) => mount::run(seeds, args).await,
             Command::Umount { path } => mount::umount(&path),
             Command::Cache { command } => mount::cache(command),
+            Command::Warmup(args) => mount::warmup(seeds, args).await,
             Command::Status => status::run(seeds).await,
             Command::Bench(args) => bench::run(seeds, args).await,
         }

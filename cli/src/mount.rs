@@ -109,6 +109,77 @@ pub async fn run(seeds: Vec<String>, args: MountArgs) -> anyhow::Result<()> {
     unmount(mounted, !args.no_wait).await
 }
 
+#[derive(Args)]
+pub struct WarmupArgs {
+    /// Files or directories: paths in Cairn, or paths under a Cairn mount.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The local cache to fill (the mount's --cache-dir).
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    #[arg(long, default_value = "10G", value_parser = crate::parse_size)]
+    pub cache_size: u64,
+    /// Blocks fetched at once.
+    #[arg(long, default_value_t = 16)]
+    pub parallel: usize,
+}
+
+/// A path under a Cairn FUSE mount (from /proc/mounts) as a path in Cairn.
+fn cairn_path(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(2) != Some(&"fuse.cairn") {
+            continue;
+        }
+        if let Some(rest) = fields.get(1).and_then(|m| full.strip_prefix(m).ok()) {
+            return format!("/{}", rest.display());
+        }
+    }
+    path.display().to_string()
+}
+
+/// `cairn warmup`: fetches files into a local cache, in parallel, with a
+/// progress bar; blocks already cached are skipped, so it resumes.
+pub async fn warmup(seeds: Vec<String>, args: WarmupArgs) -> anyhow::Result<()> {
+    let cache = BlockCache::open(&blocks_dir(&args.cache_dir), args.cache_size)?;
+    let client = Client::with_options(MetaClient::new(seeds, Default::default()), Some(cache));
+    // Every file below the paths, with its size.
+    let mut files = Vec::new();
+    let mut stack = Vec::new();
+    for path in &args.paths {
+        stack.push(client.meta.resolve(&cairn_path(path)).await?);
+    }
+    while let Some(attr) = stack.pop() {
+        if attr.kind == cairn_proto::pb::FileKind::Directory as i32 {
+            for e in client.meta.readdir(attr.ino).await? {
+                stack.push(client.meta.getattr(e.ino).await?);
+            }
+        } else if attr.kind == cairn_proto::pb::FileKind::Regular as i32 {
+            files.push((attr.ino, attr.size));
+        }
+    }
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let mut fetched = 0;
+    for (ino, size) in &files {
+        fetched += client.warm(*ino, args.parallel).await?;
+        bar.inc(*size);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{} files, {total} bytes warm ({fetched} bytes fetched)",
+        files.len()
+    );
+    Ok(())
+}
+
 #[derive(clap::Subcommand)]
 pub enum CacheCommand {
     /// Blocks and bytes in a local cache.

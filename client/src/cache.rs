@@ -118,6 +118,11 @@ impl BlockCache {
             .join(format!("{slice_id:016x}-{index}"))
     }
 
+    /// Whether a block is cached (not verified; for skipping work).
+    pub fn contains(&self, slice_id: u64, index: u32) -> bool {
+        self.lock().entries.contains_key(&(slice_id, index))
+    }
+
     pub fn stats(&self) -> CacheStats {
         self.lock().stats
     }

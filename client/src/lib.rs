@@ -102,6 +102,54 @@ impl Client {
         self.writer(attr.ino).await
     }
 
+    /// Every block of the file `ino` (slice id, index), in file order, with its
+    /// size: what a reader of the whole file would fetch.
+    pub async fn blocks_of(&self, ino: u64) -> Result<Vec<(u64, u32)>> {
+        let bs = u64::from(self.block_size().await?);
+        let size = self.meta.getattr(ino).await?.size;
+        let chunks = size.div_ceil(cairn_proto::ids::CHUNK_SIZE) as u32;
+        let mut blocks = Vec::new();
+        let mut first = 0;
+        while first < chunks {
+            let reply = self.meta.read_chunks(ino, first, 64).await?;
+            for chunk in &reply.chunks {
+                for s in chunk.slices.iter().filter(|s| s.slice_id != 0) {
+                    let from = u64::from(s.off) / bs;
+                    let to = (u64::from(s.off) + u64::from(s.len)).div_ceil(bs);
+                    blocks.extend((from..to).map(|i| (s.slice_id, i as u32)));
+                }
+            }
+            first += 64;
+        }
+        blocks.dedup();
+        Ok(blocks)
+    }
+
+    /// Fetches every block of the file `ino` into the local cache, `parallel`
+    /// at a time, skipping those already there (so an interrupted warm-up
+    /// resumes); answers the bytes fetched.
+    pub async fn warm(&self, ino: u64, parallel: usize) -> Result<u64> {
+        use futures::stream::StreamExt;
+        use futures::stream::TryStreamExt;
+        let Some(cache) = self.data.cache() else {
+            return Err(ClientError::Invalid("warm-up needs a local cache".into()));
+        };
+        let missing: Vec<(u64, u32)> = self
+            .blocks_of(ino)
+            .await?
+            .into_iter()
+            .filter(|(s, i)| !cache.contains(*s, *i))
+            .collect();
+        let fetched: Vec<u64> = futures::stream::iter(missing)
+            .map(|(s, i)| async move {
+                Ok::<_, ClientError>(self.data.get_block(s, i, 0, 0).await?.len() as u64)
+            })
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        Ok(fetched.iter().sum())
+    }
+
     /// Opens the file at `path` for reading.
     pub async fn open_file(self: &Arc<Self>, path: &str) -> Result<FileReader> {
         let attr = self.meta.resolve(path).await?;

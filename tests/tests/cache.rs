@@ -68,3 +68,56 @@ async fn warm_blocks_survive_dead_data_servers_and_corruption_is_refetched() -> 
     assert_eq!(fresh.data.cache().map(|c| c.stats().hits).unwrap_or(0), 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warmup_fills_the_cache_and_resumes() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Spec::default()).await?;
+    let client = cluster.client();
+    client
+        .meta
+        .mkdir(cairn_proto::ids::ROOT_INO, b"data", 0o755)
+        .await?;
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("/data/f{i}"),
+                random_bytes((5 << 20) + i * 1000, 50 + i as u64),
+            )
+        })
+        .collect();
+    for (path, data) in &files {
+        write_file(&client, path, data).await?;
+    }
+    let cache_dir = cluster.dir.path().join("warm-cache");
+    let warmup = || {
+        std::process::Command::new(cairn_tests::cairn_bin()?)
+            .args(["warmup", "/data", "--cache-dir"])
+            .arg(&cache_dir)
+            .env("CAIRN_META", cluster.meta_addrs().join(","))
+            .output()
+            .map_err(anyhow::Error::from)
+    };
+    let first = warmup()?;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = String::from_utf8_lossy(&warmup()?.stdout).into_owned();
+    assert!(
+        second.contains("(0 bytes fetched)"),
+        "a second run fetches nothing: {second}"
+    );
+    // With every data server down, the warm files read from the cache alone.
+    for d in &mut cluster.datas {
+        d.kill();
+    }
+    let cached = Client::with_options(
+        MetaClient::new(cluster.meta_addrs(), Default::default()),
+        Some(BlockCache::open(&cache_dir.join("blocks"), 1 << 30)?),
+    );
+    for (path, data) in &files {
+        assert!(read_file(&cached, path).await? == *data, "{path}");
+    }
+    Ok(())
+}
