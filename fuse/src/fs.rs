@@ -5,7 +5,9 @@
 //! Inode numbers are Cairn's, except that the kernel's root (1) is Cairn's root.
 //! Open files hold a writer (buffered, parallel block uploads, committed on
 //! flush/fsync/close) and a reader (created at open, so a mount sees what was
-//! committed when the file was opened: close-to-open consistency). A read
+//! committed when the file was opened: close-to-open consistency; the kernel's
+//! page cache is kept across opens only while the file's mtime and size are
+//! unchanged). A read
 //! through a handle with unflushed writes flushes them first, so a process
 //! reads its own writes; so does asking for a file's attributes (getattr,
 //! lookup), so `stat` after `write` shows the new size and times. Opening
@@ -136,6 +138,8 @@ pub struct CairnFs {
     timeouts: Timeouts,
     files: Files,
     staging: Option<Arc<Staging>>,
+    /// (mtime, size) of each file when this mount last opened it.
+    seen: Arc<Mutex<HashMap<u64, (i64, u64)>>>,
     /// Directory listings taken at opendir, read by offset.
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: AtomicU64,
@@ -154,6 +158,7 @@ impl CairnFs {
             timeouts,
             files: Arc::default(),
             staging,
+            seen: Arc::default(),
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
         }
@@ -543,6 +548,7 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let seen = self.seen.clone();
         self.spawn(reply, move |c, reply| async move {
             settle(&staging, cairn_ino(ino)).await;
             let attr = tri!(reply, c.meta.open(cairn_ino(ino)).await);
@@ -558,9 +564,19 @@ impl Filesystem for CairnFs {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
-            // Keep the page cache only while nothing changed is a later refinement;
-            // for now the kernel revalidates on every open.
-            reply.opened(fh, 0);
+            // The kernel keeps its page cache for a file unchanged (same mtime and
+            // size) since this mount last opened it, and drops it otherwise.
+            let version = (attr.mtime_ns, attr.size);
+            let previous = seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(attr.ino, version);
+            let flags = if previous == Some(version) {
+                fuser::consts::FOPEN_KEEP_CACHE
+            } else {
+                0
+            };
+            reply.opened(fh, flags);
             Ok(())
         });
     }
