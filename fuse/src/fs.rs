@@ -306,6 +306,21 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
 
+impl CairnFs {
+    /// flush(2) and fsync(2): commit (or, with write-back, stage durably)
+    /// what the handle wrote.
+    fn flush_handle(&self, fh: u64, reply: ReplyEmpty) {
+        let Some(handle) = self.handle(fh) else {
+            return reply.error(libc::EBADF);
+        };
+        self.spawn(reply, move |_c, reply| async move {
+            tri!(reply, handle.lock().await.flush().await);
+            reply.ok();
+            Ok(())
+        });
+    }
+}
+
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         // Large writes: up to 1 MiB per request.
@@ -671,25 +686,11 @@ impl Filesystem for CairnFs {
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.error(libc::EBADF);
-        };
-        self.spawn(reply, move |_c, reply| async move {
-            tri!(reply, handle.lock().await.flush().await);
-            reply.ok();
-            Ok(())
-        });
+        self.flush_handle(fh, reply);
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _data: bool, reply: ReplyEmpty) {
-        let Some(handle) = self.handle(fh) else {
-            return reply.error(libc::EBADF);
-        };
-        self.spawn(reply, move |_c, reply| async move {
-            tri!(reply, handle.lock().await.flush().await);
-            reply.ok();
-            Ok(())
-        });
+        self.flush_handle(fh, reply);
     }
 
     fn release(

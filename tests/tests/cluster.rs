@@ -457,46 +457,42 @@ async fn unlinked_open_files_live_until_closed_or_lease_expiry() -> anyhow::Resu
     };
     let reader = cluster.client();
     let other = cluster.client();
+    let dying = cluster.client();
     let data = random_bytes(6 << 20, 9);
     write_file(&other, "/open", &data).await?;
-    let attr = reader.meta.resolve("/open").await?;
-    reader.meta.open(attr.ino).await?;
+    write_file(&other, "/abandoned", &data).await?;
+    let kept = reader.meta.resolve("/open").await?.ino;
+    let abandoned = dying.meta.resolve("/abandoned").await?.ino;
+    reader.meta.open(kept).await?;
+    dying.meta.open(abandoned).await?;
+    // One opener keeps renewing its session; the other dies without closing.
+    drop(dying);
     other.meta.unlink(ROOT_INO, b"open").await?;
+    other.meta.unlink(ROOT_INO, b"abandoned").await?;
     assert_eq!(errno(other.meta.lookup(ROOT_INO, b"open").await), ENOENT);
-    // Still readable through the open reference, across several lease periods
-    // (time itself is what must pass here: the client's renewals keep it).
-    for _ in 0..3 {
-        let mut r = reader.reader(&reader.meta.getattr(attr.ino).await?).await?;
-        assert_eq!(&r.read_at(0, data.len()).await?[..], &data[..]);
-        assert_eq!(reader.meta.getattr(attr.ino).await?.nlink, 0);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    }
-    assert_eq!(total_blocks(other.clone()).await, Some(3 * 2));
-    reader.meta.close(attr.ino).await?;
+    assert!(
+        other.meta.getattr(abandoned).await.is_ok(),
+        "kept while the lease lasts"
+    );
+    // The dead client's lease runs out: its file and blocks go...
+    cairn_tests::wait_for(
+        "the abandoned file's blocks to go",
+        Duration::from_secs(20),
+        || async { total_blocks(other.clone()).await == Some(3 * 2) },
+    )
+    .await?;
+    assert_eq!(errno(other.meta.getattr(abandoned).await), ENOENT);
+    // ...while, a lease period later, the renewed one is still readable.
+    let mut r = reader.reader(&reader.meta.getattr(kept).await?).await?;
+    assert_eq!(&r.read_at(0, data.len()).await?[..], &data[..]);
+    assert_eq!(reader.meta.getattr(kept).await?.nlink, 0);
+    reader.meta.close(kept).await?;
     cairn_tests::wait_for(
         "the closed file's blocks to go",
         Duration::from_secs(20),
         || async { total_blocks(other.clone()).await == Some(0) },
     )
     .await?;
-    assert_eq!(errno(other.meta.getattr(attr.ino).await), ENOENT);
-
-    // A client that dies with the file open: its lease runs out and the data goes.
-    write_file(&other, "/abandoned", &data).await?;
-    let dying = cluster.client();
-    let ino = dying.meta.resolve("/abandoned").await?.ino;
-    dying.meta.open(ino).await?;
-    drop(dying);
-    other.meta.unlink(ROOT_INO, b"abandoned").await?;
-    assert!(
-        other.meta.getattr(ino).await.is_ok(),
-        "kept while the lease lasts"
-    );
-    cairn_tests::wait_for(
-        "the abandoned file's blocks to go",
-        Duration::from_secs(20),
-        || async { total_blocks(other.clone()).await == Some(0) },
-    )
-    .await?;
+    assert_eq!(errno(other.meta.getattr(kept).await), ENOENT);
     Ok(())
 }
