@@ -15,9 +15,9 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
-# pjdfstest (the POSIX suite, Rust port) for tests/tests/pjdfstest.rs, kept
-# outside the clone so every checkout and CI reuse it.
-if [ -z "${PJDFSTEST:-}" ]; then
+# pjdfstest (the POSIX suite, Rust port) for tests/tests/pjdfstest.rs (test.sh
+# only), kept outside the clone so every checkout and CI reuse it.
+if [ -n "${CAIRN_TEST_TOOLS:-}" ] && [ -z "${PJDFSTEST:-}" ]; then
   tools=/var/cache/cairn-tools
   if ! mkdir -p "$tools" 2>/dev/null || [ ! -w "$tools" ]; then
     tools="$HOME/.cache/cairn-tools"

@@ -3,6 +3,7 @@
 # Installs what it needs on a fresh Debian machine with only the Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CAIRN_TEST_TOOLS=1
 source scripts/setup.sh
 
 cargo fmt --all -- --check
