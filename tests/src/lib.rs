@@ -156,6 +156,18 @@ pub struct Spec {
     pub block_size: u32,
 }
 
+impl Spec {
+    /// The default metadata layout with one data server (replication 1): for
+    /// tests about the namespace, where data replication only costs time.
+    pub fn one_data_server() -> Self {
+        Spec {
+            datas: 1,
+            data_replication: 1,
+            ..Spec::default()
+        }
+    }
+}
+
 impl Default for Spec {
     fn default() -> Self {
         Spec {

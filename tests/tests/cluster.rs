@@ -146,12 +146,7 @@ async fn big_file_round_trip_and_small_files_across_shards() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let c = cluster.client();
     let meta = &c.meta;
     let before = meta.statfs().await?;
@@ -347,12 +342,7 @@ async fn posix_semantics_and_bad_input() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rpcs_are_rejected() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let client = cluster.client();
     let leader = cluster.leader_of(ino_shard(ROOT_INO)).await?;
     let ch = cairn_proto::channel::Channels::default().get(&cluster.metas[leader].addr)?;

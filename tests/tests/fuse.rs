@@ -103,12 +103,7 @@ async fn posix_operations_through_a_mount() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn close_to_open_between_two_mounts() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let a = Mount::start(&cluster, "a").await?;
     let b = Mount::start(&cluster, "b").await?;
     let (pa, pb) = (a.path.clone(), b.path.clone());

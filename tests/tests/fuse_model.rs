@@ -144,12 +144,7 @@ fn tree(root: &Path) -> BTreeMap<String, (char, u32, u64, u64, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_operations_match_a_local_file_system() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let mount = Mount::start(&cluster, "mnt").await?;
     let local = cluster.dir.path().join("local");
     fs::create_dir_all(&local)?;

@@ -135,12 +135,7 @@ async fn setup(cluster: &Cluster) -> anyhow::Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cross_shard_operations_keep_the_tree_consistent() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let top = setup(&cluster).await?;
     let tasks: Vec<_> = (0..4)
         .map(|seed| tokio::spawn(workload(cluster.client(), top, seed, 60)))
@@ -157,12 +152,7 @@ async fn concurrent_cross_shard_operations_keep_the_tree_consistent() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coordinator_leader_killed_mid_transactions() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let mut cluster = Cluster::start(Spec::one_data_server()).await?;
     let top = setup(&cluster).await?;
     let victim = cluster.leader_of(ino_shard(top)).await?;
     let tasks: Vec<_> = (0..4)
@@ -228,12 +218,7 @@ async fn all_entries(client: &Client, dir: u64) -> anyhow::Result<Vec<(u64, i32)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_renames_lose_and_duplicate_nothing() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let top = setup(&cluster).await?;
     let client = cluster.client();
     let tops: Vec<u64> = client
@@ -308,12 +293,7 @@ async fn concurrent_renames_lose_and_duplicate_nothing() -> anyhow::Result<()> {
 /// file moved to a directory on another shard, both sides of an exchange.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rename_changes_ctime_wherever_the_inode_lives() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     let client = cluster.client();
     let meta = &client.meta;
     let top = meta.mkdir(ROOT_INO, b"t", 0o755).await?.ino;

@@ -162,12 +162,7 @@ async fn pjdfstest_passes_on_a_mount() -> anyhow::Result<()> {
     }
     let excluded = exclusions()?;
 
-    let cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
     // The dummy users must reach the mount point through the cluster's folder.
     fs::set_permissions(cluster.dir.path(), fs::Permissions::from_mode(0o755))?;
     // Other users may use the mount: pjdfstest switches to them.

@@ -21,12 +21,7 @@ fn body(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fsynced_writes_survive_a_killed_writeback_mount() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(Spec {
-        datas: 1,
-        data_replication: 1,
-        ..Spec::default()
-    })
-    .await?;
+    let mut cluster = Cluster::start(Spec::one_data_server()).await?;
     let cache = cluster.dir.path().join("cache");
     let cache_arg = cache.to_string_lossy().into_owned();
     let args = ["--writeback", "--cache-dir", cache_arg.as_str()];
