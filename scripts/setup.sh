@@ -4,7 +4,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v clang >/dev/null || missing+=(clang)
-[ -n "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] || missing+=(libclang-dev)
+[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so 2>/dev/null)" ] || missing+=(libclang-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 if [ ${#missing[@]} -gt 0 ]; then
