@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # fio on a Cairn FUSE mount beside the same job on the local disk, same run:
 # sequential write (bs=1M, fsync at the end) write-through and write-back,
-# sequential read cold and from the local cache, 4 KiB random read IOPS.
-# Starts `cairn dev` under a temporary directory; SIZE (default 1G) per file.
+# sequential read cold and from the local cache, 4 KiB random read IOPS, and
+# small files (scripts/smallfiles.py: COUNT x 4 KiB over 100 directories:
+# create, stat, read cold, read warm, delete).
+# Starts `cairn dev` under a temporary directory; SIZE (default 4G) per file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 command -v fio >/dev/null || { as_root apt-get install -y -qq fio >/dev/null; }
 cargo build --bin cairn
 CAIRN="$CARGO_TARGET_DIR/debug/cairn"
-SIZE=${SIZE:-1G}
+SIZE=${SIZE:-4G}
+COUNT=${COUNT:-10000}
 dir=$(mktemp -d "${BENCH_DIR:-/tmp}/cairn-fio.XXXXXX")
 pids=()
 cleanup() {
@@ -40,7 +43,10 @@ job() { # name dir rw bs extra...
                                 else printf "%-28s %10.1f MiB/s %10.0f IOPS\n", n, $48/1024, $49 }'
 }
 
-echo "SIZE=$SIZE"
+echo "SIZE=$SIZE COUNT=$COUNT"
+small() { python3 scripts/smallfiles.py "$1" "$2" --count "$COUNT" --dirs 100 --size 4096; }
+mkdir -p "$dir/local/small"
+small "$dir/local/small" local
 job "local seq write+fsync"  "$dir/local" write 1M --end_fsync=1
 drop; job "local seq read"   "$dir/local" read 1M
 drop; job "local 4k randread" "$dir/local" randread 4k --runtime=20 --time_based
@@ -49,6 +55,9 @@ job "cairn seq write+fsync"  "$dir/mnt" write 1M --end_fsync=1
 drop; job "cairn seq read cold" "$dir/mnt" read 1M
 job "cairn seq read cached"  "$dir/mnt" read 1M
 job "cairn 4k randread cached" "$dir/mnt" randread 4k --runtime=20 --time_based
+rm -f "$dir/mnt/f"
+mkdir -p "$dir/mnt/small"
+small "$dir/mnt/small" cairn
 umount_cairn
 mount_cairn --writeback
 FILE=g job "cairn writeback write+fsync" "$dir/mnt" write 1M --end_fsync=1

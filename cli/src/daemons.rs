@@ -163,6 +163,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 cache_size: 1 << 30,
                 writeback: false,
                 no_wait: false,
+                inline_max: cairn_client::DEFAULT_INLINE_MAX as u64,
             };
             Some(crate::mount::mount(seeds, &mount_args)?)
         }

@@ -41,6 +41,8 @@ enum Command {
         command: fs::FsCommand,
     },
     /// Mount the cluster through FUSE (in the foreground; Ctrl-C unmounts).
+    /// A flag given twice takes its last value.
+    #[command(args_override_self = true)]
     Mount(mount::MountArgs),
     /// Unmount a FUSE mount.
     Umount { path: std::path::PathBuf },

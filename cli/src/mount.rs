@@ -39,6 +39,10 @@ pub struct MountArgs {
     /// by the next mount with the same cache directory).
     #[arg(long)]
     pub no_wait: bool,
+    /// Files written only within their first this-many bytes keep their data
+    /// in metadata (one round trip to open and read; at most 1M, 0: off).
+    #[arg(long, default_value = "64K", value_parser = crate::parse_size)]
+    pub inline_max: u64,
 }
 
 impl MountArgs {
@@ -79,6 +83,8 @@ pub fn mount(seeds: Vec<String>, args: &MountArgs) -> anyhow::Result<cairn_fuse:
         None => None,
     };
     let client = Client::with_options(MetaClient::new(seeds, Default::default()), cache);
+    anyhow::ensure!(args.inline_max <= 1 << 20, "--inline-max is at most 1M");
+    client.set_inline_max(args.inline_max as usize);
     let mounted = cairn_fuse::mount(client, &args.path, args.options())
         .with_context(|| format!("mounting {}", args.path.display()))?;
     println!("cairn mounted at {}", args.path.display());

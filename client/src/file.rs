@@ -33,6 +33,9 @@ use crate::Client;
 const PARALLEL_BLOCKS: usize = 16;
 /// Whole blocks kept by a reader for sequential access.
 const READ_CACHE_BLOCKS: usize = 32;
+/// Stands for a file's inline data in chunk 0's slice list (never a real id:
+/// metad hands out ids from 1 upwards).
+const INLINE_SLICE: u64 = u64::MAX;
 
 struct OpenSlice {
     slice_id: u64,
@@ -172,9 +175,45 @@ impl FileWriter {
         Ok(())
     }
 
+    /// Small writes into the start of a file go to its inline data when the
+    /// file is inline (or empty): one metadata write and no block. Answers
+    /// None when this flush is not such a write or metad refuses it.
+    async fn flush_inline(&mut self) -> Result<Option<pb::Attr>> {
+        let limit = self.client.inline_max();
+        let candidate = match self.open.iter().next() {
+            Some((&0, s)) if self.open.len() == 1 && self.done.is_empty() => {
+                s.next_block == 0 && (s.pos + s.len) as usize <= limit && s.len > 0
+            }
+            _ => false,
+        };
+        if !candidate || !self.uploads.is_empty() {
+            return Ok(None);
+        }
+        let Some(slice) = self.open.get(&0) else {
+            return Ok(None);
+        };
+        let data = Bytes::copy_from_slice(&slice.pending);
+        match self
+            .client
+            .meta
+            .write_inline(self.ino, slice.pos, data, self.length)
+            .await
+        {
+            Ok(attr) => {
+                self.open.clear();
+                Ok(Some(attr))
+            }
+            Err(e) if e.errno() == cairn_proto::status::ENOTSUP => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Uploads everything written so far and commits it; the file is durable and
     /// visible to every client when this returns.
     pub async fn flush(&mut self) -> Result<Option<pb::Attr>> {
+        if let Some(attr) = self.flush_inline().await? {
+            return Ok(Some(attr));
+        }
         let open = std::mem::take(&mut self.open);
         for (chunk, slice) in open {
             self.finish(chunk, slice).await?;
@@ -260,6 +299,8 @@ pub struct FileReader {
     size: u64,
     block_size: u32,
     chunks: HashMap<u32, Arc<Vec<Segment>>>,
+    /// The file's inline data (the bottom layer of chunk 0).
+    inline: Bytes,
     cache: BTreeMap<(u64, u32), Bytes>,
     next_sequential: u64,
     /// Whether this reader holds an open reference (see `Client::open_file`).
@@ -274,6 +315,7 @@ impl FileReader {
             size: attr.size,
             block_size,
             chunks: HashMap::new(),
+            inline: Bytes::new(),
             cache: BTreeMap::new(),
             next_sequential: 0,
             opened: false,
@@ -298,19 +340,33 @@ impl FileReader {
         }
         // Fetch a run of chunks at once: large files are read chunk after chunk.
         let reply = self.client.meta.read_chunks(self.ino, chunk, 4).await?;
+        self.preload(chunk, 4, &reply);
+        Ok(self.chunks.get(&chunk).cloned().unwrap_or_default())
+    }
+
+    /// Takes the layout of chunks [first, first + count) from a metadata answer.
+    pub(crate) fn preload(&mut self, first: u32, count: u32, reply: &pb::ReadChunksReply) {
         if let Some(attr) = &reply.attr {
             self.size = attr.size;
         }
-        for c in chunk..chunk + 4 {
-            let slices = reply
-                .chunks
-                .iter()
-                .find(|cs| cs.chunk == c)
-                .map(|cs| cs.slices.clone())
-                .unwrap_or_default();
+        for c in first..first.saturating_add(count) {
+            let mut slices = Vec::new();
+            if c == 0 && !reply.inline.is_empty() {
+                self.inline = reply.inline.clone();
+                let len = reply.inline.len() as u32;
+                slices.push(pb::Slice {
+                    slice_id: INLINE_SLICE,
+                    pos: 0,
+                    len,
+                    off: 0,
+                    size: len,
+                });
+            }
+            if let Some(cs) = reply.chunks.iter().find(|cs| cs.chunk == c) {
+                slices.extend_from_slice(&cs.slices);
+            }
             self.chunks.insert(c, Arc::new(visible_segments(&slices)));
         }
-        Ok(self.chunks.get(&chunk).cloned().unwrap_or_default())
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
@@ -322,7 +378,20 @@ impl FileReader {
         let sequential = offset == self.next_sequential;
         self.next_sequential = offset + len as u64;
         let mut out = vec![0u8; len];
-        let pieces = self.plan(offset, len as u64).await?;
+        let (inline, pieces): (Vec<Piece>, Vec<Piece>) = self
+            .plan(offset, len as u64)
+            .await?
+            .into_iter()
+            .partition(|p| p.slice_id == INLINE_SLICE);
+        for p in &inline {
+            let a = p.index as usize * self.block_size as usize + p.offset as usize;
+            let b = a + p.len as usize;
+            let src = self
+                .inline
+                .get(a..b)
+                .ok_or_else(|| ClientError::Data("inline data shorter than its layer".into()))?;
+            out[p.dst..p.dst + p.len as usize].copy_from_slice(src);
+        }
         let end = offset + len as u64;
         if sequential {
             // Read ahead: the blocks of the next range of the same size (at least
@@ -331,6 +400,7 @@ impl FileReader {
             let mut wanted = self
                 .plan(end, ahead.min(self.size.saturating_sub(end)))
                 .await?;
+            wanted.retain(|p| p.slice_id != INLINE_SLICE);
             wanted.extend(pieces.iter().copied());
             self.fetch_whole_blocks(&wanted).await?;
             for p in &pieces {

@@ -14,6 +14,8 @@ pub mod error;
 pub mod file;
 pub mod meta;
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cairn_proto::channel::Channels;
@@ -32,7 +34,16 @@ pub struct Client {
     pub data: data::DataClient,
     /// Bound on block bytes a writer uploads at once.
     pub max_inflight_bytes: usize,
+    /// Files written only below this offset keep their data inline in the
+    /// inode record (data-on-metadata); 0 turns that off.
+    inline_max: AtomicUsize,
 }
+
+/// Default inline-data threshold: files up to 64 KiB live in metadata.
+pub const DEFAULT_INLINE_MAX: usize = 64 << 10;
+/// Chunks whose layout an open reads: files up to 256 MiB need no other
+/// metadata request to be read.
+const OPEN_LAYOUT_CHUNKS: u32 = 4;
 
 impl Client {
     /// A client of the cluster whose metad addresses are `seeds`.
@@ -53,7 +64,18 @@ impl Client {
             data: data::DataClient::new(meta.clone(), channels, cache),
             meta,
             max_inflight_bytes: 64 << 20,
+            inline_max: AtomicUsize::new(DEFAULT_INLINE_MAX),
         })
+    }
+
+    /// Sets the inline-data threshold (bytes; 0: never inline). metad bounds
+    /// it at 1 MiB.
+    pub fn set_inline_max(&self, bytes: usize) {
+        self.inline_max.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inline_max(&self) -> usize {
+        self.inline_max.load(Ordering::Relaxed)
     }
 
     async fn block_size(&self) -> Result<u32> {
@@ -79,6 +101,19 @@ impl Client {
     pub async fn reader(self: &Arc<Self>, attr: &pb::Attr) -> Result<FileReader> {
         let bs = self.block_size().await?;
         Ok(FileReader::new(self.clone(), attr, bs))
+    }
+
+    /// The attributes of the file `ino` and a reader of it, in one metadata
+    /// request that also answers the layout of the first chunks (and a small
+    /// file's inline data): reading them needs no further metadata request.
+    pub async fn open_reader(self: &Arc<Self>, ino: u64) -> Result<(pb::Attr, FileReader)> {
+        let layout = self.meta.read_chunks(ino, 0, OPEN_LAYOUT_CHUNKS).await?;
+        let attr = layout
+            .attr
+            .ok_or_else(|| ClientError::Data("read_chunks answered no attributes".into()))?;
+        let mut reader = self.reader(&attr).await?;
+        reader.preload(0, OPEN_LAYOUT_CHUNKS, &layout);
+        Ok((attr, reader))
     }
 
     /// Creates (or truncates) the file at `path` and returns a writer for it.

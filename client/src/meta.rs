@@ -64,6 +64,17 @@ pub struct MetaClient {
     /// Open files per shard; the session is renewed on these shards.
     open_shards: Mutex<HashMap<ShardId, usize>>,
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Metadata requests sent (every attempt counts).
+    requests: AtomicU64,
+    /// Opens tracked lazily, by token (see [`MetaClient::track_open`]).
+    lazy_opens: Mutex<HashMap<u64, LazyOpen>>,
+    next_token: AtomicU64,
+}
+
+struct LazyOpen {
+    ino: u64,
+    since: std::time::Instant,
+    registered: bool,
 }
 
 impl Drop for MetaClient {
@@ -96,6 +107,9 @@ impl MetaClient {
             },
             open_shards: Mutex::new(HashMap::new()),
             renewer: Mutex::new(None),
+            requests: AtomicU64::new(0),
+            lazy_opens: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
         }
     }
 
@@ -163,6 +177,7 @@ impl MetaClient {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         retry(self.backoff, ClientError::is_transient, |attempt| {
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let addr = self.target(shard, attempt);
             let client = self.grpc(&addr);
             let f = &f;
@@ -174,6 +189,11 @@ impl MetaClient {
             }
         })
         .await
+    }
+
+    /// Metadata requests sent so far (each retry counts).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn cached_map(&self) -> Option<Arc<pb::ClusterMap>> {
@@ -228,11 +248,14 @@ impl MetaClient {
     }
 
     /// One page of a directory: entries after `after`, and whether more follow.
+    /// With `plus`, entries whose inodes live on the directory's shard come
+    /// with their attributes.
     pub async fn readdir_page(
         &self,
         ino: u64,
         after: &[u8],
         limit: u32,
+        plus: bool,
     ) -> Result<(Vec<pb::DirEntry>, bool)> {
         let reply = self
             .call(ino_shard(ino), |mut c| async move {
@@ -240,6 +263,7 @@ impl MetaClient {
                     ino,
                     after: after.to_vec().into(),
                     limit,
+                    plus,
                 })
                 .await
             })
@@ -247,12 +271,11 @@ impl MetaClient {
         Ok((reply.entries, reply.more))
     }
 
-    /// Every entry of a directory, page by page.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
+    async fn readdir_all(&self, ino: u64, plus: bool) -> Result<Vec<pb::DirEntry>> {
         let mut all = Vec::new();
         let mut after = Vec::new();
         loop {
-            let (page, more) = self.readdir_page(ino, &after, 1000).await?;
+            let (page, more) = self.readdir_page(ino, &after, 1000, plus).await?;
             if let Some(last) = page.last() {
                 after = last.name.to_vec();
             }
@@ -261,6 +284,37 @@ impl MetaClient {
                 return Ok(all);
             }
         }
+    }
+
+    /// Every entry of a directory, page by page.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
+        self.readdir_all(ino, false).await
+    }
+
+    /// Every entry of a directory with its attributes (readdirplus): one
+    /// request per page for the entries on the directory's shard, and parallel
+    /// getattrs for those elsewhere (subdirectories). An entry removed
+    /// meanwhile is left out.
+    pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
+        use futures::stream::StreamExt;
+        let entries = self.readdir_all(ino, true).await?;
+        let filled: Vec<Option<pb::DirEntry>> = futures::stream::iter(entries)
+            .map(|mut e| async move {
+                if e.attr.is_none() {
+                    match self.getattr(e.ino).await {
+                        Ok(a) => e.attr = Some(a),
+                        Err(err) if err.errno() == cairn_proto::status::ENOENT => return Ok(None),
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(Some(e))
+            })
+            .buffered(32)
+            .collect::<Vec<Result<_>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        Ok(filled.into_iter().flatten().collect())
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -517,9 +571,35 @@ impl MetaClient {
         Self::expect_attr(self.mutate(shard, Op::Commit(commit)).await?)
     }
 
+    /// Writes into a small file's inline data (kept in its inode record); an
+    /// ENOTSUP answer means the file has outgrown it (see `WriteInlineOp`).
+    pub async fn write_inline(
+        &self,
+        ino: u64,
+        pos: u32,
+        data: bytes::Bytes,
+        length: u64,
+    ) -> Result<pb::Attr> {
+        let op = Op::WriteInline(pb::WriteInlineOp {
+            ino,
+            pos,
+            data,
+            length,
+            mtime_ns: 0,
+        });
+        Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
+    }
+
     /// Opens a file: until [`close`](Self::close) (or until this client stops
     /// renewing its session) the file's data stays even if it is unlinked.
     pub async fn open(self: &Arc<Self>, ino: u64) -> Result<pb::Attr> {
+        let attr = self.register_open(ino).await?;
+        self.start_renewer().await?;
+        Ok(attr)
+    }
+
+    /// `open` without starting the session task (which calls this itself).
+    async fn register_open(&self, ino: u64) -> Result<pb::Attr> {
         let shard = ino_shard(ino);
         let attr = Self::expect_attr(self.mutate(shard, Op::Open(pb::OpenOp { ino })).await?)?;
         *self
@@ -528,7 +608,6 @@ impl MetaClient {
             .unwrap_or_else(|p| p.into_inner())
             .entry(shard)
             .or_default() += 1;
-        self.start_renewer().await?;
         Ok(attr)
     }
 
@@ -546,6 +625,82 @@ impl MetaClient {
         Ok(())
     }
 
+    /// Tracks an open of `ino` without a metadata write: an open that lasts a
+    /// third of the session lease is registered (as [`open`](Self::open)) by
+    /// the session task, in time to keep the file if it is unlinked, since
+    /// metad deletes an unlinked file only after a whole lease without a
+    /// registered opener. Most opens are short and cost nothing here.
+    /// Answers a token for [`untrack_open`](Self::untrack_open).
+    pub async fn track_open(self: &Arc<Self>, ino: u64) -> Result<u64> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.lazy_opens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                token,
+                LazyOpen {
+                    ino,
+                    since: std::time::Instant::now(),
+                    registered: false,
+                },
+            );
+        self.start_renewer().await?;
+        Ok(token)
+    }
+
+    /// Ends a tracked open; closes it at metad if it was registered.
+    pub async fn untrack_open(&self, token: u64) -> Result<()> {
+        let open = self
+            .lazy_opens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+        match open {
+            Some(LazyOpen {
+                ino,
+                registered: true,
+                ..
+            }) => self.close(ino).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Registers the tracked opens older than `age` (see `track_open`).
+    async fn register_lazy_opens(&self, age: Duration) {
+        let due: Vec<(u64, u64)> = self
+            .lazy_opens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, o)| !o.registered && o.since.elapsed() >= age)
+            .map(|(t, o)| (*t, o.ino))
+            .collect();
+        for (token, ino) in due {
+            if let Err(e) = self.register_open(ino).await {
+                tracing::warn!(ino, "registering an open file: {e}");
+                continue;
+            }
+            let still_open = match self
+                .lazy_opens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&token)
+            {
+                Some(o) => {
+                    o.registered = true;
+                    true
+                }
+                None => false,
+            };
+            // Closed while being registered: undo the registration.
+            if !still_open {
+                if let Err(e) = self.close(ino).await {
+                    tracing::warn!(ino, "closing an open file: {e}");
+                }
+            }
+        }
+    }
+
     /// Starts the task renewing this client's session where it has open files.
     async fn start_renewer(self: &Arc<Self>) -> Result<()> {
         let lease_ms = self.map().await?.session_lease_ms.max(1000);
@@ -561,6 +716,9 @@ impl MetaClient {
                 let Some(client) = weak.upgrade() else {
                     return;
                 };
+                client
+                    .register_lazy_opens(Duration::from_millis(lease_ms / 3))
+                    .await;
                 let shards: Vec<ShardId> = client
                     .open_shards
                     .lock()

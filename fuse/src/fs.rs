@@ -11,8 +11,10 @@
 //! through a handle with unflushed writes flushes them first, so a process
 //! reads its own writes; so does asking for a file's attributes (getattr,
 //! lookup), so `stat` after `write` shows the new size and times. Opening
-//! registers the file with metad, so an unlinked open file stays readable
-//! until release.
+//! reads the file's attributes and layout in one request and tracks the open
+//! in the client (registered with metad only if it lasts; see
+//! `MetaClient::track_open`), so an unlinked open file stays readable until
+//! release.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -34,6 +36,7 @@ use fuser::ReplyAttr;
 use fuser::ReplyCreate;
 use fuser::ReplyData;
 use fuser::ReplyDirectory;
+use fuser::ReplyDirectoryPlus;
 use fuser::ReplyEmpty;
 use fuser::ReplyEntry;
 use fuser::ReplyOpen;
@@ -65,6 +68,8 @@ pub struct Timeouts {
 /// An open file.
 struct OpenFile {
     ino: u64,
+    /// The client's tracking of this open (unlinked files stay readable).
+    token: u64,
     writer: Option<FileWriter>,
     reader: Option<FileReader>,
     /// Write-back: the mount's staging area, and this handle's log.
@@ -111,6 +116,15 @@ async fn settle(staging: &Option<Arc<Staging>>, ino: u64) {
 /// Open files by file handle, each with the (Cairn) inode it is open on.
 type Files = Arc<Mutex<HashMap<u64, (u64, Handle)>>>;
 
+/// Whether this mount has `ino` open.
+fn is_open(files: &Files, ino: u64) -> bool {
+    files
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .any(|(i, _)| *i == ino)
+}
+
 /// Commits what the handles open on `ino` have buffered, so that attributes
 /// read next show every write made through this mount (POSIX: `stat` after
 /// `write` sees the new size). Answers whether anything was committed.
@@ -129,8 +143,19 @@ async fn flush_open(files: &Files, ino: u64) -> Result<bool, ClientError> {
     Ok(committed)
 }
 
-/// A directory listing taken at opendir: (kernel ino, type, name) by offset.
-type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+/// One entry of a directory listing.
+struct Listed {
+    /// The kernel's inode number.
+    ino: u64,
+    kind: FileType,
+    name: Vec<u8>,
+    /// Attributes metad answered with the listing (entries on the directory's
+    /// shard); readdirplus fetches the others.
+    attr: Option<pb::Attr>,
+}
+
+/// A directory listing taken at opendir, read by offset.
+type Listing = Arc<Vec<Listed>>;
 
 pub struct CairnFs {
     client: Arc<Client>,
@@ -267,6 +292,7 @@ reply_err!(
     ReplyCreate,
     ReplyData,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
     ReplyOpen,
@@ -326,6 +352,12 @@ impl Filesystem for CairnFs {
         // Large writes: up to 1 MiB per request.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // readdirplus: directory listings carry attributes, so `ls -l` and
+        // dataset scans need no lookup per entry; the kernel picks plain or
+        // plus per directory (AUTO).
+        let _ = config.add_capabilities(
+            fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -566,10 +598,13 @@ impl Filesystem for CairnFs {
         let seen = self.seen.clone();
         self.spawn(reply, move |c, reply| async move {
             settle(&staging, cairn_ino(ino)).await;
-            let attr = tri!(reply, c.meta.open(cairn_ino(ino)).await);
-            let reader = tri!(reply, c.reader(&attr).await);
+            // One metadata round trip: the file's attributes and layout (and a
+            // small file's inline data); tracking the open costs no write.
+            let (attr, reader) = tri!(reply, c.open_reader(cairn_ino(ino)).await);
+            let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let file = OpenFile {
                 ino: attr.ino,
+                token,
                 writer: None,
                 reader: Some(reader),
                 staging,
@@ -714,7 +749,7 @@ impl Filesystem for CairnFs {
         self.spawn(reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             let flushed = h.flush().await;
-            let closed = c.meta.close(h.ino).await;
+            let closed = c.meta.untrack_open(h.token).await;
             tri!(reply, flushed);
             tri!(reply, closed);
             reply.ok();
@@ -728,16 +763,30 @@ impl Filesystem for CairnFs {
         self.spawn(reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             let dir = tri!(reply, c.meta.getattr(ino).await);
-            let mut listing = vec![
-                (kernel_ino(ino), FileType::Directory, b".".to_vec()),
-                (
-                    kernel_ino(dir.parent.max(1)),
-                    FileType::Directory,
-                    b"..".to_vec(),
-                ),
-            ];
-            for e in tri!(reply, c.meta.readdir(ino).await) {
-                listing.push((kernel_ino(e.ino), file_type(e.kind), e.name.to_vec()));
+            let dot = |name: &[u8], ino: u64| Listed {
+                ino: kernel_ino(ino),
+                kind: FileType::Directory,
+                name: name.to_vec(),
+                // The kernel makes no entries for "." and "..".
+                attr: Some(dir),
+            };
+            let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
+            // With the attributes of the entries on the directory's shard, for
+            // readdirplus (`ls -l` and dataset scans without a getattr each).
+            let (mut after, mut more) = (Vec::new(), true);
+            while more {
+                let (page, has_more) =
+                    tri!(reply, c.meta.readdir_page(ino, &after, 1000, true).await);
+                more = has_more;
+                if let Some(last) = page.last() {
+                    after = last.name.to_vec();
+                }
+                listing.extend(page.into_iter().map(|e| Listed {
+                    ino: kernel_ino(e.ino),
+                    kind: file_type(e.kind),
+                    name: e.name.to_vec(),
+                    attr: e.attr,
+                }));
             }
             dirs.lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -765,12 +814,90 @@ impl Filesystem for CairnFs {
             return reply.error(libc::EBADF);
         };
         let start = usize::try_from(offset).unwrap_or(0);
-        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(start) {
-            if reply.add(*ino, (i + 1) as i64, *kind, OsStr::from_bytes(name)) {
+        for (i, e) in listing.iter().enumerate().skip(start) {
+            if reply.add(e.ino, (i + 1) as i64, e.kind, OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
         reply.ok();
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let listing = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned();
+        let Some(listing) = listing else {
+            return reply.error(libc::EBADF);
+        };
+        // One lifetime for the entry and its attributes (fuser's reply): the
+        // shorter of the two.
+        let ttl = self.timeouts.entry.min(self.timeouts.attr);
+        let files = self.files.clone();
+        let staging = self.staging.clone();
+        let start = usize::try_from(offset).unwrap_or(0);
+        self.spawn(reply, move |c, mut reply| async move {
+            // A kernel buffer holds a few dozen entries: fetch the attributes
+            // missing from the listing for the next batch, in parallel.
+            let batch: Vec<(usize, &Listed)> =
+                listing.iter().enumerate().skip(start).take(128).collect();
+            let attrs = futures::future::join_all(batch.iter().map(|(_, e)| {
+                let (c, files, staging) = (c.clone(), files.clone(), staging.clone());
+                async move {
+                    let ino = cairn_ino(e.ino);
+                    // What this mount has buffered or staged for the file
+                    // lands first, as for lookup.
+                    let busy =
+                        is_open(&files, ino) || staging.as_ref().is_some_and(|s| s.is_pending(ino));
+                    if e.attr.is_some() && !busy {
+                        return Ok(e.attr);
+                    }
+                    flush_open(&files, ino).await?;
+                    settle(&staging, ino).await;
+                    match c.meta.getattr(ino).await {
+                        Ok(a) => Ok(Some(a)),
+                        Err(err) if err.errno() == libc::ENOENT => Ok(None),
+                        Err(err) => Err(err),
+                    }
+                }
+            }))
+            .await;
+            for ((i, e), attr) in batch.iter().zip(attrs) {
+                // Removed since opendir: left out.
+                let Some(attr) = tri!(reply, attr) else {
+                    continue;
+                };
+                let full = reply.add(
+                    e.ino,
+                    (i + 1) as i64,
+                    OsStr::from_bytes(&e.name),
+                    if e.name == b"." || e.name == b".." {
+                        &Duration::ZERO
+                    } else {
+                        &ttl
+                    },
+                    &FileAttr {
+                        ino: e.ino,
+                        ..file_attr(&attr)
+                    },
+                    0,
+                );
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+            Ok(())
+        });
     }
 
     fn releasedir(
@@ -901,9 +1028,10 @@ impl Filesystem for CairnFs {
                     .create_as(who, cairn_ino(parent), &name, mode & 0o7777, exclusive)
                     .await
             );
-            tri!(reply, c.meta.open(attr.ino).await);
+            let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let file = OpenFile {
                 ino: attr.ino,
+                token,
                 writer: None,
                 reader: None,
                 staging,

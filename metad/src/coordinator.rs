@@ -107,6 +107,13 @@ pub enum Op {
         length: u64,
         mtime: i64,
     },
+    WriteInline {
+        ino: u64,
+        pos: u32,
+        data: Vec<u8>,
+        length: u64,
+        mtime: i64,
+    },
     Open {
         ino: u64,
     },
@@ -130,6 +137,7 @@ impl Op {
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
+            | Op::WriteInline { ino, .. }
             | Op::Open { ino }
             | Op::Close { ino } => ino_shard(*ino),
         }
@@ -380,7 +388,28 @@ impl MetaNode {
                 let client = key
                     .map(|(client, _)| client)
                     .ok_or_else(|| MetaError::Invalid("close needs a request id".into()))?;
-                local(FsCommand::Close { ino, client }).await
+                local(FsCommand::Close {
+                    ino,
+                    client,
+                    now_ms: now / 1_000_000,
+                })
+                .await
+            }
+            Op::WriteInline {
+                ino,
+                pos,
+                data,
+                length,
+                mtime,
+            } => {
+                local(FsCommand::WriteInline {
+                    ino,
+                    pos,
+                    data,
+                    length,
+                    mtime,
+                })
+                .await
             }
             Op::Commit {
                 ino,

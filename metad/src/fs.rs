@@ -24,6 +24,9 @@ use crate::types::Errno;
 
 /// Longest xattr value.
 pub const XATTR_VALUE_MAX: usize = 64 << 10;
+/// Most bytes of a file kept inline in its inode record (data-on-metadata).
+/// Clients choose their own, smaller threshold (64 KiB by default).
+pub const INLINE_MAX: usize = 1 << 20;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -208,6 +211,7 @@ pub enum FsCommand {
     Close {
         ino: u64,
         client: u64,
+        now_ms: i64,
     },
     /// Extends a client's session on this shard.
     RenewSession {
@@ -215,9 +219,11 @@ pub enum FsCommand {
         now_ms: i64,
         lease_ms: i64,
     },
-    /// Drops the open files of sessions whose lease ran out.
+    /// Drops the open files of sessions whose lease ran out, and deletes
+    /// orphans older than `orphans_before_ms`.
     ExpireSessions {
         now_ms: i64,
+        orphans_before_ms: i64,
     },
     /// Removes slices whose blocks were deleted from the deletion queue.
     DequeueSlices {
@@ -225,6 +231,14 @@ pub enum FsCommand {
     },
     /// Several commands applied in order as one.
     Batch(Vec<FsCommand>),
+    /// Writes into a file's inline data; refused (ENOTSUP) once it has slices.
+    WriteInline {
+        ino: u64,
+        pos: u32,
+        data: Vec<u8>,
+        length: u64,
+        mtime: i64,
+    },
     /// Appends written slices to a file's chunks and extends its length.
     Commit {
         ino: u64,
@@ -293,6 +307,10 @@ pub fn xattr_key(ino: u64, name: &[u8]) -> Vec<u8> {
 pub fn symlink_key(ino: u64) -> Vec<u8> {
     key(b'l', &[&ino.to_be_bytes()])
 }
+/// A small file's data, kept beside its inode: the bottom layer of chunk 0.
+pub fn inline_key(ino: u64) -> Vec<u8> {
+    key(b'D', &[&ino.to_be_bytes()])
+}
 fn gc_key(slice_id: u64) -> Vec<u8> {
     key(b'q', &[&slice_id.to_be_bytes()])
 }
@@ -304,6 +322,10 @@ fn opener_key(client: u64, ino: u64) -> Vec<u8> {
 }
 fn session_key(client: u64) -> Vec<u8> {
     key(b's', &[&client.to_be_bytes()])
+}
+/// An inode with no links left and no registered opener, and since when (ms).
+fn orphan_key(ino: u64) -> Vec<u8> {
+    key(b'r', &[&ino.to_be_bytes()])
 }
 const NEXT_INO_KEY: &[u8] = b"nino";
 const INODES_KEY: &[u8] = b"ninodes";
@@ -318,10 +340,20 @@ fn count_inodes(txn: &mut Txn, delta: i64) -> Result<(), MetaError> {
     txn.put_as(INODES_KEY.to_vec(), &n)
 }
 
-/// Whether some client session on this shard has run out of lease.
-pub fn has_expired_sessions(txn: &Txn, now_ms: i64) -> Result<bool, MetaError> {
+/// Whether some client session on this shard has run out of lease, or an
+/// orphan has waited out its grace (orphaned before `orphans_before_ms`).
+pub fn has_expired_sessions(
+    txn: &Txn,
+    now_ms: i64,
+    orphans_before_ms: i64,
+) -> Result<bool, MetaError> {
     for (_, v) in txn.scan(b"s", b"", usize::MAX)? {
         if crate::kv::decode::<i64>(&v)? <= now_ms {
+            return Ok(true);
+        }
+    }
+    for (_, v) in txn.scan(b"r", b"", usize::MAX)? {
+        if crate::kv::decode::<i64>(&v)? < orphans_before_ms {
             return Ok(true);
         }
     }
@@ -441,21 +473,27 @@ fn drop_link(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
         return delete_inode(txn, ino);
     }
     put_inode(txn, ino, &inode)?;
-    reap(txn, ino)
+    reap(txn, ino, now / 1_000_000)
 }
 
-/// Deletes an inode that has no links left and that nobody has open.
-fn reap(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
+/// Marks an inode that has no links left and no registered opener as an
+/// orphan. Clients register an open only once it has lasted a third of the
+/// session lease (most opens are short and cost no metadata write), so an
+/// orphan is deleted only after a whole lease without a registered opener.
+fn reap(txn: &mut Txn, ino: u64, now_ms: i64) -> Result<(), MetaError> {
     let Some(inode) = txn.get_as::<Inode>(&inode_key(ino))? else {
         return Ok(());
     };
-    let open = !txn
-        .scan(&key(b'o', &[&ino.to_be_bytes()]), b"", 1)?
-        .is_empty();
-    if inode.nlink == 0 && !open {
-        delete_inode(txn, ino)?;
+    if inode.nlink == 0 && !is_open(txn, ino)? {
+        txn.put_as(orphan_key(ino), &now_ms)?;
     }
     Ok(())
+}
+
+fn is_open(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
+    Ok(!txn
+        .scan(&key(b'o', &[&ino.to_be_bytes()]), b"", 1)?
+        .is_empty())
 }
 
 /// Removes an inode with its xattrs, symlink target and chunks; its slices go to
@@ -464,6 +502,7 @@ fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
     txn.delete(inode_key(ino));
     count_inodes(txn, -1)?;
     txn.delete(symlink_key(ino));
+    txn.delete(inline_key(ino));
     for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
     }
@@ -673,14 +712,18 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
-        FsCommand::Close { ino, client } => {
+        FsCommand::Close {
+            ino,
+            client,
+            now_ms,
+        } => {
             let count: u32 = txn.get_as(&open_key(*ino, *client))?.unwrap_or(0);
             if count > 1 {
                 txn.put_as(open_key(*ino, *client), &(count - 1))?;
             } else {
                 txn.delete(open_key(*ino, *client));
                 txn.delete(opener_key(*client, *ino));
-                reap(txn, *ino)?;
+                reap(txn, *ino, *now_ms)?;
             }
             Ok(Reply::None)
         }
@@ -695,7 +738,27 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
             Ok(Reply::None)
         }
-        FsCommand::ExpireSessions { now_ms } => {
+        FsCommand::ExpireSessions {
+            now_ms,
+            orphans_before_ms,
+        } => {
+            for (k, v) in txn.scan(b"r", b"", usize::MAX)? {
+                if crate::kv::decode::<i64>(&v)? >= *orphans_before_ms {
+                    continue;
+                }
+                txn.delete(k.clone());
+                let ino = u64::from_be_bytes(
+                    k[1..9]
+                        .try_into()
+                        .map_err(|_| MetaError::Storage("malformed orphan key".into()))?,
+                );
+                // An opener that registered late keeps it; its close
+                // orphans it again.
+                let orphan = get_inode(txn, ino).is_ok_and(|i| i.nlink == 0);
+                if orphan && !is_open(txn, ino)? {
+                    delete_inode(txn, ino)?;
+                }
+            }
             for (k, v) in txn.scan(b"s", b"", usize::MAX)? {
                 let expiry: i64 = crate::kv::decode(&v)?;
                 if expiry > *now_ms {
@@ -711,7 +774,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     );
                     txn.delete(ok);
                     txn.delete(key(b'o', &[&ino.to_be_bytes(), &k[1..]]));
-                    reap(txn, ino)?;
+                    reap(txn, ino, *now_ms)?;
                 }
             }
             Ok(Reply::None)
@@ -764,6 +827,36 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             inode.ctime = *now;
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::None)
+        }
+        FsCommand::WriteInline {
+            ino,
+            pos,
+            data,
+            length,
+            mtime,
+        } => {
+            let mut inode = get_inode(txn, *ino)?;
+            if inode.kind != Kind::File {
+                return Err(err(EISDIR, "not a regular file"));
+            }
+            let end = *pos as usize + data.len();
+            // Inline data is the bottom layer: once a slice lies above it, a
+            // newer write must be a slice too.
+            let has_slices = !txn.scan(&chunk_prefix(*ino), b"", 1)?.is_empty();
+            if has_slices || end > INLINE_MAX {
+                return Err(err(ENOTSUP, "file is not inline"));
+            }
+            let mut buf = txn.get(&inline_key(*ino))?.unwrap_or_default();
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            buf[*pos as usize..end].copy_from_slice(data);
+            txn.put(inline_key(*ino), buf);
+            inode.size = inode.size.max(*length).max(end as u64);
+            inode.mtime = *mtime;
+            inode.ctime = *mtime;
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
         }
         FsCommand::Commit {
             ino,
@@ -822,6 +915,7 @@ fn set_attr(txn: &mut Txn, ino: u64, set: &SetAttrs, now: i64) -> FsResult {
         }
         if size < inode.size {
             truncate_chunks(txn, ino, size)?;
+            truncate_inline(txn, ino, size)?;
         }
         inode.size = size;
         if set.mtime.is_none() {
@@ -871,6 +965,22 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
     for (slice_id, slice_size) in dropped {
         if slice_id != 0 && !kept.contains(&slice_id) {
             txn.put_as(gc_key(slice_id), &slice_size)?;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a file's inline data at `size`.
+fn truncate_inline(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> {
+    let Some(mut buf) = txn.get(&inline_key(ino))? else {
+        return Ok(());
+    };
+    if (buf.len() as u64) > size {
+        buf.truncate(size as usize);
+        if buf.is_empty() {
+            txn.delete(inline_key(ino));
+        } else {
+            txn.put(inline_key(ino), buf);
         }
     }
     Ok(())
@@ -1079,7 +1189,17 @@ mod tests {
             )
             .unwrap();
         }
+        // Unlinked and not open: an orphan, deleted once it has waited out
+        // the grace (here: anything orphaned before time 10 ms).
+        assert_eq!(get_inode(&Txn::new(&db, 1), f).unwrap().nlink, 0);
+        assert!(has_expired_sessions(&Txn::new(&db, 1), 0, 10).unwrap());
+        let expire = FsCommand::ExpireSessions {
+            now_ms: 0,
+            orphans_before_ms: 10,
+        };
+        run(&db, 1, expire).unwrap();
         assert!(get_inode(&Txn::new(&db, 1), f).is_err());
+        assert!(!has_expired_sessions(&Txn::new(&db, 1), 0, 10).unwrap());
         run(&db, 1, rmdir).unwrap();
         assert_eq!(get_inode(&Txn::new(&db, 1), ROOT_INO).unwrap().nlink, 2);
     }

@@ -505,16 +505,23 @@ impl MetaNode {
         dir_shard(parent, name, self.config.data_shards)
     }
 
-    /// Drops the open files of clients whose session lease ran out on `shard`.
+    /// Drops the open files of clients whose session lease ran out on `shard`
+    /// and deletes orphans that waited out a lease.
     async fn expire_sessions(&self, shard: ShardId) -> Result<(), MetaError> {
         let now_ms = now_ns() / 1_000_000;
+        let orphans_before_ms = now_ms - self.config.session_lease_ms as i64;
         if self
-            .read(shard, |txn| fs::has_expired_sessions(txn, now_ms))
+            .read(shard, |txn| {
+                fs::has_expired_sessions(txn, now_ms, orphans_before_ms)
+            })
             .await?
         {
             let expire = Request {
                 key: None,
-                cmd: Command::Fs(FsCommand::ExpireSessions { now_ms }),
+                cmd: Command::Fs(FsCommand::ExpireSessions {
+                    now_ms,
+                    orphans_before_ms,
+                }),
             };
             self.propose_local(shard, expire).await?;
         }

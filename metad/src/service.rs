@@ -223,6 +223,25 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
         },
         PbOp::Open(o) => Op::Open { ino: o.ino },
         PbOp::Close(c) => Op::Close { ino: c.ino },
+        PbOp::WriteInline(w) => {
+            if w.pos as usize + w.data.len() > fs::INLINE_MAX {
+                return Err(MetaError::fs(
+                    cairn_proto::status::ENOTSUP,
+                    "inline data too large",
+                ));
+            }
+            Op::WriteInline {
+                ino: w.ino,
+                pos: w.pos,
+                data: w.data.to_vec(),
+                length: w.length,
+                mtime: if w.mtime_ns == 0 {
+                    now_ns()
+                } else {
+                    w.mtime_ns
+                },
+            }
+        }
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c
@@ -237,6 +256,37 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 c.mtime_ns
             },
         },
+    })
+}
+
+/// A file's slices for chunks [first, first + count) (at most 1024), with its
+/// attributes and, when chunk 0 is asked for, its inline data.
+fn layout(
+    txn: &crate::kv::Txn,
+    ino: u64,
+    first: u32,
+    count: u32,
+) -> Result<pb::ReadChunksReply, MetaError> {
+    let inode = fs::get_inode(txn, ino)?;
+    let mut chunks = Vec::new();
+    let last = first.saturating_add(count.min(1024));
+    for chunk in first..last {
+        if let Some(slices) = txn.get_as::<Vec<SliceRec>>(&fs::chunk_key(ino, chunk))? {
+            chunks.push(pb::ChunkSlices {
+                chunk,
+                slices: slices.iter().map(slice_to_pb).collect(),
+            });
+        }
+    }
+    let inline = if first == 0 {
+        txn.get(&fs::inline_key(ino))?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(pb::ReadChunksReply {
+        attr: Some(inode_to_pb(ino, &inode)),
+        chunks,
+        inline: inline.into(),
     })
 }
 
@@ -317,14 +367,23 @@ impl pb::meta_server::Meta for MetaService {
                 let mut rows = txn.scan(&prefix, &req.after, limit + 1)?;
                 let more = rows.len() > limit;
                 rows.truncate(limit);
+                let shard = ino_shard(req.ino);
                 let entries = rows
                     .into_iter()
                     .map(|(k, v)| {
                         let e: fs::Entry = crate::kv::decode(&v)?;
+                        // readdirplus: attributes of the inodes kept here
+                        // (the directory's files) come in the same answer.
+                        let attr = if req.plus && ino_shard(e.ino) == shard {
+                            Some(inode_to_pb(e.ino, &fs::get_inode(txn, e.ino)?))
+                        } else {
+                            None
+                        };
                         Ok(pb::DirEntry {
                             name: k[prefix.len()..].to_vec().into(),
                             ino: e.ino,
                             kind: kind_to_pb(e.kind) as i32,
+                            attr,
                         })
                     })
                     .collect::<Result<Vec<_>, MetaError>>()?;
@@ -402,23 +461,7 @@ impl pb::meta_server::Meta for MetaService {
         let reply = self
             .node
             .read(ino_shard(req.ino), |txn| {
-                let inode = fs::get_inode(txn, req.ino)?;
-                let mut chunks = Vec::new();
-                let last = req.first_chunk.saturating_add(req.chunk_count.min(1024));
-                for chunk in req.first_chunk..last {
-                    if let Some(slices) =
-                        txn.get_as::<Vec<SliceRec>>(&fs::chunk_key(req.ino, chunk))?
-                    {
-                        chunks.push(pb::ChunkSlices {
-                            chunk,
-                            slices: slices.iter().map(slice_to_pb).collect(),
-                        });
-                    }
-                }
-                Ok(pb::ReadChunksReply {
-                    attr: Some(inode_to_pb(req.ino, &inode)),
-                    chunks,
-                })
+                layout(txn, req.ino, req.first_chunk, req.chunk_count)
             })
             .await?;
         Ok(GrpcResponse::new(reply))

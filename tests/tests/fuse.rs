@@ -124,3 +124,57 @@ async fn close_to_open_between_two_mounts() -> anyhow::Result<()> {
     drop(a);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listings_carry_attributes() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    // Kernel caches on, as in production: readdirplus answers fill them.
+    let mount = Mount::start_with(
+        &cluster,
+        "mnt",
+        &["--entry-timeout-ms", "10000", "--attr-timeout-ms", "10000"],
+    )
+    .await?;
+    let root = mount.path.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let dir = root.join("data");
+        fs::create_dir(&dir)?;
+        let mut expected = Vec::new();
+        for i in 0..300usize {
+            let name = format!("f{i:03}");
+            let data = random_bytes(i * 37, i as u64);
+            fs::write(dir.join(&name), &data)?;
+            expected.push((name, data.len() as u64, false));
+        }
+        // Subdirectories live on other shards: their attributes come apart.
+        for i in 0..5 {
+            let name = format!("sub{i}");
+            fs::create_dir(dir.join(&name))?;
+            fs::set_permissions(dir.join(&name), fs::Permissions::from_mode(0o750))?;
+            expected.push((name, 0, true));
+        }
+        // A file this mount is writing: the listing shows what was written.
+        let mut open = fs::File::create(dir.join("open"))?;
+        open.write_all(&[7u8; 1234])?;
+        expected.push(("open".into(), 1234, false));
+        expected.sort();
+        let mut listed = Vec::new();
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = if meta.is_dir() { 0 } else { meta.len() };
+            if meta.is_dir() {
+                assert_eq!(meta.mode() & 0o7777, 0o750, "{name}");
+                assert_eq!(meta.nlink(), 2, "{name}");
+            }
+            listed.push((name, len, meta.is_dir()));
+        }
+        listed.sort();
+        assert_eq!(listed, expected);
+        drop(open);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
