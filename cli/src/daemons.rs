@@ -163,6 +163,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 cache_size: 1 << 30,
                 writeback: false,
                 no_wait: false,
+                permissions: cairn_fuse::Permissions::Kernel,
             };
             Some(crate::mount::mount(seeds, &mount_args)?)
         }
