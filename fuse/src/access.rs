@@ -577,12 +577,14 @@ impl Gate {
         }
     }
 
+    /// rename: with `Noreplace`, an existing target is not removed (metad
+    /// answers EEXIST), so only adding the name is checked.
     pub async fn rename(
         &self,
         c: &Client,
         (from, name): (u64, &[u8]),
         (to, new_name): (u64, &[u8]),
-        exchange: bool,
+        mode: pb::RenameMode,
     ) -> Result<(), ClientError> {
         let Some(who) = &self.who else { return Ok(()) };
         let from_dir = attrs(c, from).await?;
@@ -594,7 +596,11 @@ impl Gate {
         let Some(moved) = entry(c, from, name).await? else {
             return Err(ClientError::fs(libc::ENOENT, "no such entry"));
         };
-        let target = entry(c, to, new_name).await?;
+        let target = match mode {
+            pb::RenameMode::Noreplace => None,
+            _ => entry(c, to, new_name).await?,
+        };
+        let exchange = mode == pb::RenameMode::Exchange;
         may_rename(who, &from_dir, &moved, &to_dir, target.as_ref(), exchange).map_err(denied)
     }
 

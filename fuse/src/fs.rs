@@ -551,8 +551,7 @@ impl Filesystem for CairnFs {
                 (cairn_ino(parent), &name[..]),
                 (cairn_ino(newparent), &newname[..]),
             );
-            let exchange = mode == pb::RenameMode::Exchange;
-            tri!(reply, gate.rename(&c, from, to, exchange).await);
+            tri!(reply, gate.rename(&c, from, to, mode).await);
             tri!(
                 reply,
                 c.meta
