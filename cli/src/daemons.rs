@@ -164,6 +164,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 writeback: false,
                 no_wait: false,
                 inline_max: cairn_client::DEFAULT_INLINE_MAX as u64,
+                permissions: cairn_fuse::Permissions::Kernel,
             };
             Some(crate::mount::mount(seeds, &mount_args)?)
         }

@@ -43,6 +43,17 @@ pub struct MountArgs {
     /// in metadata (one round trip to open and read; at most 1M, 0: off).
     #[arg(long, default_value = "64K", value_parser = crate::parse_size)]
     pub inline_max: u64,
+    /// Who checks permissions: `kernel` (mounted with default_permissions, on
+    /// the kernel's cached attributes) or `cairn` (the mount checks them on
+    /// metad's attributes, with the caller's supplementary groups). With
+    /// `cairn`, names the kernel cached (--entry-timeout-ms) are reused
+    /// without checking search permission again; 0 checks every lookup.
+    #[arg(long, default_value_t = cairn_fuse::Permissions::Kernel, value_parser = parse_permissions)]
+    pub permissions: cairn_fuse::Permissions,
+}
+
+fn parse_permissions(s: &str) -> Result<cairn_fuse::Permissions, String> {
+    s.parse()
 }
 
 impl MountArgs {
@@ -57,6 +68,7 @@ impl MountArgs {
                 (Some(dir), true) => Some(staging_dir(dir)),
                 _ => None,
             },
+            permissions: self.permissions,
         }
     }
 }

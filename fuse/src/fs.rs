@@ -55,6 +55,7 @@ use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
 use cairn_proto::pb::FileKind;
 
+use crate::access;
 use crate::writeback::StageLog;
 use crate::writeback::Staging;
 
@@ -168,6 +169,8 @@ pub struct CairnFs {
     /// Directory listings taken at opendir, read by offset.
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: AtomicU64,
+    /// Cairn's own permission checks (in kernel mode they check nothing).
+    guard: Arc<access::Guard>,
 }
 
 impl CairnFs {
@@ -176,6 +179,7 @@ impl CairnFs {
         rt: tokio::runtime::Handle,
         timeouts: Timeouts,
         staging: Option<Arc<Staging>>,
+        permissions: access::Permissions,
     ) -> Self {
         CairnFs {
             client,
@@ -186,6 +190,7 @@ impl CairnFs {
             seen: Arc::default(),
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
+            guard: access::Guard::new(permissions),
         }
     }
 
@@ -199,6 +204,11 @@ impl CairnFs {
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
             .map(|(_, h)| h.clone())
+    }
+
+    /// The permission checks for one request.
+    fn gate(&self, req: &Request<'_>) -> access::Gate {
+        self.guard.gate(req.uid(), req.gid(), req.pid())
     }
 }
 
@@ -361,12 +371,14 @@ impl Filesystem for CairnFs {
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let gate = self.gate(req);
         let name = name_bytes(name);
         let ttl = self.timeouts.entry;
         let files = self.files.clone();
         let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.lookup(&c, cairn_ino(parent)).await);
             let mut a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
             let flushed = tri!(reply, flush_open(&files, a.ino).await);
             if flushed || staging.as_ref().is_some_and(|s| s.is_pending(a.ino)) {
@@ -394,7 +406,7 @@ impl Filesystem for CairnFs {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -403,17 +415,20 @@ impl Filesystem for CairnFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<u64>,
+        fh: Option<u64>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
+        let gate = self.gate(req);
+        let change = access::Change::new(mode, uid, gid, size, atime, mtime, fh);
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
+            let mode = tri!(reply, gate.setattr(&c, cairn_ino(ino), change).await);
             if size.is_some() {
                 // Writes buffered or staged by this mount land before the
                 // truncate, as the caller ordered them.
@@ -460,8 +475,10 @@ impl Filesystem for CairnFs {
             libc::S_IFBLK => FileKind::BlockDevice,
             _ => return reply.error(libc::EINVAL),
         };
+        let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
                 c.meta
@@ -482,8 +499,10 @@ impl Filesystem for CairnFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
                 c.meta
@@ -495,18 +514,22 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let gate = self.gate(req);
         let name = name_bytes(name);
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.remove(&c, cairn_ino(parent), &name).await);
             tri!(reply, c.meta.unlink(cairn_ino(parent), &name).await);
             reply.ok();
             Ok(())
         });
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let gate = self.gate(req);
         let name = name_bytes(name);
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.remove(&c, cairn_ino(parent), &name).await);
             tri!(reply, c.meta.rmdir(cairn_ino(parent), &name).await);
             reply.ok();
             Ok(())
@@ -521,9 +544,11 @@ impl Filesystem for CairnFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(link_name), caller(req), self.timeouts.entry);
         let target = target.as_os_str().as_bytes().to_vec();
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
                 c.meta
@@ -537,7 +562,7 @@ impl Filesystem for CairnFs {
 
     fn rename(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -545,6 +570,7 @@ impl Filesystem for CairnFs {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        let gate = self.gate(req);
         let mode = match flags {
             0 => pb::RenameMode::Replace,
             libc::RENAME_NOREPLACE => pb::RenameMode::Noreplace,
@@ -553,6 +579,11 @@ impl Filesystem for CairnFs {
         };
         let (name, newname) = (name_bytes(name), name_bytes(newname));
         self.spawn(reply, move |c, reply| async move {
+            let (from, to) = (
+                (cairn_ino(parent), &name[..]),
+                (cairn_ino(newparent), &newname[..]),
+            );
+            tri!(reply, gate.rename(&c, from, to, mode).await);
             tri!(
                 reply,
                 c.meta
@@ -572,14 +603,16 @@ impl Filesystem for CairnFs {
 
     fn link(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         newparent: u64,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let gate = self.gate(req);
         let (name, ttl) = (name_bytes(newname), self.timeouts.entry);
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.add(&c, cairn_ino(newparent)).await);
             let a = tri!(
                 reply,
                 c.meta
@@ -591,12 +624,14 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let gate = self.gate(req);
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
         let seen = self.seen.clone();
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.open(&c, cairn_ino(ino), flags, fh).await);
             settle(&staging, cairn_ino(ino)).await;
             // One metadata round trip: the file's attributes and layout (and a
             // small file's inline data); tracking the open costs no write.
@@ -738,6 +773,7 @@ impl Filesystem for CairnFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.guard.released(fh);
         let handle = self
             .files
             .lock()
@@ -757,10 +793,12 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    fn opendir(&mut self, req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let gate = self.gate(req);
         let fh = self.fh();
         let dirs = self.dirs.clone();
         self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.opendir(&c, cairn_ino(ino)).await);
             let ino = cairn_ino(ino);
             let dir = tri!(reply, c.meta.getattr(ino).await);
             let dot = |name: &[u8], ino: u64| Listed {
@@ -938,7 +976,7 @@ impl Filesystem for CairnFs {
 
     fn setxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -952,8 +990,14 @@ impl Filesystem for CairnFs {
             libc::XATTR_REPLACE => 2,
             _ => return reply.error(libc::EINVAL),
         };
+        let gate = self.gate(req);
         let (name, value) = (name_bytes(name), value.to_vec());
         self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Write)
+                    .await
+            );
             tri!(
                 reply,
                 c.meta.setxattr(cairn_ino(ino), &name, &value, flags).await
@@ -965,14 +1009,20 @@ impl Filesystem for CairnFs {
 
     fn getxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         size: u32,
         reply: ReplyXattr,
     ) {
+        let gate = self.gate(req);
         let name = name_bytes(name);
         self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Read)
+                    .await
+            );
             let value = tri!(reply, c.meta.getxattr(cairn_ino(ino), &name).await);
             answer_xattr(reply, &value, size);
             Ok(())
@@ -992,18 +1042,32 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        let gate = self.gate(req);
         let name = name_bytes(name);
         self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Write)
+                    .await
+            );
             tri!(reply, c.meta.removexattr(cairn_ino(ino), &name).await);
             reply.ok();
             Ok(())
         });
     }
 
-    fn access(&mut self, _req: &Request<'_>, _ino: u64, _mask: i32, reply: ReplyEmpty) {
-        // The kernel checks permissions itself (`default_permissions`).
-        reply.ok();
+    fn access(&mut self, req: &Request<'_>, ino: u64, mask: i32, reply: ReplyEmpty) {
+        let gate = self.gate(req);
+        if !gate.checks() {
+            // The kernel checks permissions itself (`default_permissions`).
+            return reply.ok();
+        }
+        self.spawn(reply, move |c, reply| async move {
+            tri!(reply, gate.access(&c, cairn_ino(ino), mask).await);
+            reply.ok();
+            Ok(())
+        });
     }
 
     fn create(
@@ -1016,12 +1080,17 @@ impl Filesystem for CairnFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
         let exclusive = flags & libc::O_EXCL != 0;
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
         self.spawn(reply, move |c, reply| async move {
+            tri!(
+                reply,
+                gate.create(&c, cairn_ino(parent), &name, flags, fh).await
+            );
             let attr = tri!(
                 reply,
                 c.meta

@@ -1,9 +1,11 @@
 //! cairn-fuse: mounts a Cairn cluster through FUSE (`fuser`), mapping POSIX
 //! operations onto the client library (`fs`). Permissions are checked by the
-//! kernel (`default_permissions`); ownership of new inodes is the caller's.
+//! kernel (`default_permissions`) or, with [`Permissions::Cairn`], by Cairn
+//! itself (`access`); ownership of new inodes is the caller's.
 //! With write-back (`writeback`), close and fsync return once data is staged
 //! on the local disk, and uploads run in the background.
 
+pub mod access;
 pub mod fs;
 pub mod writeback;
 
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use cairn_client::Client;
 
+pub use access::Permissions;
 pub use fs::CairnFs;
 pub use fs::Timeouts;
 pub use writeback::Staging;
@@ -26,6 +29,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Write-back staging directory (on a local disk); None: write-through.
     pub writeback_dir: Option<PathBuf>,
+    /// Who checks permissions: the kernel (`default_permissions`) or Cairn.
+    pub permissions: Permissions,
 }
 
 /// A mounted cluster: dropping it unmounts.
@@ -47,13 +52,21 @@ pub fn mount(client: Arc<Client>, mountpoint: &Path, options: MountOptions) -> i
     let mut opts = vec![
         fuser::MountOption::FSName("cairn".into()),
         fuser::MountOption::Subtype("cairn".into()),
-        fuser::MountOption::DefaultPermissions,
         fuser::MountOption::RW,
     ];
+    if options.permissions == Permissions::Kernel {
+        opts.push(fuser::MountOption::DefaultPermissions);
+    }
     if options.allow_other {
         opts.push(fuser::MountOption::AllowOther);
     }
-    let fs = CairnFs::new(client, rt, options.timeouts, staging.clone());
+    let fs = CairnFs::new(
+        client,
+        rt,
+        options.timeouts,
+        staging.clone(),
+        options.permissions,
+    );
     let session = fuser::spawn_mount2(fs, mountpoint, &opts)?;
     Ok(Mounted { session, staging })
 }

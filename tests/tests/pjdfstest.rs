@@ -1,10 +1,14 @@
 //! POSIX conformance: the `pjdfstest` suite (the Rust port, crates.io
-//! `pjdfstest`) run as root on a real FUSE mount of a real cluster.
+//! `pjdfstest`) run as root on a real FUSE mount of a real cluster, once on a
+//! mount where the kernel checks permissions (`--permissions kernel`) and once
+//! on one where Cairn does (`--permissions cairn`).
 //!
 //! Tests that Cairn does not pass yet are listed, each with its reason, in
-//! `tests/pjdfstest-exclusions.txt`; they run as pjdfstest's "expected
-//! failures". Any other failure fails this test, and so does an excluded test
-//! that now passes (remove it from the list) or a name the suite does not know.
+//! `tests/pjdfstest-exclusions.txt` (both mounts) and
+//! `tests/pjdfstest-exclusions-cairn.txt` (the `cairn` mount only); they run
+//! as pjdfstest's "expected failures". Any other failure fails the test, and
+//! so does an excluded test that now passes (remove it from the list) or a
+//! name the suite does not run.
 //! The binary is `PJDFSTEST` or /var/cache/cairn-tools/bin/pjdfstest
 //! (`scripts/setup.sh` installs it); without it this test fails, it never skips.
 
@@ -33,13 +37,20 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(8 * 60);
 /// Debian system (base-passwd).
 const DUMMY_USERS: [&str; 2] = ["nobody", "daemon"];
 
-/// Excluded test names from `tests/pjdfstest-exclusions.txt`: one
-/// `name # reason` per line; blank lines and lines starting with `#` are
-/// comments. A name without a reason is an error.
-fn exclusions() -> anyhow::Result<BTreeSet<String>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pjdfstest-exclusions.txt");
-    let text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+/// Excluded test names from exclusion lists in `tests/`: one `name # reason`
+/// per line; blank lines and lines starting with `#` are comments. A name
+/// without a reason is an error.
+fn exclusions(lists: &[&str]) -> anyhow::Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
+    for list in lists {
+        read_exclusions(list, &mut names)?;
+    }
+    Ok(names)
+}
+
+fn read_exclusions(list: &str, names: &mut BTreeSet<String>) -> anyhow::Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(list);
+    let text = fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -56,7 +67,7 @@ fn exclusions() -> anyhow::Result<BTreeSet<String>> {
             ),
         }
     }
-    Ok(names)
+    Ok(())
 }
 
 /// The primary group of `user`, from /etc/passwd and /etc/group.
@@ -142,8 +153,35 @@ fn outcomes(output: &str) -> BTreeMap<String, (String, String)> {
     out
 }
 
+/// One run of the suite: how the mount is made and what is excluded.
+struct Run {
+    /// `cairn mount` arguments besides --allow-other.
+    mount_args: &'static [&'static str],
+    /// Exclusion lists (in `tests/`) that apply.
+    exclusions: &'static [&'static str],
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pjdfstest_passes_on_a_mount() -> anyhow::Result<()> {
+    run_suite(Run {
+        mount_args: &["--permissions", "kernel"],
+        exclusions: &["pjdfstest-exclusions.txt"],
+    })
+    .await
+}
+
+/// The whole suite again where Cairn checks permissions itself: every
+/// EACCES/EPERM case of pjdfstest then exercises `fuse/src/access.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pjdfstest_passes_with_cairn_permission_checks() -> anyhow::Result<()> {
+    run_suite(Run {
+        mount_args: &["--permissions", "cairn"],
+        exclusions: &["pjdfstest-exclusions.txt", "pjdfstest-exclusions-cairn.txt"],
+    })
+    .await
+}
+
+async fn run_suite(suite: Run) -> anyhow::Result<()> {
     let bin = std::env::var_os("PJDFSTEST")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PJDFSTEST));
@@ -160,13 +198,15 @@ async fn pjdfstest_passes_on_a_mount() -> anyhow::Result<()> {
     if std::os::unix::fs::MetadataExt::uid(&me) != 0 {
         bail!("pjdfstest must run as root (it changes owners and switches users)");
     }
-    let excluded = exclusions()?;
+    let excluded = exclusions(suite.exclusions)?;
 
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     // The dummy users must reach the mount point through the cluster's folder.
     fs::set_permissions(cluster.dir.path(), fs::Permissions::from_mode(0o755))?;
     // Other users may use the mount: pjdfstest switches to them.
-    let mount = Mount::start_with(&cluster, "mnt", &["--allow-other"]).await?;
+    let mut args = vec!["--allow-other"];
+    args.extend(suite.mount_args);
+    let mount = Mount::start_with(&cluster, "mnt", &args).await?;
     let work = mount.path.join("pjdfstest");
     fs::create_dir(&work)?;
     fs::set_permissions(&work, fs::Permissions::from_mode(0o755))?;
@@ -202,7 +242,8 @@ async fn pjdfstest_passes_on_a_mount() -> anyhow::Result<()> {
     let results = outcomes(&stdout);
     let count = |o: &str| results.values().filter(|(x, _)| x == o).count();
     let summary = format!(
-        "pjdfstest: {} tests in {:.0?}: {} ok, {} skipped, {} failed, {} excluded (failed as expected)",
+        "pjdfstest ({}): {} tests in {:.0?}: {} ok, {} skipped, {} failed, {} excluded (failed as expected)",
+        suite.mount_args.join(" "),
         results.len(),
         elapsed,
         count("ok"),
@@ -223,14 +264,16 @@ async fn pjdfstest_passes_on_a_mount() -> anyhow::Result<()> {
         match outcome.as_str() {
             "FAILED" => problems.push(format!("FAILED {name}\n    {}", detail.trim())),
             "PASSED UNEXPECTEDLY" => problems.push(format!(
-                "{name} passes now: remove it from tests/pjdfstest-exclusions.txt"
+                "{name} passes now: remove it from its list in tests/ ({})",
+                suite.exclusions.join(", ")
             )),
             _ => {}
         }
     }
     for name in excluded.iter().filter(|n| !results.contains_key(*n)) {
         problems.push(format!(
-            "{name} (tests/pjdfstest-exclusions.txt) is not a test pjdfstest ran"
+            "{name} (excluded in tests/: {}) is not a test pjdfstest ran",
+            suite.exclusions.join(", ")
         ));
     }
     if !problems.is_empty() {
