@@ -52,6 +52,8 @@ use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
 use cairn_proto::pb::FileKind;
 
+use crate::metrics::FuseMetrics;
+use crate::metrics::Io;
 use crate::writeback::StageLog;
 use crate::writeback::Staging;
 
@@ -143,6 +145,8 @@ pub struct CairnFs {
     /// Directory listings taken at opendir, read by offset.
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: AtomicU64,
+    /// Requests counted and timed by `spawn`.
+    metrics: Arc<FuseMetrics>,
 }
 
 impl CairnFs {
@@ -151,6 +155,7 @@ impl CairnFs {
         rt: tokio::runtime::Handle,
         timeouts: Timeouts,
         staging: Option<Arc<Staging>>,
+        metrics: Arc<FuseMetrics>,
     ) -> Self {
         CairnFs {
             client,
@@ -161,6 +166,7 @@ impl CairnFs {
             seen: Arc::default(),
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -277,17 +283,27 @@ reply_err!(
 
 impl CairnFs {
     /// Runs `f` on the runtime; its error answers the request with an errno.
-    fn spawn<R, F>(&self, reply: R, f: impl FnOnce(Arc<Client>, R) -> F)
+    /// Every request is counted here by `op` and result, timed, and what it
+    /// read or wrote (`Io`, or `()` for nothing) added up.
+    fn spawn<R, T, F>(&self, op: &'static str, reply: R, f: impl FnOnce(Arc<Client>, R) -> F)
     where
         R: ReplyErr + Send + 'static,
-        F: std::future::Future<Output = Result<(), (R, ClientError)>> + Send + 'static,
+        T: Into<Io>,
+        F: std::future::Future<Output = Result<T, (R, ClientError)>> + Send + 'static,
     {
+        let timer = self.metrics.start(op);
         let fut = f(self.client.clone(), reply);
         self.rt.spawn(async move {
-            if let Err((reply, e)) = fut.await {
-                tracing::debug!("fuse request failed: {e}");
-                reply.error(e.errno());
-            }
+            let outcome = match fut.await {
+                Ok(io) => Ok(io.into()),
+                Err((reply, e)) => {
+                    tracing::debug!(op, "fuse request failed: {e}");
+                    let errno = e.errno();
+                    reply.error(errno);
+                    Err(errno)
+                }
+            };
+            timer.finish(outcome);
         });
     }
 }
@@ -309,11 +325,11 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 impl CairnFs {
     /// flush(2) and fsync(2): commit (or, with write-back, stage durably)
     /// what the handle wrote.
-    fn flush_handle(&self, fh: u64, reply: ReplyEmpty) {
+    fn flush_handle(&self, op: &'static str, fh: u64, reply: ReplyEmpty) {
         let Some(handle) = self.handle(fh) else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |_c, reply| async move {
+        self.spawn(op, reply, move |_c, reply| async move {
             tri!(reply, handle.lock().await.flush().await);
             reply.ok();
             Ok(())
@@ -334,7 +350,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.entry;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("lookup", reply, move |c, reply| async move {
             let mut a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
             let flushed = tri!(reply, flush_open(&files, a.ino).await);
             if flushed || staging.as_ref().is_some_and(|s| s.is_pending(a.ino)) {
@@ -350,7 +366,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("getattr", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             tri!(reply, flush_open(&files, ino).await);
             settle(&staging, ino).await;
@@ -381,7 +397,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("setattr", reply, move |c, reply| async move {
             if size.is_some() {
                 // Writes buffered or staged by this mount land before the
                 // truncate, as the caller ordered them.
@@ -403,7 +419,7 @@ impl Filesystem for CairnFs {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("readlink", reply, move |c, reply| async move {
             let target = tri!(reply, c.meta.readlink(cairn_ino(ino)).await);
             reply.data(&target);
             Ok(())
@@ -429,7 +445,7 @@ impl Filesystem for CairnFs {
             _ => return reply.error(libc::EINVAL),
         };
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("mknod", reply, move |c, reply| async move {
             let a = tri!(
                 reply,
                 c.meta
@@ -451,7 +467,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("mkdir", reply, move |c, reply| async move {
             let a = tri!(
                 reply,
                 c.meta
@@ -465,7 +481,7 @@ impl Filesystem for CairnFs {
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("unlink", reply, move |c, reply| async move {
             tri!(reply, c.meta.unlink(cairn_ino(parent), &name).await);
             reply.ok();
             Ok(())
@@ -474,7 +490,7 @@ impl Filesystem for CairnFs {
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("rmdir", reply, move |c, reply| async move {
             tri!(reply, c.meta.rmdir(cairn_ino(parent), &name).await);
             reply.ok();
             Ok(())
@@ -491,7 +507,7 @@ impl Filesystem for CairnFs {
     ) {
         let (name, who, ttl) = (name_bytes(link_name), caller(req), self.timeouts.entry);
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("symlink", reply, move |c, reply| async move {
             let a = tri!(
                 reply,
                 c.meta
@@ -520,7 +536,7 @@ impl Filesystem for CairnFs {
             _ => return reply.error(libc::EINVAL),
         };
         let (name, newname) = (name_bytes(name), name_bytes(newname));
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("rename", reply, move |c, reply| async move {
             tri!(
                 reply,
                 c.meta
@@ -547,7 +563,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         let (name, ttl) = (name_bytes(newname), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("link", reply, move |c, reply| async move {
             let a = tri!(
                 reply,
                 c.meta
@@ -564,7 +580,7 @@ impl Filesystem for CairnFs {
         let files = self.files.clone();
         let staging = self.staging.clone();
         let seen = self.seen.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("open", reply, move |c, reply| async move {
             settle(&staging, cairn_ino(ino)).await;
             let attr = tri!(reply, c.meta.open(cairn_ino(ino)).await);
             let reader = tri!(reply, c.reader(&attr).await);
@@ -610,7 +626,7 @@ impl Filesystem for CairnFs {
         let Some(handle) = self.handle(fh) else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("read", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             tri!(reply, h.flush().await);
             settle(&h.staging, h.ino).await;
@@ -628,7 +644,7 @@ impl Filesystem for CairnFs {
                     .await
             );
             reply.data(&data);
-            Ok(())
+            Ok(Io::Read(data.len() as u64))
         });
     }
 
@@ -648,7 +664,7 @@ impl Filesystem for CairnFs {
             return reply.error(libc::EBADF);
         };
         let data = data.to_vec();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("write", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             h.reader = None;
             let offset = u64::try_from(offset).unwrap_or(0);
@@ -670,7 +686,7 @@ impl Filesystem for CairnFs {
                     );
                 }
                 reply.written(data.len() as u32);
-                return Ok(());
+                return Ok(Io::Written(data.len() as u64));
             }
             if h.writer.is_none() {
                 let ino = h.ino;
@@ -681,16 +697,16 @@ impl Filesystem for CairnFs {
             };
             tri!(reply, writer.write_at(offset, &data).await);
             reply.written(data.len() as u32);
-            Ok(())
+            Ok(Io::Written(data.len() as u64))
         });
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
-        self.flush_handle(fh, reply);
+        self.flush_handle("flush", fh, reply);
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _data: bool, reply: ReplyEmpty) {
-        self.flush_handle(fh, reply);
+        self.flush_handle("fsync", fh, reply);
     }
 
     fn release(
@@ -711,7 +727,7 @@ impl Filesystem for CairnFs {
         let Some((_, handle)) = handle else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("release", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             let flushed = h.flush().await;
             let closed = c.meta.close(h.ino).await;
@@ -725,7 +741,7 @@ impl Filesystem for CairnFs {
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let fh = self.fh();
         let dirs = self.dirs.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("opendir", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             let dir = tri!(reply, c.meta.getattr(ino).await);
             let mut listing = vec![
@@ -789,7 +805,7 @@ impl Filesystem for CairnFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("statfs", reply, move |c, reply| async move {
             let s = tri!(reply, c.meta.statfs().await);
             let bsize: u64 = 4096;
             let blocks = s.total_bytes / bsize;
@@ -826,7 +842,7 @@ impl Filesystem for CairnFs {
             _ => return reply.error(libc::EINVAL),
         };
         let (name, value) = (name_bytes(name), value.to_vec());
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("setxattr", reply, move |c, reply| async move {
             tri!(
                 reply,
                 c.meta.setxattr(cairn_ino(ino), &name, &value, flags).await
@@ -845,7 +861,7 @@ impl Filesystem for CairnFs {
         reply: ReplyXattr,
     ) {
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("getxattr", reply, move |c, reply| async move {
             let value = tri!(reply, c.meta.getxattr(cairn_ino(ino), &name).await);
             answer_xattr(reply, &value, size);
             Ok(())
@@ -853,7 +869,7 @@ impl Filesystem for CairnFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("listxattr", reply, move |c, reply| async move {
             let names = tri!(reply, c.meta.listxattr(cairn_ino(ino)).await);
             let mut list = Vec::new();
             for n in names {
@@ -867,7 +883,7 @@ impl Filesystem for CairnFs {
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("removexattr", reply, move |c, reply| async move {
             tri!(reply, c.meta.removexattr(cairn_ino(ino), &name).await);
             reply.ok();
             Ok(())
@@ -894,7 +910,7 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("create", reply, move |c, reply| async move {
             let attr = tri!(
                 reply,
                 c.meta
@@ -934,7 +950,7 @@ impl Filesystem for CairnFs {
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("fallocate", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             let a = tri!(reply, c.meta.getattr(ino).await);
             let end = offset.saturating_add(length);
