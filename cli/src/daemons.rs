@@ -163,8 +163,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 cache_size: 1 << 30,
                 writeback: false,
                 no_wait: false,
+                daemon: false,
+                log_file: None,
+                metrics: None,
+                connect_timeout_ms: 10_000,
             };
-            Some(crate::mount::mount(seeds, &mount_args)?)
+            Some(crate::mount::mount(seeds, &mount_args).await?)
         }
         None => None,
     };
