@@ -283,3 +283,66 @@ async fn a_mount_that_cannot_start_fails_promptly_and_leaves_no_process() -> any
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writeback_metrics_follow_staging_and_upload() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let dir = cluster.dir.path().to_path_buf();
+    let mnt = dir.join("wb");
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let args: Vec<String> = vec![
+        "--log-file".into(),
+        dir.join("wb.log").display().to_string(),
+        "--metrics".into(),
+        addr.clone(),
+        "--cache-dir".into(),
+        dir.join("cache").display().to_string(),
+        "--writeback".into(),
+        mnt.display().to_string(),
+    ];
+    let out = mount_daemon(&cluster.meta_addrs().join(","), args).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = Daemon {
+        pid: pid_from(&stdout)?,
+        path: mnt.clone(),
+    };
+    let before = scrape(&addr).await?;
+    let n = (5 << 20) + 3;
+    let data = random_bytes(n, 78);
+    let root = mnt.clone();
+    tokio::task::spawn_blocking(move || std::fs::write(root.join("ckpt"), &data)).await??;
+    let n = n as f64;
+    let after = scrape(&addr).await?;
+    assert_eq!(
+        delta(&before, &after, "cairn_writeback_staged_bytes_total"),
+        n
+    );
+    // The uploader drains the backlog in the background.
+    let a = addr.clone();
+    wait_for(
+        "the write-back backlog to drain",
+        Duration::from_secs(30),
+        || {
+            let a = a.clone();
+            async move {
+                let m = scrape(&a).await.unwrap_or_default();
+                m.get("cairn_writeback_backlog_logs") == Some(&0.0)
+                    && m.get("cairn_writeback_uploaded_bytes_total") == Some(&n)
+            }
+        },
+    )
+    .await?;
+    let m = scrape(&addr).await?;
+    assert_eq!(m.get("cairn_writeback_backlog_bytes"), Some(&0.0));
+    assert_eq!(m.get("cairn_writeback_dropped_logs_total"), Some(&0.0));
+    // What was uploaded is in the cluster.
+    let back = cairn_tests::read_file(&cluster.client(), "/ckpt").await?;
+    assert!(back == random_bytes(n as usize, 78));
+    drop(daemon);
+    Ok(())
+}
