@@ -165,8 +165,12 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 no_wait: false,
                 inline_max: cairn_client::DEFAULT_INLINE_MAX as u64,
                 permissions: cairn_fuse::Permissions::Kernel,
+                daemon: false,
+                log_file: None,
+                metrics: None,
+                connect_timeout_ms: 10_000,
             };
-            Some(crate::mount::mount(seeds, &mount_args)?)
+            Some(crate::mount::mount(seeds, &mount_args).await?)
         }
         None => None,
     };

@@ -40,7 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: fs::FsCommand,
     },
-    /// Mount the cluster through FUSE (in the foreground; Ctrl-C unmounts).
+    /// Mount the cluster through FUSE (in the foreground, Ctrl-C unmounts; or
+    /// with -d in the background).
     /// A flag given twice takes its last value.
     #[command(args_override_self = true)]
     Mount(mount::MountArgs),
@@ -62,13 +63,42 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,cairn=info,cairn_metad=info,cairn_datad=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Mount(args) = &cli.command {
+        if args.daemon {
+            // Before any runtime exists: the daemon is a fresh process.
+            return mount::daemonize(args);
+        }
+    }
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            "warn,cairn=info,cairn_metad=info,cairn_datad=info,cairn_fuse=info".into()
+        })
+    };
+    let log_file = match &cli.command {
+        Command::Mount(mount::MountArgs {
+            log_file: Some(path),
+            ..
+        }) => Some(path),
+        _ => None,
+    };
+    match log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("opening the log file {}: {e}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -8,6 +8,10 @@
 //! survives remounts. Capacity is bounded; least recently used blocks go first.
 //! A cache disk that is full or broken never fails a read: the block is served
 //! from the data servers and simply not cached.
+//!
+//! The cache counts what it does in [`CacheMetrics`] (shared atomics): a front
+//! end registers clones of them in its metrics registry, and a scrape reads
+//! them without taking the index lock.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -18,6 +22,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 type BlockKey = (u64, u32);
 
@@ -32,6 +38,28 @@ pub struct CacheStats {
     pub corrupt: u64,
 }
 
+/// What the cache did since it was opened, for metrics. Clones share the
+/// values: the cache updates them, a metrics registry reads them.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    /// Reads served from the cache (verified).
+    pub hits: Counter,
+    /// Reads the cache could not serve (absent, or dropped as corrupt).
+    pub misses: Counter,
+    /// Bytes of block data served from the cache.
+    pub hit_bytes: Counter,
+    /// Blocks stored in the cache.
+    pub inserts: Counter,
+    /// Blocks dropped to stay within capacity.
+    pub evictions: Counter,
+    /// Cache files that failed their checksum or could not be read.
+    pub corrupt: Counter,
+    /// Bytes on disk now (data and checksums).
+    pub bytes: Gauge,
+    /// Blocks held now.
+    pub blocks: Gauge,
+}
+
 struct Index {
     /// Block → (size on disk, last use).
     entries: HashMap<BlockKey, (u64, u64)>,
@@ -39,6 +67,7 @@ struct Index {
     lru: BTreeMap<u64, BlockKey>,
     clock: u64,
     stats: CacheStats,
+    metrics: CacheMetrics,
 }
 
 impl Index {
@@ -52,6 +81,7 @@ impl Index {
         self.lru.insert(self.clock, key);
         self.stats.bytes += size;
         self.stats.blocks += 1;
+        self.publish();
     }
 
     fn forget(&mut self, key: &BlockKey) {
@@ -60,6 +90,13 @@ impl Index {
             self.stats.bytes -= size;
             self.stats.blocks -= 1;
         }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics.bytes.set(gauge(self.stats.bytes));
+        self.metrics.blocks.set(gauge(self.stats.blocks));
     }
 }
 
@@ -82,6 +119,7 @@ impl BlockCache {
                 capacity,
                 ..Default::default()
             },
+            metrics: CacheMetrics::default(),
         };
         for sub in std::fs::read_dir(dir)? {
             let sub = sub?;
@@ -127,12 +165,21 @@ impl BlockCache {
         self.lock().stats
     }
 
+    /// The cache's counters (clones share the values).
+    pub fn metrics(&self) -> CacheMetrics {
+        self.lock().metrics.clone()
+    }
+
     /// The cached block, verified; None on a miss or a bad file (then dropped).
     pub async fn get(&self, slice_id: u64, index: u32) -> Option<Bytes> {
         let key = (slice_id, index);
-        if !self.lock().entries.contains_key(&key) {
-            self.lock().stats.misses += 1;
-            return None;
+        {
+            let mut idx = self.lock();
+            if !idx.entries.contains_key(&key) {
+                idx.stats.misses += 1;
+                idx.metrics.misses.inc();
+                return None;
+            }
         }
         let path = self.path(key);
         let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
@@ -149,6 +196,8 @@ impl BlockCache {
             Some(data) => {
                 idx.touch(key, data.len() as u64 + 4);
                 idx.stats.hits += 1;
+                idx.metrics.hits.inc();
+                idx.metrics.hit_bytes.inc_by(data.len() as u64);
                 Some(data)
             }
             None => {
@@ -156,6 +205,8 @@ impl BlockCache {
                 idx.forget(&key);
                 idx.stats.corrupt += 1;
                 idx.stats.misses += 1;
+                idx.metrics.corrupt.inc();
+                idx.metrics.misses.inc();
                 drop(idx);
                 let _ = std::fs::remove_file(self.path(key));
                 None
@@ -170,7 +221,11 @@ impl BlockCache {
         let written = tokio::task::spawn_blocking(move || write_atomically(&path, &data)).await;
         match written {
             Ok(Ok(size)) => {
-                self.lock().touch(key, size);
+                {
+                    let mut idx = self.lock();
+                    idx.touch(key, size);
+                    idx.metrics.inserts.inc();
+                }
                 self.evict();
             }
             Ok(Err(e)) => tracing::warn!(slice_id, index, "not caching block: {e}"),
@@ -187,10 +242,8 @@ impl BlockCache {
                 let Some((_, key)) = idx.lru.pop_first() else {
                     break;
                 };
-                if let Some((size, _)) = idx.entries.remove(&key) {
-                    idx.stats.bytes -= size;
-                    idx.stats.blocks -= 1;
-                }
+                idx.forget(&key);
+                idx.metrics.evictions.inc();
                 victims.push(key);
             }
         }
@@ -247,6 +300,13 @@ mod tests {
         assert!(cache.get(7, 0).await.is_none());
         assert_eq!(cache.get(7, 2).await.unwrap(), Bytes::from(vec![2u8; 100]));
         assert_eq!(cache.stats().blocks, 2);
+        let m = cache.metrics();
+        assert_eq!(
+            (m.hits.get(), m.misses.get(), m.hit_bytes.get()),
+            (1, 1, 100)
+        );
+        assert_eq!((m.inserts.get(), m.evictions.get()), (3, 1));
+        assert_eq!((m.blocks.get(), m.bytes.get()), (2, 208));
         // Reopened: the blocks are still there.
         let cache = BlockCache::open(dir.path(), 250).unwrap();
         assert_eq!(cache.stats().blocks, 2);
@@ -259,5 +319,7 @@ mod tests {
         assert!(cache.get(7, 2).await.is_none());
         assert!(!path.exists());
         assert_eq!(cache.stats().corrupt, 1);
+        let m = cache.metrics();
+        assert_eq!((m.corrupt.get(), m.misses.get(), m.blocks.get()), (1, 1, 1));
     }
 }

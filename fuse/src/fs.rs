@@ -56,6 +56,8 @@ use cairn_proto::pb;
 use cairn_proto::pb::FileKind;
 
 use crate::access;
+use crate::metrics::FuseMetrics;
+use crate::metrics::Io;
 use crate::writeback::StageLog;
 use crate::writeback::Staging;
 
@@ -171,6 +173,8 @@ pub struct CairnFs {
     next_fh: AtomicU64,
     /// Cairn's own permission checks (in kernel mode they check nothing).
     guard: Arc<access::Guard>,
+    /// Requests counted and timed by `spawn`.
+    metrics: Arc<FuseMetrics>,
 }
 
 impl CairnFs {
@@ -180,6 +184,7 @@ impl CairnFs {
         timeouts: Timeouts,
         staging: Option<Arc<Staging>>,
         permissions: access::Permissions,
+        metrics: Arc<FuseMetrics>,
     ) -> Self {
         CairnFs {
             client,
@@ -191,6 +196,7 @@ impl CairnFs {
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
             guard: access::Guard::new(permissions),
+            metrics,
         }
     }
 
@@ -313,17 +319,27 @@ reply_err!(
 
 impl CairnFs {
     /// Runs `f` on the runtime; its error answers the request with an errno.
-    fn spawn<R, F>(&self, reply: R, f: impl FnOnce(Arc<Client>, R) -> F)
+    /// Every request is counted here by `op` and result, timed, and what it
+    /// read or wrote (`Io`, or `()` for nothing) added up.
+    fn spawn<R, T, F>(&self, op: &'static str, reply: R, f: impl FnOnce(Arc<Client>, R) -> F)
     where
         R: ReplyErr + Send + 'static,
-        F: std::future::Future<Output = Result<(), (R, ClientError)>> + Send + 'static,
+        T: Into<Io>,
+        F: std::future::Future<Output = Result<T, (R, ClientError)>> + Send + 'static,
     {
+        let timer = self.metrics.start(op);
         let fut = f(self.client.clone(), reply);
         self.rt.spawn(async move {
-            if let Err((reply, e)) = fut.await {
-                tracing::debug!("fuse request failed: {e}");
-                reply.error(e.errno());
-            }
+            let outcome = match fut.await {
+                Ok(io) => Ok(io.into()),
+                Err((reply, e)) => {
+                    tracing::debug!(op, "fuse request failed: {e}");
+                    let errno = e.errno();
+                    reply.error(errno);
+                    Err(errno)
+                }
+            };
+            timer.finish(outcome);
         });
     }
 }
@@ -345,11 +361,11 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 impl CairnFs {
     /// flush(2) and fsync(2): commit (or, with write-back, stage durably)
     /// what the handle wrote.
-    fn flush_handle(&self, fh: u64, reply: ReplyEmpty) {
+    fn flush_handle(&self, op: &'static str, fh: u64, reply: ReplyEmpty) {
         let Some(handle) = self.handle(fh) else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |_c, reply| async move {
+        self.spawn(op, reply, move |_c, reply| async move {
             tri!(reply, handle.lock().await.flush().await);
             reply.ok();
             Ok(())
@@ -377,7 +393,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.entry;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("lookup", reply, move |c, reply| async move {
             tri!(reply, gate.lookup(&c, cairn_ino(parent)).await);
             let mut a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
             let flushed = tri!(reply, flush_open(&files, a.ino).await);
@@ -394,7 +410,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("getattr", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             tri!(reply, flush_open(&files, ino).await);
             settle(&staging, ino).await;
@@ -427,7 +443,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("setattr", reply, move |c, reply| async move {
             let mode = tri!(reply, gate.setattr(&c, cairn_ino(ino), change).await);
             if size.is_some() {
                 // Writes buffered or staged by this mount land before the
@@ -450,7 +466,7 @@ impl Filesystem for CairnFs {
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("readlink", reply, move |c, reply| async move {
             let target = tri!(reply, c.meta.readlink(cairn_ino(ino)).await);
             reply.data(&target);
             Ok(())
@@ -477,7 +493,7 @@ impl Filesystem for CairnFs {
         };
         let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("mknod", reply, move |c, reply| async move {
             tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
@@ -501,7 +517,7 @@ impl Filesystem for CairnFs {
     ) {
         let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(name), caller(req), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("mkdir", reply, move |c, reply| async move {
             tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
@@ -517,7 +533,7 @@ impl Filesystem for CairnFs {
     fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let gate = self.gate(req);
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("unlink", reply, move |c, reply| async move {
             tri!(reply, gate.remove(&c, cairn_ino(parent), &name).await);
             tri!(reply, c.meta.unlink(cairn_ino(parent), &name).await);
             reply.ok();
@@ -528,7 +544,7 @@ impl Filesystem for CairnFs {
     fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let gate = self.gate(req);
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("rmdir", reply, move |c, reply| async move {
             tri!(reply, gate.remove(&c, cairn_ino(parent), &name).await);
             tri!(reply, c.meta.rmdir(cairn_ino(parent), &name).await);
             reply.ok();
@@ -547,7 +563,7 @@ impl Filesystem for CairnFs {
         let gate = self.gate(req);
         let (name, who, ttl) = (name_bytes(link_name), caller(req), self.timeouts.entry);
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("symlink", reply, move |c, reply| async move {
             tri!(reply, gate.add(&c, cairn_ino(parent)).await);
             let a = tri!(
                 reply,
@@ -578,7 +594,7 @@ impl Filesystem for CairnFs {
             _ => return reply.error(libc::EINVAL),
         };
         let (name, newname) = (name_bytes(name), name_bytes(newname));
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("rename", reply, move |c, reply| async move {
             let (from, to) = (
                 (cairn_ino(parent), &name[..]),
                 (cairn_ino(newparent), &newname[..]),
@@ -611,7 +627,7 @@ impl Filesystem for CairnFs {
     ) {
         let gate = self.gate(req);
         let (name, ttl) = (name_bytes(newname), self.timeouts.entry);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("link", reply, move |c, reply| async move {
             tri!(reply, gate.add(&c, cairn_ino(newparent)).await);
             let a = tri!(
                 reply,
@@ -630,7 +646,7 @@ impl Filesystem for CairnFs {
         let files = self.files.clone();
         let staging = self.staging.clone();
         let seen = self.seen.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("open", reply, move |c, reply| async move {
             tri!(reply, gate.open(&c, cairn_ino(ino), flags, fh).await);
             settle(&staging, cairn_ino(ino)).await;
             // One metadata round trip: the file's attributes and layout (and a
@@ -680,7 +696,7 @@ impl Filesystem for CairnFs {
         let Some(handle) = self.handle(fh) else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("read", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             tri!(reply, h.flush().await);
             settle(&h.staging, h.ino).await;
@@ -698,7 +714,7 @@ impl Filesystem for CairnFs {
                     .await
             );
             reply.data(&data);
-            Ok(())
+            Ok(Io::Read(data.len() as u64))
         });
     }
 
@@ -718,7 +734,7 @@ impl Filesystem for CairnFs {
             return reply.error(libc::EBADF);
         };
         let data = data.to_vec();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("write", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             h.reader = None;
             let offset = u64::try_from(offset).unwrap_or(0);
@@ -740,7 +756,7 @@ impl Filesystem for CairnFs {
                     );
                 }
                 reply.written(data.len() as u32);
-                return Ok(());
+                return Ok(Io::Written(data.len() as u64));
             }
             if h.writer.is_none() {
                 let ino = h.ino;
@@ -751,16 +767,16 @@ impl Filesystem for CairnFs {
             };
             tri!(reply, writer.write_at(offset, &data).await);
             reply.written(data.len() as u32);
-            Ok(())
+            Ok(Io::Written(data.len() as u64))
         });
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
-        self.flush_handle(fh, reply);
+        self.flush_handle("flush", fh, reply);
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _data: bool, reply: ReplyEmpty) {
-        self.flush_handle(fh, reply);
+        self.flush_handle("fsync", fh, reply);
     }
 
     fn release(
@@ -782,7 +798,7 @@ impl Filesystem for CairnFs {
         let Some((_, handle)) = handle else {
             return reply.error(libc::EBADF);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("release", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             let flushed = h.flush().await;
             let closed = c.meta.untrack_open(h.token).await;
@@ -797,7 +813,7 @@ impl Filesystem for CairnFs {
         let gate = self.gate(req);
         let fh = self.fh();
         let dirs = self.dirs.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("opendir", reply, move |c, reply| async move {
             tri!(reply, gate.opendir(&c, cairn_ino(ino)).await);
             let ino = cairn_ino(ino);
             let dir = tri!(reply, c.meta.getattr(ino).await);
@@ -883,7 +899,7 @@ impl Filesystem for CairnFs {
         let files = self.files.clone();
         let staging = self.staging.clone();
         let start = usize::try_from(offset).unwrap_or(0);
-        self.spawn(reply, move |c, mut reply| async move {
+        self.spawn("readdirplus", reply, move |c, mut reply| async move {
             // A kernel buffer holds a few dozen entries: fetch the attributes
             // missing from the listing for the next batch, in parallel.
             let batch: Vec<(usize, &Listed)> =
@@ -954,7 +970,7 @@ impl Filesystem for CairnFs {
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("statfs", reply, move |c, reply| async move {
             let s = tri!(reply, c.meta.statfs().await);
             let bsize: u64 = 4096;
             let blocks = s.total_bytes / bsize;
@@ -992,7 +1008,7 @@ impl Filesystem for CairnFs {
         };
         let gate = self.gate(req);
         let (name, value) = (name_bytes(name), value.to_vec());
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("setxattr", reply, move |c, reply| async move {
             tri!(
                 reply,
                 gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Write)
@@ -1017,7 +1033,7 @@ impl Filesystem for CairnFs {
     ) {
         let gate = self.gate(req);
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("getxattr", reply, move |c, reply| async move {
             tri!(
                 reply,
                 gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Read)
@@ -1030,7 +1046,7 @@ impl Filesystem for CairnFs {
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("listxattr", reply, move |c, reply| async move {
             let names = tri!(reply, c.meta.listxattr(cairn_ino(ino)).await);
             let mut list = Vec::new();
             for n in names {
@@ -1045,7 +1061,7 @@ impl Filesystem for CairnFs {
     fn removexattr(&mut self, req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let gate = self.gate(req);
         let name = name_bytes(name);
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("removexattr", reply, move |c, reply| async move {
             tri!(
                 reply,
                 gate.xattr(&c, cairn_ino(ino), &name, access::XattrAccess::Write)
@@ -1063,7 +1079,7 @@ impl Filesystem for CairnFs {
             // The kernel checks permissions itself (`default_permissions`).
             return reply.ok();
         }
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("access", reply, move |c, reply| async move {
             tri!(reply, gate.access(&c, cairn_ino(ino), mask).await);
             reply.ok();
             Ok(())
@@ -1086,7 +1102,7 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("create", reply, move |c, reply| async move {
             tri!(
                 reply,
                 gate.create(&c, cairn_ino(parent), &name, flags, fh).await
@@ -1131,7 +1147,7 @@ impl Filesystem for CairnFs {
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
-        self.spawn(reply, move |c, reply| async move {
+        self.spawn("fallocate", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             let a = tri!(reply, c.meta.getattr(ino).await);
             let end = offset.saturating_add(length);

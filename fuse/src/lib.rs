@@ -3,22 +3,28 @@
 //! kernel (`default_permissions`) or, with [`Permissions::Cairn`], by Cairn
 //! itself (`access`); ownership of new inodes is the caller's.
 //! With write-back (`writeback`), close and fsync return once data is staged
-//! on the local disk, and uploads run in the background.
+//! on the local disk, and uploads run in the background. What the mount does
+//! is counted (`metrics`) in a registry the CLI serves on `/metrics`.
 
 pub mod access;
 pub mod fs;
+pub mod metrics;
 pub mod writeback;
 
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
 
 use cairn_client::Client;
 
 pub use access::Permissions;
 pub use fs::CairnFs;
 pub use fs::Timeouts;
+pub use metrics::FuseMetrics;
 pub use writeback::Staging;
 
 /// How to mount.
@@ -38,6 +44,26 @@ pub struct Mounted {
     pub session: fuser::BackgroundSession,
     /// The write-back staging area, when there is one.
     pub staging: Option<Arc<Staging>>,
+    /// The mount's FUSE request counters.
+    pub metrics: Arc<FuseMetrics>,
+    /// Every counter of the mount (FUSE, local cache, write-back), to serve.
+    pub registry: Arc<Registry>,
+}
+
+impl Mounted {
+    /// Whether the kernel session ended (someone ran `umount`/`fusermount -u`).
+    pub fn is_unmounted(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
+    /// Waits until the mount is unmounted from outside. fuser gives no future
+    /// for the end of its session thread, so this checks it every 100 ms.
+    pub async fn unmounted(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !self.is_unmounted() {
+            tick.tick().await;
+        }
+    }
 }
 
 /// Mounts the cluster at `mountpoint`; requests are served on the current
@@ -60,13 +86,25 @@ pub fn mount(client: Arc<Client>, mountpoint: &Path, options: MountOptions) -> i
     if options.allow_other {
         opts.push(fuser::MountOption::AllowOther);
     }
+    let metrics = Arc::new(FuseMetrics::default());
+    let registry = metrics::registry(
+        &metrics,
+        client.data.cache().map(|c| c.metrics()).as_ref(),
+        staging.as_ref().map(|s| s.metrics()),
+    );
     let fs = CairnFs::new(
         client,
         rt,
         options.timeouts,
         staging.clone(),
         options.permissions,
+        metrics.clone(),
     );
     let session = fuser::spawn_mount2(fs, mountpoint, &opts)?;
-    Ok(Mounted { session, staging })
+    Ok(Mounted {
+        session,
+        staging,
+        metrics,
+        registry: Arc::new(registry),
+    })
 }

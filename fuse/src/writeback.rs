@@ -12,6 +12,9 @@
 //!
 //! Within the mount, an inode with logs still uploading is waited for before it
 //! is opened or stat'ed again, so the mount keeps reading its own writes.
+//!
+//! The staging area counts bytes staged, uploaded and logs dropped, and keeps
+//! its backlog in gauges ([`WritebackMetrics`]) for the mount's `/metrics`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -34,6 +37,8 @@ use cairn_client::ClientError;
 use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
 
+use crate::metrics::WritebackMetrics;
+
 const MAGIC: &[u8; 8] = b"CAIRNWB1";
 
 /// The staging area of one mount and its uploader.
@@ -44,6 +49,7 @@ pub struct Staging {
     pending: Mutex<HashMap<u64, (usize, u64)>>,
     uploaded: Notify,
     queue: mpsc::UnboundedSender<PathBuf>,
+    metrics: WritebackMetrics,
 }
 
 /// One handle's log being written.
@@ -84,6 +90,7 @@ impl Staging {
             pending: Mutex::new(HashMap::new()),
             uploaded: Notify::new(),
             queue: tx,
+            metrics: WritebackMetrics::default(),
         });
         let mut leftovers: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -105,11 +112,28 @@ impl Staging {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The staging area's counters (clones share the values).
+    pub fn metrics(&self) -> &WritebackMetrics {
+        &self.metrics
+    }
+
     fn mark(&self, ino: u64, bytes: u64) {
         let mut p = self.lock();
         let e = p.entry(ino).or_default();
         e.0 += 1;
         e.1 += bytes;
+        self.publish(&p);
+    }
+
+    /// Sets the backlog gauges from the pending map (held locked, so gauges
+    /// and map agree).
+    fn publish(&self, pending: &HashMap<u64, (usize, u64)>) {
+        let (logs, bytes) = pending
+            .values()
+            .fold((0usize, 0u64), |(n, b), (ln, lb)| (n + ln, b + lb));
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics.backlog_logs.set(gauge(logs as u64));
+        self.metrics.backlog_bytes.set(gauge(bytes));
     }
 
     /// Starts a log for writes to `ino`.
@@ -139,6 +163,7 @@ impl Staging {
         // The new name must be durable too before the caller is answered.
         File::open(&self.dir)?.sync_all()?;
         self.mark(log.ino, log.bytes);
+        self.metrics.staged_bytes.inc_by(log.bytes);
         self.queue
             .send(log.path)
             .map_err(|_| std::io::Error::other("write-back uploader stopped"))
@@ -187,6 +212,7 @@ impl Staging {
                 p.remove(&ino);
             }
         }
+        self.publish(&p);
         drop(p);
         self.uploaded.notify_waiters();
     }
@@ -270,6 +296,7 @@ async fn upload_loop(
             matches!(e, ClientError::Invalid(_)) || e.errno() == cairn_proto::status::ENOENT
         };
         let result = retry(backoff, |e| !permanent(e), |_| upload(&client, &path)).await;
+        let uploaded = result.is_ok();
         let ino_bytes = match result {
             Ok(done) => Some(done),
             Err(e) => {
@@ -283,6 +310,14 @@ async fn upload_loop(
         let Some(staging) = staging.upgrade() else {
             return;
         };
+        match (uploaded, ino_bytes) {
+            (true, Some((_, bytes))) => {
+                staging.metrics.uploaded_bytes.inc_by(bytes);
+            }
+            _ => {
+                staging.metrics.dropped_logs.inc();
+            }
+        }
         if let Some((ino, bytes)) = ino_bytes {
             staging.done(ino, bytes);
         }

@@ -1,10 +1,13 @@
 //! Cairn's wire protocol: the generated protobuf/gRPC code (`pb`), the identifiers
 //! every process agrees on (`ids`), validated names (`name`) and the one encoding of
 //! errors in a gRPC status (`status`), and the one retry helper (`retry`). Nothing else in Cairn builds raw generated
-//! types by hand without going through the checks here.
+//! types by hand without going through the checks here. It is also the base
+//! every process shares for operations: the `/metrics` and `/health` endpoint
+//! (`metrics`).
 
 pub mod channel;
 pub mod ids;
+pub mod metrics;
 pub mod name;
 pub mod retry;
 pub mod status;

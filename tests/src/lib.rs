@@ -546,3 +546,89 @@ impl Drop for Mount {
         let _ = self.child.wait();
     }
 }
+
+/// One HTTP/1.1 GET on a fresh connection: (status code, body). Enough for the
+/// `/metrics` and `/health` endpoints (they answer with a content length).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP header end in {raw:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Samples of a Prometheus text exposition, by `name{labels}` as written; a
+/// malformed line is an error (so a test also checks the format).
+pub fn parse_metrics(text: &str) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("malformed sample line {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .with_context(|| format!("bad value in sample line {line:?}"))?,
+        };
+        anyhow::ensure!(
+            samples.insert(series.to_string(), value).is_none(),
+            "series {series} appears twice"
+        );
+    }
+    Ok(samples)
+}
+
+/// Whether process `pid` is alive (a zombie, exited but not yet reaped by
+/// whoever adopted it, counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+/// Live processes whose command line mentions `needle` (a test's unique path).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
+/// SIGKILLs process `pid` (not our child, so `Child::kill` is not at hand).
+pub fn kill_pid(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
