@@ -305,6 +305,11 @@ fn opener_key(client: u64, ino: u64) -> Vec<u8> {
 fn session_key(client: u64) -> Vec<u8> {
     key(b's', &[&client.to_be_bytes()])
 }
+
+/// Opens or extends a client's session on this shard until `expiry_ms`.
+pub fn touch_session(txn: &mut Txn, client: u64, expiry_ms: i64) -> Result<(), MetaError> {
+    txn.put_as(session_key(client), &expiry_ms)
+}
 const NEXT_INO_KEY: &[u8] = b"nino";
 const INODES_KEY: &[u8] = b"ninodes";
 
@@ -464,6 +469,7 @@ fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
     txn.delete(inode_key(ino));
     count_inodes(txn, -1)?;
     txn.delete(symlink_key(ino));
+    crate::locks::drop_inode(txn, ino)?;
     for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
     }
@@ -702,6 +708,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     continue;
                 }
                 txn.delete(k.clone());
+                let client = u64::from_be_bytes(
+                    k[1..9]
+                        .try_into()
+                        .map_err(|_| MetaError::Storage("malformed session key".into()))?,
+                );
+                crate::locks::drop_client(txn, client)?;
                 let prefix = key(b'O', &[&k[1..]]);
                 for (ok, _) in txn.scan(&prefix, b"", usize::MAX)? {
                     let ino = u64::from_be_bytes(
