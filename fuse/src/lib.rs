@@ -2,9 +2,11 @@
 //! operations onto the client library (`fs`). Permissions are checked by the
 //! kernel (`default_permissions`); ownership of new inodes is the caller's.
 //! With write-back (`writeback`), close and fsync return once data is staged
-//! on the local disk, and uploads run in the background.
+//! on the local disk, and uploads run in the background. File locks
+//! (`locks`) are held in metad, so they hold across mounts.
 
 pub mod fs;
+pub mod locks;
 pub mod writeback;
 
 use std::io;
