@@ -740,7 +740,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         // The last close of an open file description releases its flock.
-        let unlock = lock_owner.and_then(|owner| self.locks.take(cairn_ino(ino), owner));
+        let unlock = self.locks.take_fh(cairn_ino(ino), fh, lock_owner);
         let handle = self
             .files
             .lock()
@@ -752,10 +752,10 @@ impl Filesystem for CairnFs {
         self.spawn(reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             let flushed = h.flush().await;
-            let unlocked = match unlock {
-                Some(op) => c.meta.setlk(op).await,
-                None => Ok(()),
-            };
+            let mut unlocked = Ok(());
+            for op in unlock {
+                unlocked = unlocked.and(c.meta.setlk(op).await);
+            }
             let closed = c.meta.close(h.ino).await;
             tri!(reply, flushed);
             tri!(reply, unlocked);
@@ -993,7 +993,7 @@ impl Filesystem for CairnFs {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         lock_owner: u64,
         start: u64,
         end: u64,
@@ -1015,7 +1015,7 @@ impl Filesystem for CairnFs {
                 tri!(reply, c.meta.setlk(op).await);
             }
             if locking {
-                locks.note(ino, lock_owner);
+                locks.note(ino, lock_owner, fh);
             }
             reply.ok();
             Ok(())

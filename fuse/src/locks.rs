@@ -10,9 +10,12 @@
 //! process conflict with flock and not with fcntl), but a flock and an fcntl
 //! lock of different owners on one file conflict, which on a local Linux file
 //! system they would not. Closing any fd (flush) releases that process's
-//! locks; the last close of an open file description (release with
-//! FUSE_RELEASE_FLOCK_UNLOCK) releases its flock.
+//! locks; the last close of an open file description (release) releases the
+//! locks of the owners that locked through it, which by then are the open
+//! file's own: its flock (FUSE_RELEASE_FLOCK_UNLOCK names that owner) and its
+//! OFD locks (F_OFD_SETLK, whose owner the kernel does not name at release).
 
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -21,38 +24,78 @@ use cairn_proto::pb;
 /// The kernel's "to the end of the file" (OFFSET_MAX).
 const KERNEL_EOF: u64 = i64::MAX as u64;
 
-/// (inode, lock owner) pairs that took a lock through this mount: only their
+/// Which lock owners took locks through this mount, so that only their
 /// flush and release cost a round trip to release locks.
 #[derive(Default)]
 pub struct HeldLocks {
-    held: Mutex<HashSet<(u64, u64)>>,
+    inner: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// (inode, owner) that may hold locks.
+    owners: HashSet<(u64, u64)>,
+    /// The inode and the owners that locked through each open file handle.
+    by_fh: HashMap<u64, (u64, HashSet<u64>)>,
+}
+
+fn unlock_all(ino: u64, owner: u64) -> pb::SetLockOp {
+    pb::SetLockOp {
+        ino,
+        owner,
+        pid: 0,
+        kind: pb::LockKind::Posix as i32,
+        start: 0,
+        end: u64::MAX,
+        r#type: pb::LockType::Unlock as i32,
+    }
 }
 
 impl HeldLocks {
-    /// Notes that `owner` took a lock on `ino`.
-    pub fn note(&self, ino: u64, owner: u64) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((ino, owner));
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The request releasing every lock of `owner` on `ino`, if it took any here.
+    /// Notes that `owner` took a lock on `ino` through handle `fh`.
+    pub fn note(&self, ino: u64, owner: u64, fh: u64) {
+        let mut held = self.held();
+        held.owners.insert((ino, owner));
+        held.by_fh
+            .entry(fh)
+            .or_insert_with(|| (ino, HashSet::new()))
+            .1
+            .insert(owner);
+    }
+
+    /// flush: the request releasing every lock of `owner` on `ino`, if it
+    /// took any here.
     pub fn take(&self, ino: u64, owner: u64) -> Option<pb::SetLockOp> {
-        let had = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(ino, owner));
-        had.then_some(pb::SetLockOp {
-            ino,
-            owner,
-            pid: 0,
-            kind: pb::LockKind::Posix as i32,
-            start: 0,
-            end: u64::MAX,
-            r#type: pb::LockType::Unlock as i32,
-        })
+        let mut held = self.held();
+        // Forget the owner on every handle of the inode too, so a later
+        // release of one of them cannot take locks it takes after this.
+        for (fh_ino, owners) in held.by_fh.values_mut() {
+            if *fh_ino == ino {
+                owners.remove(&owner);
+            }
+        }
+        let had = held.owners.remove(&(ino, owner));
+        had.then_some(unlock_all(ino, owner))
+    }
+
+    /// release: the requests releasing the locks still held by the owners
+    /// that locked through `fh` (with `owner`, the open file's flock owner,
+    /// too). Every process owner's close flushed before, so what is left
+    /// are the open file's own locks (flock, and OFD locks, for which the
+    /// kernel names no owner).
+    pub fn take_fh(&self, ino: u64, fh: u64, owner: Option<u64>) -> Vec<pb::SetLockOp> {
+        let mut held = self.held();
+        let mut owners = held.by_fh.remove(&fh).map(|(_, o)| o).unwrap_or_default();
+        owners.extend(owner);
+        owners
+            .into_iter()
+            .filter(|o| held.owners.remove(&(ino, *o)))
+            .map(|o| unlock_all(ino, o))
+            .collect()
     }
 }
 
@@ -116,8 +159,24 @@ mod tests {
         assert_eq!(kernel_lock(&info), (3, KERNEL_EOF, libc::F_RDLCK, 9));
         let held = HeldLocks::default();
         assert!(held.take(5, 7).is_none());
-        held.note(5, 7);
+        held.note(5, 7, 1);
         assert_eq!(held.take(5, 7).unwrap().end, u64::MAX);
         assert!(held.take(5, 7).is_none());
+        // Release: what the handle's owners still hold, once each.
+        held.note(5, 7, 1);
+        held.note(5, 8, 1);
+        held.note(5, 9, 2);
+        assert!(held.take(5, 8).is_some());
+        // 8 locks again through another handle: releasing handle 1 leaves it.
+        held.note(5, 8, 3);
+        let mut released: Vec<u64> = held
+            .take_fh(5, 1, Some(9))
+            .iter()
+            .map(|o| o.owner)
+            .collect();
+        released.sort();
+        assert_eq!(released, [7, 9]);
+        assert!(held.take_fh(5, 2, None).is_empty());
+        assert_eq!(held.take_fh(5, 3, None).len(), 1);
     }
 }

@@ -25,7 +25,8 @@ use cairn_tests::Spec;
 
 /// Opens argv[1] and runs one command per stdin line:
 /// `set|wait r|w|u START LEN` (F_SETLK / F_SETLKW), `get r|w START LEN`
-/// (F_GETLK: prints `r|w|u START LEN PID`), `flock ex|sh|un [nb]`,
+/// (F_GETLK: prints `r|w|u START LEN PID`), `ofd r|w|u START LEN`
+/// (F_OFD_SETLK), `flock ex|sh|un [nb]`,
 /// `dupclose` (open and close a second fd of the file), `close`.
 /// Answers `ok` or `err ERRNO`.
 const DRIVER: &str = r#"
@@ -42,6 +43,9 @@ for line in sys.stdin:
     try:
         if c[0] in ('set', 'wait'):
             fcntl.fcntl(fd, fcntl.F_SETLKW if c[0] == 'wait' else fcntl.F_SETLK, flock_arg(c))
+            print('ok', flush=True)
+        elif c[0] == 'ofd':
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, flock_arg(c))
             print('ok', flush=True)
         elif c[0] == 'get':
             t, _, s, l, pid = struct.unpack('hhqqi4x', fcntl.fcntl(fd, fcntl.F_GETLK, flock_arg(c)))
@@ -285,6 +289,18 @@ async fn flock_across_mounts() -> anyhow::Result<()> {
     fa.blocked_in(SYS_FLOCK).await?;
     assert_eq!(fb.run("close").await?, "ok");
     assert_eq!(fa.answer().await?, "ok");
+
+    // Open-file-description (OFD) locks, owned like flock by the open file,
+    // go with its release too.
+    tokio::fs::write(a.path.join("o"), b"ofd").await?;
+    let mut oa = Owner::open(&a.path.join("o")).await?;
+    let mut ob = Owner::open(&b.path.join("o")).await?;
+    assert_eq!(oa.run("ofd w 0 10").await?, "ok");
+    assert_eq!(ob.run("set r 5 1").await?, EAGAIN);
+    ob.send("wait r 5 1").await?;
+    ob.blocked_in(SYS_FCNTL).await?;
+    assert_eq!(oa.run("close").await?, "ok");
+    assert_eq!(ob.answer().await?, "ok");
     Ok(())
 }
 
