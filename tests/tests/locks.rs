@@ -331,3 +331,32 @@ async fn locks_of_a_killed_mount_expire_with_its_session() -> anyhow::Result<()>
     drop((pa, fa));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_survive_a_metad_leader_failover() -> anyhow::Result<()> {
+    let (mut cluster, a, b) = two_mounts().await?;
+    tokio::fs::write(a.path.join("f"), b"failover").await?;
+    let ino = cluster.client().meta.resolve("/f").await?.ino;
+    let shard = cairn_proto::ids::ino_shard(ino);
+    let mut pa = Owner::open(&a.path.join("f")).await?;
+    let mut pb = Owner::open(&b.path.join("f")).await?;
+    assert_eq!(pa.run("set w 0 99").await?, "ok");
+    // The lock is in the shard's Raft state: a new leader still has it.
+    let killed = cluster.leader_of(shard).await?;
+    cluster.metas[killed].kill();
+    wait_for(
+        "a new leader of the file's shard",
+        ANSWER_TIMEOUT,
+        || async { cluster.leader_of(shard).await.is_ok_and(|i| i != killed) },
+    )
+    .await?;
+    assert_eq!(pb.run("set r 50 1").await?, EAGAIN);
+    assert_eq!(pb.run("get w 0 0").await?, format!("w 0 99 {}", pa.pid));
+    assert_eq!(pb.run("set w 98 1").await?, EAGAIN);
+    assert_eq!(pb.run("set w 99 0").await?, "ok");
+    pb.send("wait w 0 1").await?;
+    pb.blocked_in(SYS_FCNTL).await?;
+    assert_eq!(pa.run("set u 0 0").await?, "ok");
+    assert_eq!(pb.answer().await?, "ok");
+    Ok(())
+}
