@@ -739,7 +739,8 @@ impl Filesystem for CairnFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // The last close of an open file description releases its flock.
+        // The last close of an open file description releases its own locks
+        // (flock, OFD locks).
         let unlock = self.locks.take_fh(cairn_ino(ino), fh, lock_owner);
         let handle = self
             .files
