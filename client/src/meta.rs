@@ -7,6 +7,7 @@
 //! it, so a retried mutation is applied exactly once.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,7 @@ use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
 use cairn_proto::status::decode;
 use cairn_proto::status::WireError;
+use cairn_proto::status::EAGAIN;
 use cairn_proto::status::ENOTDIR;
 
 use crate::error::from_status;
@@ -63,6 +65,8 @@ pub struct MetaClient {
     backoff: Backoff,
     /// Open files per shard; the session is renewed on these shards.
     open_shards: Mutex<HashMap<ShardId, usize>>,
+    /// Shards where this client took file locks; the session is renewed there too.
+    lock_shards: Mutex<HashSet<ShardId>>,
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Metadata requests sent (every attempt counts).
     requests: AtomicU64,
@@ -106,6 +110,7 @@ impl MetaClient {
                 ..Backoff::default()
             },
             open_shards: Mutex::new(HashMap::new()),
+            lock_shards: Mutex::new(HashSet::new()),
             renewer: Mutex::new(None),
             requests: AtomicU64::new(0),
             lazy_opens: Mutex::new(HashMap::new()),
@@ -176,6 +181,16 @@ impl MetaClient {
         F: Fn(Grpc<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_as(shard, false, f).await
+    }
+
+    /// [`call`](Self::call); with `lock`, EAGAIN means a file lock held by
+    /// another owner and is answered, not retried.
+    async fn call_as<T, F, Fut>(&self, shard: ShardId, lock: bool, f: F) -> Result<T>
+    where
+        F: Fn(Grpc<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
         retry(self.backoff, ClientError::is_transient, |attempt| {
             self.requests.fetch_add(1, Ordering::Relaxed);
             let addr = self.target(shard, attempt);
@@ -184,7 +199,15 @@ impl MetaClient {
             async move {
                 match f(client?).await {
                     Ok(r) => Ok(r.into_inner()),
-                    Err(s) => Err(self.note_error(shard, &s)),
+                    Err(s) => {
+                        let e = self.note_error(shard, &s);
+                        match decode(&s) {
+                            WireError::Errno { errno, message } if lock && errno == EAGAIN => {
+                                Err(ClientError::Fs { errno, message })
+                            }
+                            _ => Err(e),
+                        }
+                    }
                 }
             }
         })
@@ -386,12 +409,22 @@ impl MetaClient {
         shard: ShardId,
         op: Op,
     ) -> Result<Option<pb::Attr>> {
+        self.mutate_inner(caller, shard, op, false).await
+    }
+
+    async fn mutate_inner(
+        &self,
+        caller: Caller,
+        shard: ShardId,
+        op: Op,
+        lock: bool,
+    ) -> Result<Option<pb::Attr>> {
         let id = pb::RequestId {
             client_id: self.client_id,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
         let reply = self
-            .call(shard, |mut c| {
+            .call_as(shard, lock, |mut c| {
                 let req = pb::MutateRequest {
                     id: Some(id),
                     uid: caller.uid,
@@ -719,13 +752,23 @@ impl MetaClient {
                 client
                     .register_lazy_opens(Duration::from_millis(lease_ms / 3))
                     .await;
-                let shards: Vec<ShardId> = client
+                let mut shards: Vec<ShardId> = client
                     .open_shards
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .keys()
                     .copied()
                     .collect();
+                shards.extend(
+                    client
+                        .lock_shards
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .filter(|s| !shards.contains(s))
+                        .copied()
+                        .collect::<Vec<_>>(),
+                );
                 for shard in shards {
                     let client_id = client.client_id;
                     let renewed = client
@@ -786,5 +829,65 @@ impl MetaClient {
             return Err(ClientError::fs(ENOTDIR, format!("{path}: not a directory")));
         }
         Ok((parent, last.to_string()))
+    }
+}
+
+/// Advisory file locks (fcntl and flock), held by (this client, owner) in the
+/// inode's shard for as long as this client's session there lives.
+impl MetaClient {
+    /// This client's id: with a lock owner, the identity of a lock holder.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// F_SETLK / flock(LOCK_NB): takes, changes or releases a lock now, or
+    /// fails with EAGAIN when another holder's lock is in the way.
+    pub async fn setlk(self: &Arc<Self>, lock: pb::SetLockOp) -> Result<()> {
+        let shard = ino_shard(lock.ino);
+        let unlock = lock.r#type == pb::LockType::Unlock as i32;
+        self.mutate_inner(Caller::ROOT, shard, Op::SetLock(lock), true)
+            .await?;
+        if !unlock
+            && self
+                .lock_shards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard)
+        {
+            self.start_renewer().await?;
+        }
+        Ok(())
+    }
+
+    /// F_SETLKW / blocking flock: [`setlk`](Self::setlk), retried with backoff
+    /// for as long as another holder's lock is in the way.
+    pub async fn setlkw(self: &Arc<Self>, lock: pb::SetLockOp) -> Result<()> {
+        let wait = Backoff {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+            deadline: Duration::MAX,
+        };
+        retry(
+            wait,
+            |e: &ClientError| e.errno() == EAGAIN,
+            |_| self.setlk(lock),
+        )
+        .await
+    }
+
+    /// F_GETLK: the lock of another holder that would keep `lock` from being
+    /// granted, if any.
+    pub async fn getlk(&self, lock: pb::SetLockOp) -> Result<Option<pb::LockInfo>> {
+        let client_id = self.client_id;
+        let reply = self
+            .call(ino_shard(lock.ino), |mut c| {
+                let req = pb::GetLockRequest {
+                    client_id,
+                    lock: Some(lock),
+                };
+                async move { c.get_lock(req).await }
+            })
+            .await?;
+        Ok(reply.conflict)
     }
 }

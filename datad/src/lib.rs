@@ -503,6 +503,12 @@ mod tests {
         ) -> Result<Response<pb::RenewSessionReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn get_lock(
+            &self,
+            _: Request<pb::GetLockRequest>,
+        ) -> Result<Response<pb::GetLockReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     struct FakeMetaServer {

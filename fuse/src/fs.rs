@@ -39,6 +39,7 @@ use fuser::ReplyDirectory;
 use fuser::ReplyDirectoryPlus;
 use fuser::ReplyEmpty;
 use fuser::ReplyEntry;
+use fuser::ReplyLock;
 use fuser::ReplyOpen;
 use fuser::ReplyStatfs;
 use fuser::ReplyWrite;
@@ -56,6 +57,7 @@ use cairn_proto::pb;
 use cairn_proto::pb::FileKind;
 
 use crate::access;
+use crate::locks::HeldLocks;
 use crate::metrics::FuseMetrics;
 use crate::metrics::Io;
 use crate::writeback::StageLog;
@@ -175,6 +177,8 @@ pub struct CairnFs {
     guard: Arc<access::Guard>,
     /// Requests counted and timed by `spawn`.
     metrics: Arc<FuseMetrics>,
+    /// Lock owners that took file locks through this mount.
+    locks: Arc<HeldLocks>,
 }
 
 impl CairnFs {
@@ -197,6 +201,7 @@ impl CairnFs {
             next_fh: AtomicU64::new(1),
             guard: access::Guard::new(permissions),
             metrics,
+            locks: Arc::default(),
         }
     }
 
@@ -373,6 +378,27 @@ impl CairnFs {
     }
 }
 
+reply_err!(ReplyLock);
+
+impl CairnFs {
+    /// flush(2) of a handle whose process took file locks: commit what it
+    /// wrote and release its locks on the file, both even if one fails.
+    fn flush_and_unlock(&self, fh: u64, unlock: pb::SetLockOp, reply: ReplyEmpty) {
+        let handle = self.handle(fh);
+        self.spawn("flush", reply, move |c, reply| async move {
+            let flushed = match handle {
+                Some(h) => h.lock().await.flush().await.map(|_| ()),
+                None => Ok(()),
+            };
+            let unlocked = c.meta.setlk(unlock).await;
+            tri!(reply, flushed);
+            tri!(reply, unlocked);
+            reply.ok();
+            Ok(())
+        });
+    }
+}
+
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         // Large writes: up to 1 MiB per request.
@@ -384,6 +410,12 @@ impl Filesystem for CairnFs {
         let _ = config.add_capabilities(
             fuser::consts::FUSE_DO_READDIRPLUS | fuser::consts::FUSE_READDIRPLUS_AUTO,
         );
+        // fcntl and flock locks go to metad (held across mounts), not the
+        // kernel's local lock table.
+        let locks = fuser::consts::FUSE_POSIX_LOCKS | fuser::consts::FUSE_FLOCK_LOCKS;
+        if let Err(missing) = config.add_capabilities(locks) {
+            tracing::warn!("kernel lacks lock capabilities {missing:#x}: locks stay local");
+        }
         Ok(())
     }
 
@@ -771,8 +803,12 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
-        self.flush_handle("flush", fh, reply);
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, fh: u64, lock: u64, reply: ReplyEmpty) {
+        // Any close by a process releases its POSIX locks on the file.
+        match self.locks.take(cairn_ino(ino), lock) {
+            None => self.flush_handle("flush", fh, reply),
+            Some(unlock) => self.flush_and_unlock(fh, unlock, reply),
+        }
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _data: bool, reply: ReplyEmpty) {
@@ -782,14 +818,17 @@ impl Filesystem for CairnFs {
     fn release(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         _flags: i32,
-        _lock_owner: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.guard.released(fh);
+        // The last close of an open file description releases its own locks
+        // (flock, OFD locks).
+        let unlock = self.locks.take_fh(cairn_ino(ino), fh, lock_owner);
         let handle = self
             .files
             .lock()
@@ -801,8 +840,13 @@ impl Filesystem for CairnFs {
         self.spawn("release", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             let flushed = h.flush().await;
+            let mut unlocked = Ok(());
+            for op in unlock {
+                unlocked = unlocked.and(c.meta.setlk(op).await);
+            }
             let closed = c.meta.untrack_open(h.token).await;
             tri!(reply, flushed);
+            tri!(reply, unlocked);
             tri!(reply, closed);
             reply.ok();
             Ok(())
@@ -1127,6 +1171,67 @@ impl Filesystem for CairnFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
             reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
+            Ok(())
+        });
+    }
+
+    fn getlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(op) = crate::locks::lock_op(cairn_ino(ino), lock_owner, start, end, typ, pid)
+        else {
+            return reply.error(libc::EINVAL);
+        };
+        self.spawn("getlk", reply, move |c, reply| async move {
+            match tri!(reply, c.meta.getlk(op).await) {
+                Some(held) => {
+                    let (start, end, typ, pid) = crate::locks::kernel_lock(&held);
+                    reply.locked(start, end, typ, pid);
+                }
+                None => reply.locked(0, 0, libc::F_UNLCK, 0),
+            }
+            Ok(())
+        });
+    }
+
+    fn setlk(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ino = cairn_ino(ino);
+        let Some(op) = crate::locks::lock_op(ino, lock_owner, start, end, typ, pid) else {
+            return reply.error(libc::EINVAL);
+        };
+        let locks = self.locks.clone();
+        self.spawn("setlk", reply, move |c, reply| async move {
+            let locking = typ != libc::F_UNLCK;
+            if sleep {
+                tri!(reply, c.meta.setlkw(op).await);
+            } else {
+                tri!(reply, c.meta.setlk(op).await);
+            }
+            if locking {
+                locks.note(ino, lock_owner, fh);
+            }
+            reply.ok();
             Ok(())
         });
     }

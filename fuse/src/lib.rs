@@ -5,9 +5,12 @@
 //! With write-back (`writeback`), close and fsync return once data is staged
 //! on the local disk, and uploads run in the background. What the mount does
 //! is counted (`metrics`) in a registry the CLI serves on `/metrics`.
+//! on the local disk, and uploads run in the background. File locks
+//! (`locks`) are held in metad, so they hold across mounts.
 
 pub mod access;
 pub mod fs;
+pub mod locks;
 pub mod metrics;
 pub mod writeback;
 

@@ -120,6 +120,11 @@ pub enum Op {
     Close {
         ino: u64,
     },
+    /// A file lock; the holder's client is the request's.
+    SetLock {
+        ino: u64,
+        lock: crate::locks::LockRequest,
+    },
 }
 
 impl Op {
@@ -139,7 +144,8 @@ impl Op {
             | Op::Commit { ino, .. }
             | Op::WriteInline { ino, .. }
             | Op::Open { ino }
-            | Op::Close { ino } => ino_shard(*ino),
+            | Op::Close { ino }
+            | Op::SetLock { ino, .. } => ino_shard(*ino),
         }
     }
 }
@@ -410,6 +416,19 @@ impl MetaNode {
                     mtime,
                 })
                 .await
+            }
+            Op::SetLock { ino, mut lock } => {
+                lock.holder.client = key
+                    .map(|(client, _)| client)
+                    .ok_or_else(|| MetaError::Invalid("a lock needs a request id".into()))?;
+                let cmd = crate::locks::LockCommand::Set {
+                    ino,
+                    req: lock,
+                    now_ms: now / 1_000_000,
+                    lease_ms: self.config().session_lease_ms as i64,
+                };
+                self.propose_local(home, step.req(0, Command::Lock(cmd)))
+                    .await
             }
             Op::Commit {
                 ino,

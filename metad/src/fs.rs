@@ -327,6 +327,11 @@ fn session_key(client: u64) -> Vec<u8> {
 fn orphan_key(ino: u64) -> Vec<u8> {
     key(b'r', &[&ino.to_be_bytes()])
 }
+
+/// Opens or extends a client's session on this shard until `expiry_ms`.
+pub fn touch_session(txn: &mut Txn, client: u64, expiry_ms: i64) -> Result<(), MetaError> {
+    txn.put_as(session_key(client), &expiry_ms)
+}
 const NEXT_INO_KEY: &[u8] = b"nino";
 const INODES_KEY: &[u8] = b"ninodes";
 
@@ -503,6 +508,7 @@ fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
     count_inodes(txn, -1)?;
     txn.delete(symlink_key(ino));
     txn.delete(inline_key(ino));
+    crate::locks::drop_inode(txn, ino)?;
     for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
     }
@@ -765,6 +771,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     continue;
                 }
                 txn.delete(k.clone());
+                let client = u64::from_be_bytes(
+                    k[1..9]
+                        .try_into()
+                        .map_err(|_| MetaError::Storage("malformed session key".into()))?,
+                );
+                crate::locks::drop_client(txn, client)?;
                 let prefix = key(b'O', &[&k[1..]]);
                 for (ok, _) in txn.scan(&prefix, b"", usize::MAX)? {
                     let ino = u64::from_be_bytes(

@@ -9,7 +9,8 @@
 //! `i<ino>` inode, `d<parent><name>` dentry, `c<ino><chunk>` slices of a chunk,
 //! `x<ino><name>` xattr, `l<ino>` symlink target, `r<client><seq><step>` remembered
 //! replies, `q<slice>` slices waiting for block deletion, `m…` applied state,
-//! `n…` counters, `N<id>` data nodes and `G<id>` placement groups (shard 0).
+//! `n…` counters, `k<ino>` an inode's file locks and `K<client><ino>` their
+//! index by client, `N<id>` data nodes and `G<id>` placement groups (shard 0).
 //!
 //! A [`Txn`] stages writes over the DB so one command sees its own writes, and
 //! turns into one atomic `WriteBatch`.

@@ -11,6 +11,7 @@
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
 //! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
+//! - `locks`: advisory file locks (fcntl and flock) of an inode;
 //! - `gc`: deletes the blocks of freed slices on the data servers;
 //! - `network`: Raft transport over gRPC;
 //! - `node`: shard hosting, routing, linearizable reads, leader duties;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod fs;
 pub mod gc;
 pub mod kv;
+pub mod locks;
 pub mod network;
 pub mod node;
 pub mod service;

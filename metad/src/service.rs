@@ -27,6 +27,13 @@ use crate::fs::RenameMode;
 use crate::fs::Reply;
 use crate::fs::SetAttrs;
 use crate::fs::SliceRec;
+use crate::locks;
+use crate::locks::Holder;
+use crate::locks::Lock;
+use crate::locks::LockKind;
+use crate::locks::LockOp;
+use crate::locks::LockRequest;
+use crate::locks::LockType;
 use crate::node::now_ns;
 use crate::node::MetaNode;
 use crate::types::Command;
@@ -242,6 +249,10 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 },
             }
         }
+        PbOp::SetLock(l) => Op::SetLock {
+            ino: l.ino,
+            lock: lock_from_pb(0, &l)?,
+        },
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c
@@ -288,6 +299,58 @@ fn layout(
         chunks,
         inline: inline.into(),
     })
+}
+
+/// Validates a lock request of `client`: a known kind and type, start <= end.
+pub fn lock_from_pb(client: u64, l: &pb::SetLockOp) -> Result<LockRequest, MetaError> {
+    let kind = match pb::LockKind::try_from(l.kind) {
+        Ok(pb::LockKind::Posix) => LockKind::Posix,
+        Ok(pb::LockKind::Flock) => LockKind::Flock,
+        _ => return Err(MetaError::Invalid(format!("unknown lock kind {}", l.kind))),
+    };
+    let op = match pb::LockType::try_from(l.r#type) {
+        Ok(pb::LockType::Read) => LockOp::Lock(LockType::Read),
+        Ok(pb::LockType::Write) => LockOp::Lock(LockType::Write),
+        Ok(pb::LockType::Unlock) => LockOp::Unlock,
+        _ => {
+            return Err(MetaError::Invalid(format!(
+                "unknown lock type {}",
+                l.r#type
+            )))
+        }
+    };
+    if l.start > l.end {
+        return Err(MetaError::Invalid("lock starts after its end".into()));
+    }
+    Ok(LockRequest {
+        kind,
+        holder: Holder {
+            client,
+            owner: l.owner,
+        },
+        pid: l.pid,
+        start: l.start,
+        end: l.end,
+        op,
+    })
+}
+
+pub fn lock_to_pb(l: &Lock) -> pb::LockInfo {
+    pb::LockInfo {
+        kind: match l.kind {
+            LockKind::Posix => pb::LockKind::Posix,
+            LockKind::Flock => pb::LockKind::Flock,
+        } as i32,
+        r#type: match l.typ {
+            LockType::Read => pb::LockType::Read,
+            LockType::Write => pb::LockType::Write,
+        } as i32,
+        start: l.start,
+        end: l.end,
+        pid: l.pid,
+        client_id: l.holder.client,
+        owner: l.holder.owner,
+    }
 }
 
 fn reply_attr(reply: Reply) -> Option<pb::Attr> {
@@ -541,6 +604,25 @@ impl pb::meta_server::Meta for MetaService {
         let req = req.into_inner();
         self.node.renew_session(req.shard, req.client_id).await?;
         Ok(GrpcResponse::new(pb::RenewSessionReply {}))
+    }
+
+    async fn get_lock(&self, req: GrpcRequest<pb::GetLockRequest>) -> GrpcResult<pb::GetLockReply> {
+        let req = req.into_inner();
+        let lock = req
+            .lock
+            .ok_or_else(|| MetaError::Invalid("GetLock without a lock".into()))?;
+        let ino = lock.ino;
+        let want = lock_from_pb(req.client_id, &lock)?;
+        let conflict = self
+            .node
+            .read(ino_shard(ino), |txn| {
+                fs::get_inode(txn, ino)?;
+                Ok(locks::load(txn, ino)?.conflict(&want)?)
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::GetLockReply {
+            conflict: conflict.as_ref().map(lock_to_pb),
+        }))
     }
 
     async fn alloc_slice_ids(

@@ -285,6 +285,7 @@ impl StateMachine {
             }),
             Command::Map(cmd) => crate::cluster::apply(txn, cmd),
             Command::Txn(cmd) => crate::txn::apply(txn, cmd),
+            Command::Lock(cmd) => crate::locks::apply(txn, cmd),
         };
         let resp = match result {
             Ok(reply) => Response(Ok(reply)),
@@ -296,8 +297,8 @@ impl StateMachine {
         if resp.0.is_err() {
             txn.discard();
         }
-        // EAGAIN (a lock held by a cross-shard operation) is not remembered:
-        // the retry must run again.
+        // EAGAIN (a key locked by a cross-shard operation, or a file lock held
+        // by another owner) is not remembered: the retry must run again.
         let transient = matches!(&resp.0, Err(e) if e.errno == cairn_proto::status::EAGAIN);
         if let Some(key) = req.key.as_ref().filter(|_| !transient) {
             txn.put_as(reply_key(key), &resp)?;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::cluster::MapCommand;
 use crate::fs::FsCommand;
 use crate::fs::Reply;
+use crate::locks::LockCommand;
 use crate::txn::TxnCommand;
 
 openraft::declare_raft_types!(
@@ -47,6 +48,7 @@ pub enum Command {
     Fs(FsCommand),
     Map(MapCommand),
     Txn(TxnCommand),
+    Lock(LockCommand),
 }
 
 /// The result of applying a request: a reply or an errno. Blank and membership

@@ -28,6 +28,7 @@ pub const ENOSPC: i32 = 28;
 pub const EMLINK: i32 = 31;
 pub const ERANGE: i32 = 34;
 pub const ENAMETOOLONG: i32 = 36;
+pub const ENOLCK: i32 = 37;
 pub const ENOTEMPTY: i32 = 39;
 pub const ELOOP: i32 = 40;
 pub const ENODATA: i32 = 61;

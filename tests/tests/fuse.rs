@@ -129,13 +129,24 @@ async fn close_to_open_between_two_mounts() -> anyhow::Result<()> {
 async fn listings_carry_attributes() -> anyhow::Result<()> {
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     // Kernel caches on, as in production: readdirplus answers fill them.
+    let metrics = format!("127.0.0.1:{}", cairn_tests::free_port()?);
     let mount = Mount::start_with(
         &cluster,
         "mnt",
-        &["--entry-timeout-ms", "10000", "--attr-timeout-ms", "10000"],
+        &[
+            "--entry-timeout-ms",
+            "10000",
+            "--attr-timeout-ms",
+            "10000",
+            "--metrics",
+            &metrics,
+        ],
     )
     .await?;
     let root = mount.path.clone();
+    let before = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (addr, snapshot) = (metrics.clone(), before.clone());
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let dir = root.join("data");
         fs::create_dir(&dir)?;
@@ -158,6 +169,11 @@ async fn listings_carry_attributes() -> anyhow::Result<()> {
         open.write_all(&[7u8; 1234])?;
         expected.push(("open".into(), 1234, false));
         expected.sort();
+        // A fresh view for the kernel: what it knows of the names now comes
+        // from the listing.
+        fs::write("/proc/sys/vm/drop_caches", "2")?;
+        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(handle.block_on(scrape(&addr))?);
         let mut listed = Vec::new();
         for e in fs::read_dir(&dir)? {
             let e = e?;
@@ -176,5 +192,27 @@ async fn listings_carry_attributes() -> anyhow::Result<()> {
         Ok(())
     })
     .await??;
+    // `ls -l` of 306 entries: one readdirplus per few dozen entries, not a
+    // lookup and a getattr per entry.
+    let after = scrape(&metrics).await?;
+    let before = before.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let before = before.unwrap_or_default();
+    let ops = |op: &str| {
+        let series = format!("cairn_fuse_op_duration_seconds_count{{op=\"{op}\"}}");
+        after.get(&series).copied().unwrap_or(0.0) - before.get(&series).copied().unwrap_or(0.0)
+    };
+    assert!(ops("readdirplus") >= 1.0, "no readdirplus");
+    assert!(
+        ops("lookup") + ops("getattr") < 30.0,
+        "{} lookups and {} getattrs for one listing",
+        ops("lookup"),
+        ops("getattr")
+    );
     Ok(())
+}
+
+async fn scrape(addr: &str) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let (status, body) = cairn_tests::http_get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    cairn_tests::parse_metrics(&body)
 }
