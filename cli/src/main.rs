@@ -61,8 +61,19 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // The error and its causes on one line each, never a backtrace: the
+    // message is for the user (and, for a daemon, the last lines of its log).
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Mount(args) = &cli.command {
         if args.daemon {
             // Before any runtime exists: the daemon is a fresh process.

@@ -209,6 +209,15 @@ impl CairnFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The listing an opendir took for `fh`.
+    fn listing(&self, fh: u64) -> Option<Listing> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
     fn handle(&self, fh: u64) -> Option<Handle> {
         self.files
             .lock()
@@ -902,13 +911,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned();
-        let Some(listing) = listing else {
+        let Some(listing) = self.listing(fh) else {
             return reply.error(libc::EBADF);
         };
         let start = usize::try_from(offset).unwrap_or(0);
@@ -928,13 +931,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         reply: ReplyDirectoryPlus,
     ) {
-        let listing = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
-            .cloned();
-        let Some(listing) = listing else {
+        let Some(listing) = self.listing(fh) else {
             return reply.error(libc::EBADF);
         };
         // One lifetime for the entry and its attributes (fuser's reply): the

@@ -369,11 +369,7 @@ pub fn has_expired_sessions(
 pub fn gc_queue(txn: &Txn, limit: usize) -> Result<Vec<(u64, u32)>, MetaError> {
     let mut out = Vec::new();
     for (k, v) in txn.scan(b"q", b"", limit)? {
-        let id = u64::from_be_bytes(
-            k[1..9]
-                .try_into()
-                .map_err(|_| MetaError::Storage("malformed queue key".into()))?,
-        );
+        let id = key_u64(&k, 1, "queue")?;
         out.push((id, crate::kv::decode(&v)?));
     }
     Ok(out)
@@ -493,6 +489,14 @@ fn reap(txn: &mut Txn, ino: u64, now_ms: i64) -> Result<(), MetaError> {
         txn.put_as(orphan_key(ino), &now_ms)?;
     }
     Ok(())
+}
+
+/// The big-endian u64 at byte `at` of a `what` key.
+fn key_u64(k: &[u8], at: usize, what: &str) -> Result<u64, MetaError> {
+    k.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| MetaError::Storage(format!("malformed {what} key")))
 }
 
 fn is_open(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
@@ -753,11 +757,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     continue;
                 }
                 txn.delete(k.clone());
-                let ino = u64::from_be_bytes(
-                    k[1..9]
-                        .try_into()
-                        .map_err(|_| MetaError::Storage("malformed orphan key".into()))?,
-                );
+                let ino = key_u64(&k, 1, "orphan")?;
                 // An opener that registered late keeps it; its close
                 // orphans it again.
                 let orphan = get_inode(txn, ino).is_ok_and(|i| i.nlink == 0);
@@ -771,19 +771,11 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     continue;
                 }
                 txn.delete(k.clone());
-                let client = u64::from_be_bytes(
-                    k[1..9]
-                        .try_into()
-                        .map_err(|_| MetaError::Storage("malformed session key".into()))?,
-                );
+                let client = key_u64(&k, 1, "session")?;
                 crate::locks::drop_client(txn, client)?;
                 let prefix = key(b'O', &[&k[1..]]);
                 for (ok, _) in txn.scan(&prefix, b"", usize::MAX)? {
-                    let ino = u64::from_be_bytes(
-                        ok[9..17]
-                            .try_into()
-                            .map_err(|_| MetaError::Storage("malformed opener key".into()))?,
-                    );
+                    let ino = key_u64(&ok, 9, "opener")?;
                     txn.delete(ok);
                     txn.delete(key(b'o', &[&ino.to_be_bytes(), &k[1..]]));
                     reap(txn, ino, *now_ms)?;

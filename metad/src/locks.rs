@@ -674,11 +674,11 @@ mod tests {
         let mut txn = Txn::new(&db, 1);
         crate::fs::touch_session(&mut txn, A.client, 10_000).unwrap();
         db.write(txn.into_batch().unwrap()).unwrap();
-        let expire = |orphans_before_ms| FsCommand::ExpireSessions {
-            now_ms: 5000,
+        let expire = |now_ms, orphans_before_ms| FsCommand::ExpireSessions {
+            now_ms,
             orphans_before_ms,
         };
-        run_fs(&db, expire(0)).unwrap();
+        run_fs(&db, expire(5000, 0)).unwrap();
         let txn = Txn::new(&db, 1);
         assert_eq!(ranges(&load(&txn, g).unwrap()), [(A, 0, 9, Write)]);
         drop(txn);
@@ -695,7 +695,7 @@ mod tests {
             },
         )
         .unwrap();
-        run_fs(&db, expire(i64::MAX)).unwrap();
+        run_fs(&db, expire(0, i64::MAX)).unwrap();
         let txn = Txn::new(&db, 1);
         assert!(txn.get(&table_key(f)).unwrap().is_none());
         assert_eq!(load(&txn, g).unwrap().locks().len(), 2);

@@ -172,8 +172,7 @@ async fn listings_carry_attributes() -> anyhow::Result<()> {
         // A fresh view for the kernel: what it knows of the names now comes
         // from the listing.
         fs::write("/proc/sys/vm/drop_caches", "2")?;
-        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(handle.block_on(scrape(&addr))?);
+        *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.block_on(scrape(&addr))?);
         let mut listed = Vec::new();
         for e in fs::read_dir(&dir)? {
             let e = e?;
