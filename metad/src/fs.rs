@@ -325,7 +325,7 @@ fn session_key(client: u64) -> Vec<u8> {
 }
 /// An inode with no links left and no registered opener, and since when (ms).
 fn orphan_key(ino: u64) -> Vec<u8> {
-    key(b'r', &[&ino.to_be_bytes()])
+    key(b'u', &[&ino.to_be_bytes()])
 }
 
 /// Opens or extends a client's session on this shard until `expiry_ms`.
@@ -357,7 +357,7 @@ pub fn has_expired_sessions(
             return Ok(true);
         }
     }
-    for (_, v) in txn.scan(b"r", b"", usize::MAX)? {
+    for (_, v) in txn.scan(b"u", b"", usize::MAX)? {
         if crate::kv::decode::<i64>(&v)? < orphans_before_ms {
             return Ok(true);
         }
@@ -752,7 +752,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now_ms,
             orphans_before_ms,
         } => {
-            for (k, v) in txn.scan(b"r", b"", usize::MAX)? {
+            for (k, v) in txn.scan(b"u", b"", usize::MAX)? {
                 if crate::kv::decode::<i64>(&v)? >= *orphans_before_ms {
                     continue;
                 }

@@ -7,7 +7,9 @@
 //!
 //! Logical state-machine keys (all integers big-endian so scans are ordered):
 //! `i<ino>` inode, `d<parent><name>` dentry, `c<ino><chunk>` slices of a chunk,
-//! `x<ino><name>` xattr, `l<ino>` symlink target, `r<client><seq><step>` remembered
+//! `x<ino><name>` xattr, `l<ino>` symlink target, `D<ino>` a small file's inline
+//! data, `u<ino>` orphans (unlinked, awaiting deletion), `o`/`O`/`s` open files
+//! and client sessions, `r<client><seq><step>` remembered
 //! replies, `q<slice>` slices waiting for block deletion, `m…` applied state,
 //! `n…` counters, `k<ino>` an inode's file locks and `K<client><ino>` their
 //! index by client, `N<id>` data nodes and `G<id>` placement groups (shard 0).
