@@ -64,13 +64,14 @@ pub async fn serve(
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES * 8)
             .max_encoding_message_size(cairn_proto::MAX_MESSAGE_BYTES * 8);
     tracing::info!(id = node.id, addr = %listener.local_addr()?, "metad serving");
+    // TCP_NODELAY: without it a reply written in several pieces (headers,
+    // a few KiB of data, trailers) waits out the client's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| MetaError::Io(std::io::Error::other(e)))?;
     let result = tonic::transport::Server::builder()
         .add_service(meta)
         .add_service(raft)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| MetaError::Io(std::io::Error::other(e)));
     shutdown.cancel();
