@@ -451,6 +451,15 @@ async fn unlinked_open_files_live_until_closed_or_lease_expiry() -> anyhow::Resu
     let data = random_bytes(6 << 20, 9);
     write_file(&other, "/open", &data).await?;
     write_file(&other, "/abandoned", &data).await?;
+    // Both files' blocks are counted (data servers report them in their
+    // heartbeats) before anything is deleted, so a count of 6 below means
+    // the abandoned file's blocks went, not that the reports lagged.
+    cairn_tests::wait_for(
+        "both files' blocks to be reported",
+        Duration::from_secs(20),
+        || async { total_blocks(other.clone()).await == Some(3 * 2 * 2) },
+    )
+    .await?;
     let kept = reader.meta.resolve("/open").await?.ino;
     let abandoned = dying.meta.resolve("/abandoned").await?.ino;
     reader.meta.open(kept).await?;
