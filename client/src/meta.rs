@@ -314,30 +314,10 @@ impl MetaClient {
         self.readdir_all(ino, false).await
     }
 
-    /// Every entry of a directory with its attributes (readdirplus): one
-    /// request per page for the entries on the directory's shard, and parallel
-    /// getattrs for those elsewhere (subdirectories). An entry removed
-    /// meanwhile is left out.
-    pub async fn readdir_plus(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
-        use futures::stream::StreamExt;
-        let entries = self.readdir_all(ino, true).await?;
-        let filled: Vec<Option<pb::DirEntry>> = futures::stream::iter(entries)
-            .map(|mut e| async move {
-                if e.attr.is_none() {
-                    match self.getattr(e.ino).await {
-                        Ok(a) => e.attr = Some(a),
-                        Err(err) if err.errno() == cairn_proto::status::ENOENT => return Ok(None),
-                        Err(err) => return Err(err),
-                    }
-                }
-                Ok(Some(e))
-            })
-            .buffered(32)
-            .collect::<Vec<Result<_>>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-        Ok(filled.into_iter().flatten().collect())
+    /// Every entry of a directory; those whose inodes live on the
+    /// directory's shard (its files) come with their attributes (readdirplus).
+    pub async fn readdir_with_attrs(&self, ino: u64) -> Result<Vec<pb::DirEntry>> {
+        self.readdir_all(ino, true).await
     }
 
     pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>> {

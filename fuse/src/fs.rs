@@ -880,21 +880,13 @@ impl Filesystem for CairnFs {
             let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
             // With the attributes of the entries on the directory's shard, for
             // readdirplus (`ls -l` and dataset scans without a getattr each).
-            let (mut after, mut more) = (Vec::new(), true);
-            while more {
-                let (page, has_more) =
-                    tri!(reply, c.meta.readdir_page(ino, &after, 1000, true).await);
-                more = has_more;
-                if let Some(last) = page.last() {
-                    after = last.name.to_vec();
-                }
-                listing.extend(page.into_iter().map(|e| Listed {
-                    ino: kernel_ino(e.ino),
-                    kind: file_type(e.kind),
-                    name: e.name.to_vec(),
-                    attr: e.attr,
-                }));
-            }
+            let entries = tri!(reply, c.meta.readdir_with_attrs(ino).await);
+            listing.extend(entries.into_iter().map(|e| Listed {
+                ino: kernel_ino(e.ino),
+                kind: file_type(e.kind),
+                name: e.name.to_vec(),
+                attr: e.attr,
+            }));
             dirs.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, Arc::new(listing));

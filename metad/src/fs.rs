@@ -839,10 +839,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             length,
             mtime,
         } => {
-            let mut inode = get_inode(txn, *ino)?;
-            if inode.kind != Kind::File {
-                return Err(err(EISDIR, "not a regular file"));
-            }
+            let inode = regular_file(txn, *ino)?;
             let end = *pos as usize + data.len();
             // Inline data is the bottom layer: once a slice lies above it, a
             // newer write must be a slice too.
@@ -856,11 +853,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             }
             buf[*pos as usize..end].copy_from_slice(data);
             txn.put(inline_key(*ino), buf);
-            inode.size = inode.size.max(*length).max(end as u64);
-            inode.mtime = *mtime;
-            inode.ctime = *mtime;
-            put_inode(txn, *ino, &inode)?;
-            Ok(Reply::Attr { ino: *ino, inode })
+            written(txn, *ino, inode, (*length).max(end as u64), *mtime)
         }
         FsCommand::Commit {
             ino,
@@ -868,10 +861,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             length,
             mtime,
         } => {
-            let mut inode = get_inode(txn, *ino)?;
-            if inode.kind != Kind::File {
-                return Err(err(EISDIR, "not a regular file"));
-            }
+            let inode = regular_file(txn, *ino)?;
             for (chunk, slices) in chunks {
                 let k = chunk_key(*ino, *chunk);
                 let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
@@ -885,11 +875,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 list.extend_from_slice(slices);
                 txn.put_as(k, &list)?;
             }
-            inode.size = inode.size.max(*length);
-            inode.mtime = *mtime;
-            inode.ctime = *mtime;
-            put_inode(txn, *ino, &inode)?;
-            Ok(Reply::Attr { ino: *ino, inode })
+            written(txn, *ino, inode, *length, *mtime)
         }
     }
 }
@@ -972,6 +958,24 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
         }
     }
     Ok(())
+}
+
+/// The inode of a regular file (data is written only to those).
+fn regular_file(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
+    let inode = get_inode(txn, ino)?;
+    if inode.kind != Kind::File {
+        return Err(err(EISDIR, "not a regular file"));
+    }
+    Ok(inode)
+}
+
+/// Records a data write: the length grows to `length`, times move to `mtime`.
+fn written(txn: &mut Txn, ino: u64, mut inode: Inode, length: u64, mtime: i64) -> FsResult {
+    inode.size = inode.size.max(length);
+    inode.mtime = mtime;
+    inode.ctime = mtime;
+    put_inode(txn, ino, &inode)?;
+    Ok(Reply::Attr { ino, inode })
 }
 
 /// Cuts a file's inline data at `size`.
