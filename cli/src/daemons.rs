@@ -21,6 +21,18 @@ pub struct DevArgs {
     /// Also mount the cluster through FUSE here.
     #[arg(long)]
     mount: Option<PathBuf>,
+    /// Address of the S3 gateway.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    s3_listen: std::net::SocketAddr,
+    /// The dev cluster's S3 access key (with --s3-secret-key). Without them a
+    /// key pair is generated on first start and kept in the data directory.
+    #[arg(long, requires = "s3_secret_key")]
+    s3_access_key: Option<String>,
+    #[arg(long, requires = "s3_access_key")]
+    s3_secret_key: Option<String>,
+    /// Do not start the S3 gateway.
+    #[arg(long)]
+    no_s3: bool,
 }
 
 #[derive(Args)]
@@ -142,6 +154,30 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  data service:     {}", args.data_listen);
     println!("  try: cairn status; cairn fs put ./file /file; cairn fs ls /");
+    let s3 = if args.no_s3 {
+        None
+    } else {
+        let given = args.s3_access_key.clone().zip(args.s3_secret_key.clone());
+        let (key, new) = crate::s3::dev_key(&args.data_dir, given)?;
+        println!(
+            "  S3 {} key: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+            if new { "new" } else { "dev" },
+            key.access_key,
+            key.secret_key
+        );
+        println!(
+            "  try: aws --endpoint-url http://{} s3 mb s3://bucket",
+            args.s3_listen
+        );
+        let config = cairn_s3gw::Config {
+            listen: args.s3_listen,
+            keys: vec![key],
+            access_log: Some(args.data_dir.join("s3-access.log")),
+            ..Default::default()
+        };
+        let seeds = vec![args.meta_listen.clone()];
+        Some(crate::s3::start(seeds, config, None, shutdown.clone()).await?)
+    };
     let session = match &args.mount {
         Some(path) => {
             let seeds = vec![args.meta_listen.clone()];
@@ -187,6 +223,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     if let Some(mounted) = session {
         crate::mount::unmount(mounted, false).await?;
+    }
+    if let Some(s3) = s3 {
+        s3.await.context("S3 gateway task")??;
     }
     m.context("metad task")??;
     d.context("datad task")??;

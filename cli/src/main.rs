@@ -4,6 +4,7 @@ mod bench;
 mod daemons;
 mod fs;
 mod mount;
+mod s3;
 mod status;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
     /// A flag given twice takes its last value.
     #[command(args_override_self = true)]
     Mount(mount::MountArgs),
+    /// Serve the S3 API over the cluster's namespace.
+    S3(s3::S3Args),
     /// Unmount a FUSE mount.
     Umount { path: std::path::PathBuf },
     /// Prefetch files or directories into a local block cache.
@@ -82,7 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            "warn,cairn=info,cairn_metad=info,cairn_datad=info,cairn_fuse=info".into()
+            "warn,cairn=info,cairn_metad=info,cairn_datad=info,cairn_fuse=info,cairn_s3gw=info"
+                .into()
         })
     };
     let log_file = match &cli.command {
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Datad(args) => daemons::datad(args).await,
             Command::Fs { command } => fs::run(seeds, command).await,
             Command::Mount(args) => mount::run(seeds, args).await,
+            Command::S3(args) => s3::run(seeds, args).await,
             Command::Umount { path } => mount::umount(&path),
             Command::Cache { command } => mount::cache(command),
             Command::Warmup(args) => mount::warmup(seeds, args).await,

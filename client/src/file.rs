@@ -55,6 +55,8 @@ pub struct FileWriter {
     uploads: JoinSet<Result<()>>,
     budget: Arc<Semaphore>,
     length: u64,
+    /// Keeps data out of the inode record even when small.
+    no_inline: bool,
 }
 
 impl FileWriter {
@@ -69,11 +71,19 @@ impl FileWriter {
             uploads: JoinSet::new(),
             budget: Arc::new(Semaphore::new(blocks_in_flight)),
             length: 0,
+            no_inline: false,
         }
     }
 
     pub fn ino(&self) -> u64 {
         self.ino
+    }
+
+    /// Stores even a small file's data as blocks, never inline: for files
+    /// whose slices are later moved into another (S3 multipart parts).
+    pub fn without_inline(mut self) -> Self {
+        self.no_inline = true;
+        self
     }
 
     /// Writes `data` at `offset`; blocks upload in the background.
@@ -179,7 +189,11 @@ impl FileWriter {
     /// file is inline (or empty): one metadata write and no block. Answers
     /// None when this flush is not such a write or metad refuses it.
     async fn flush_inline(&mut self) -> Result<Option<pb::Attr>> {
-        let limit = self.client.inline_max();
+        let limit = if self.no_inline {
+            0
+        } else {
+            self.client.inline_max()
+        };
         let candidate = match self.open.iter().next() {
             Some((&0, s)) if self.open.len() == 1 && self.done.is_empty() => {
                 s.next_block == 0 && (s.pos + s.len) as usize <= limit && s.len > 0

@@ -280,6 +280,19 @@ impl MetaClient {
         limit: u32,
         plus: bool,
     ) -> Result<(Vec<pb::DirEntry>, bool)> {
+        self.readdir_page_xattr(ino, after, limit, plus, b"").await
+    }
+
+    /// [`readdir_page`](Self::readdir_page) that also answers the xattr
+    /// `xattr` of each entry that comes with attributes.
+    pub async fn readdir_page_xattr(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+        plus: bool,
+        xattr: &[u8],
+    ) -> Result<(Vec<pb::DirEntry>, bool)> {
         let reply = self
             .call(ino_shard(ino), |mut c| async move {
                 c.read_dir(pb::ReadDirRequest {
@@ -287,6 +300,7 @@ impl MetaClient {
                     after: after.to_vec().into(),
                     limit,
                     plus,
+                    xattr: xattr.to_vec().into(),
                 })
                 .await
             })
@@ -582,6 +596,17 @@ impl MetaClient {
     pub async fn commit(&self, commit: pb::CommitSlices) -> Result<pb::Attr> {
         let shard = ino_shard(commit.ino);
         Self::expect_attr(self.mutate(shard, Op::Commit(commit)).await?)
+    }
+
+    /// Moves the content of `sources` (files on `target`'s shard, in order) to
+    /// the end of `target` without copying data; the sources are left empty.
+    pub async fn concat(&self, target: u64, sources: Vec<u64>) -> Result<pb::Attr> {
+        let op = Op::Concat(pb::ConcatOp {
+            target,
+            sources,
+            mtime_ns: 0,
+        });
+        Self::expect_attr(self.mutate(ino_shard(target), op).await?)
     }
 
     /// Writes into a small file's inline data (kept in its inode record); an

@@ -114,6 +114,11 @@ pub enum Op {
         length: u64,
         mtime: i64,
     },
+    Concat {
+        target: u64,
+        sources: Vec<u64>,
+        mtime: i64,
+    },
     Open {
         ino: u64,
     },
@@ -143,6 +148,7 @@ impl Op {
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
             | Op::WriteInline { ino, .. }
+            | Op::Concat { target: ino, .. }
             | Op::Open { ino }
             | Op::Close { ino }
             | Op::SetLock { ino, .. } => ino_shard(*ino),
@@ -440,6 +446,18 @@ impl MetaNode {
                     ino,
                     chunks,
                     length,
+                    mtime,
+                })
+                .await
+            }
+            Op::Concat {
+                target,
+                sources,
+                mtime,
+            } => {
+                local(FsCommand::Concat {
+                    target,
+                    sources,
                     mtime,
                 })
                 .await

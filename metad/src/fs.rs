@@ -7,6 +7,8 @@
 //! a directory's nlink is 2 + its subdirectories; an inode whose nlink drops to 0
 //! is deleted and its slices are queued for block deletion.
 
+use std::collections::BTreeMap;
+
 use cairn_proto::ids::ino_shard;
 use cairn_proto::ids::make_ino;
 use cairn_proto::ids::CHUNK_SIZE;
@@ -244,6 +246,13 @@ pub enum FsCommand {
         ino: u64,
         chunks: Vec<(u32, Vec<SliceRec>)>,
         length: u64,
+        mtime: i64,
+    },
+    /// Moves the sources' slices, in order, to the end of `target`; the
+    /// sources are left empty. See `ConcatOp` in the proto.
+    Concat {
+        target: u64,
+        sources: Vec<u64>,
         mtime: i64,
     },
 }
@@ -877,6 +886,128 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             }
             written(txn, *ino, inode, *length, *mtime)
         }
+        FsCommand::Concat {
+            target,
+            sources,
+            mtime,
+        } => concat(txn, *target, sources, *mtime),
+    }
+}
+
+/// Appends the visible bytes of `sources` to `target` by moving slices: each
+/// source's chunk maps are flattened to the segments a reader sees, shifted to
+/// the target's end (split where they cross a target chunk boundary), and
+/// deleted from the source without queuing their blocks for deletion, since
+/// the target owns them now.
+fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
+    let inode = regular_file(txn, target)?;
+    if txn.get(&inline_key(target))?.is_some() {
+        return Err(err(ENOTSUP, "concat target has inline data"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut end = inode.size;
+    let mut added: BTreeMap<u32, Vec<SliceRec>> = BTreeMap::new();
+    for &src in sources {
+        if src == target || !seen.insert(src) || !is_local(txn, src) {
+            return Err(err(
+                EINVAL,
+                "concat sources must be distinct files of the target's shard",
+            ));
+        }
+        let mut source = regular_file(txn, src)?;
+        if txn.get(&inline_key(src))?.is_some() {
+            return Err(err(ENOTSUP, "concat source has inline data"));
+        }
+        for (k, v) in txn.scan(&chunk_prefix(src), b"", usize::MAX)? {
+            let chunk = chunk_of_key(&k)?;
+            let start = u64::from(chunk) * CHUNK_SIZE;
+            let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
+            for seg in visible_segments(&slices) {
+                let seg_start = start + u64::from(seg.pos);
+                if seg.slice_id == 0 || seg_start >= source.size {
+                    continue;
+                }
+                let len = u64::from(seg.len).min(source.size - seg_start);
+                place(&mut added, end + seg_start, len, seg);
+            }
+            txn.delete(k);
+        }
+        end += source.size;
+        source.size = 0;
+        source.mtime = mtime;
+        source.ctime = mtime;
+        put_inode(txn, src, &source)?;
+    }
+    for (chunk, slices) in added {
+        let k = chunk_key(target, chunk);
+        let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
+        list.extend(slices);
+        txn.put_as(k, &list)?;
+    }
+    written(txn, target, inode, end, mtime)
+}
+
+/// The chunk number in a chunk key.
+fn chunk_of_key(k: &[u8]) -> Result<u32, MetaError> {
+    k.get(9..13)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| MetaError::Storage("malformed chunk key".into()))
+}
+
+/// Paints a chunk's slices in order (later overlays earlier) into the
+/// non-overlapping segments a reader sees, sorted by position; holes
+/// (slice 0) are segments too.
+fn visible_segments(slices: &[SliceRec]) -> Vec<SliceRec> {
+    let mut segs: Vec<SliceRec> = Vec::new();
+    for s in slices {
+        let (a, b) = (s.pos, s.pos + s.len);
+        let mut next = Vec::with_capacity(segs.len() + 2);
+        for g in segs {
+            let (ga, gb) = (g.pos, g.pos + g.len);
+            if gb <= a || ga >= b {
+                next.push(g);
+                continue;
+            }
+            if ga < a {
+                next.push(SliceRec { len: a - ga, ..g });
+            }
+            if gb > b {
+                next.push(SliceRec {
+                    pos: b,
+                    off: g.off + (b - ga),
+                    len: gb - b,
+                    ..g
+                });
+            }
+        }
+        next.push(*s);
+        next.sort_by_key(|g| g.pos);
+        segs = next;
+    }
+    segs
+}
+
+/// Adds `len` bytes of `seg`'s slice object (from `seg.off`) at file offset
+/// `at` to `chunks`, split at chunk boundaries.
+fn place(chunks: &mut BTreeMap<u32, Vec<SliceRec>>, mut at: u64, mut len: u64, seg: SliceRec) {
+    let mut off = seg.off;
+    while len > 0 {
+        let pos = (at % CHUNK_SIZE) as u32;
+        let n = len.min(CHUNK_SIZE - u64::from(pos)) as u32;
+        chunks
+            .entry((at / CHUNK_SIZE) as u32)
+            .or_default()
+            .push(SliceRec {
+                slice_id: seg.slice_id,
+                pos,
+                len: n,
+                off,
+                size: seg.size,
+            });
+        at += u64::from(n);
+        off += n;
+        len -= u64::from(n);
     }
 }
 
@@ -926,11 +1057,7 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
     let mut kept = std::collections::HashSet::new();
     let mut dropped = Vec::new();
     for (k, v) in txn.scan(&chunk_prefix(ino), b"", usize::MAX)? {
-        let chunk = u32::from_be_bytes(
-            k[9..13]
-                .try_into()
-                .map_err(|_| MetaError::Storage("malformed chunk key".into()))?,
-        );
+        let chunk = chunk_of_key(&k)?;
         let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
         if u64::from(chunk) >= first_dropped {
             dropped.extend(slices.iter().map(|s| (s.slice_id, s.size)));
@@ -1256,5 +1383,89 @@ mod tests {
         let slices: Vec<SliceRec> = Txn::new(&db, 1).get_as(&chunk_key(f, 0)).unwrap().unwrap();
         assert_eq!(slices.len(), 2);
         assert_eq!((slices[1].slice_id, slices[1].pos), (0, 10));
+    }
+
+    #[test]
+    fn visible_segments_paint_later_over_earlier() {
+        let s = |slice_id, pos, len, off| SliceRec {
+            slice_id,
+            pos,
+            len,
+            off,
+            size: 1000,
+        };
+        let segs = visible_segments(&[s(1, 0, 100, 0), s(2, 20, 10, 5), s(0, 90, 50, 0)]);
+        assert_eq!(
+            segs,
+            vec![
+                s(1, 0, 20, 0),
+                s(2, 20, 10, 5),
+                s(1, 30, 60, 30),
+                s(0, 90, 50, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn concat_moves_slices_across_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let commit = |ino, slice_id, len: u64| FsCommand::Commit {
+            ino,
+            chunks: vec![(
+                0,
+                vec![SliceRec {
+                    slice_id,
+                    pos: 0,
+                    len: len as u32,
+                    off: 0,
+                    size: len as u32,
+                }],
+            )],
+            length: len,
+            mtime: 1,
+        };
+        let (t, _) = attr(create(&db, ROOT_INO, "t", Kind::File).unwrap());
+        let (a, _) = attr(create(&db, ROOT_INO, "a", Kind::File).unwrap());
+        let (b, _) = attr(create(&db, ROOT_INO, "b", Kind::File).unwrap());
+        let big = CHUNK_SIZE - 10;
+        run(&db, 1, commit(a, 7, big)).unwrap();
+        run(&db, 1, commit(b, 8, 30)).unwrap();
+        let concat = |sources: Vec<u64>| FsCommand::Concat {
+            target: t,
+            sources,
+            mtime: 2,
+        };
+        assert_eq!(errno(run(&db, 1, concat(vec![a, a]))), EINVAL);
+        let (_, inode) = attr(run(&db, 1, concat(vec![a, b])).unwrap());
+        assert_eq!(inode.size, big + 30);
+        let txn = Txn::new(&db, 1);
+        let c0: Vec<SliceRec> = txn.get_as(&chunk_key(t, 0)).unwrap().unwrap();
+        let c1: Vec<SliceRec> = txn.get_as(&chunk_key(t, 1)).unwrap().unwrap();
+        let place = |s: &SliceRec| (s.slice_id, s.pos, s.len, s.off);
+        assert_eq!(
+            c0.iter().map(place).collect::<Vec<_>>(),
+            vec![(7, 0, big as u32, 0), (8, big as u32, 10, 0)]
+        );
+        assert_eq!(
+            c1.iter().map(place).collect::<Vec<_>>(),
+            vec![(8, 0, 20, 10)]
+        );
+        // The sources are empty and own nothing: deleting them frees no block.
+        assert_eq!(get_inode(&txn, a).unwrap().size, 0);
+        assert!(txn.get(&chunk_key(b, 0)).unwrap().is_none());
+        drop(txn);
+        run(
+            &db,
+            1,
+            FsCommand::Unlink {
+                parent: ROOT_INO,
+                name: b"a".to_vec(),
+                now: 3,
+            },
+        )
+        .unwrap();
+        assert!(gc_queue(&Txn::new(&db, 1), 10).unwrap().is_empty());
     }
 }

@@ -253,6 +253,15 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
             ino: l.ino,
             lock: lock_from_pb(0, &l)?,
         },
+        PbOp::Concat(c) => Op::Concat {
+            target: c.target,
+            sources: c.sources.clone(),
+            mtime: if c.mtime_ns == 0 {
+                now_ns()
+            } else {
+                c.mtime_ns
+            },
+        },
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c
@@ -437,8 +446,14 @@ impl pb::meta_server::Meta for MetaService {
                         let e: fs::Entry = crate::kv::decode(&v)?;
                         // readdirplus: attributes of the inodes kept here
                         // (the directory's files) come in the same answer.
-                        let attr = if req.plus && ino_shard(e.ino) == shard {
+                        let local = req.plus && ino_shard(e.ino) == shard;
+                        let attr = if local {
                             Some(inode_to_pb(e.ino, &fs::get_inode(txn, e.ino)?))
+                        } else {
+                            None
+                        };
+                        let xattr = if local && !req.xattr.is_empty() {
+                            txn.get(&fs::xattr_key(e.ino, &req.xattr))?.map(Into::into)
                         } else {
                             None
                         };
@@ -447,6 +462,7 @@ impl pb::meta_server::Meta for MetaService {
                             ino: e.ino,
                             kind: kind_to_pb(e.kind) as i32,
                             attr,
+                            xattr,
                         })
                     })
                     .collect::<Result<Vec<_>, MetaError>>()?;

@@ -7,6 +7,8 @@
 //! killed with SIGKILL and restarted on the same data; every process is killed by
 //! PID when the cluster is dropped. Waits poll conditions; none sleeps blindly.
 
+pub mod sigv4;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::Path;
@@ -631,4 +633,87 @@ pub fn kill_pid(pid: u32) {
         .args(["-KILL", &pid.to_string()])
         .stderr(Stdio::null())
         .status();
+}
+
+/// A `cairn s3` gateway process in front of a cluster.
+pub struct S3Gateway {
+    /// host:port it serves on.
+    pub addr: String,
+    pub metrics_addr: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub access_log: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl S3Gateway {
+    /// Starts a gateway with one access key; `extra_config` is appended to
+    /// its TOML configuration (`public_buckets = [...]`, limits).
+    pub async fn start(
+        cluster: &Cluster,
+        name: &str,
+        extra_config: &str,
+    ) -> anyhow::Result<S3Gateway> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let (access_key, secret_key) = ("CAIRNTESTKEY", "cairn-test-secret-key");
+        let access_log = cluster.dir.path().join(format!("{name}-access.log"));
+        let config = cluster.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{addr}\"\naccess_log = \"{}\"\n{extra_config}\n\n\
+                 [[keys]]\naccess_key = \"{access_key}\"\nsecret_key = \"{secret_key}\"\n",
+                access_log.display()
+            ),
+        )?;
+        let log = cluster.dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(cairn_bin()?)
+            .arg("s3")
+            .arg("--config")
+            .arg(&config)
+            .args(["--metrics", &metrics_addr])
+            .env("CAIRN_META", cluster.meta_addrs().join(","))
+            .env("RUST_LOG", "warn,cairn_s3gw=info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let gw = S3Gateway {
+            addr,
+            metrics_addr,
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+            access_log,
+            log,
+            child,
+        };
+        let a = gw.addr.clone();
+        wait_for("the S3 gateway to listen", Duration::from_secs(30), || {
+            let a = a.clone();
+            async move { tokio::net::TcpStream::connect(&a).await.is_ok() }
+        })
+        .await
+        .with_context(|| gw.log_tail())?;
+        Ok(gw)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let start = bytes.len().saturating_sub(4000);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+impl Drop for S3Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,90 @@
+//! The gateway's configuration (`cairn s3 --config s3.toml`):
+//!
+//! ```toml
+//! listen = "127.0.0.1:9000"
+//! region = "us-east-1"
+//! public_buckets = ["datasets"]      # anonymous reads allowed here only
+//! max_object_bytes = 5497558138880   # one PUT or part (5 TiB)
+//! max_header_bytes = 65536
+//! max_concurrent_requests = 512      # more are answered 503 SlowDown
+//! access_log = "/var/log/cairn/s3-access.log"
+//!
+//! [[keys]]
+//! access_key = "AKIA..."
+//! secret_key = "..."
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use anyhow::Context;
+use serde::Deserialize;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub region: String,
+    pub keys: Vec<AccessKey>,
+    pub public_buckets: Vec<String>,
+    pub max_object_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub access_log: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            region: "us-east-1".into(),
+            keys: Vec::new(),
+            public_buckets: Vec::new(),
+            max_object_bytes: 5 << 40,
+            max_header_bytes: 64 << 10,
+            max_concurrent_requests: 512,
+            access_log: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses a configuration the gateway cannot serve safely.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.keys.is_empty() {
+            bail!("no access keys configured: every request would be refused");
+        }
+        for k in &self.keys {
+            if k.access_key.is_empty() || k.secret_key.len() < 8 {
+                bail!(
+                    "access key {:?}: keys must be non-empty and secrets at least 8 characters",
+                    k.access_key
+                );
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            bail!("max_header_bytes must be at least 8192");
+        }
+        if self.max_concurrent_requests == 0 {
+            bail!("max_concurrent_requests must be at least 1");
+        }
+        Ok(())
+    }
+}
