@@ -30,7 +30,8 @@ use crate::names::parse_key;
 use crate::names::SYSTEM_DIR;
 use crate::names::UPLOADS_DIR;
 use crate::object::body_or_empty;
-use crate::object::Conditions;
+use crate::object::copy_conditions_of;
+use crate::objmeta::headers_from;
 use crate::objmeta::hex;
 use crate::objmeta::timestamp;
 use crate::objmeta::Headers;
@@ -184,15 +185,7 @@ impl Store {
         let record = UploadRecord {
             key: input.key.clone(),
             initiated_ns: dir.mtime_ns,
-            headers: Headers {
-                content_type: input.content_type,
-                content_encoding: input.content_encoding,
-                content_disposition: input.content_disposition,
-                content_language: input.content_language,
-                cache_control: input.cache_control,
-                expires: input.expires,
-                user: Headers::user_from(input.metadata),
-            },
+            headers: headers_from!(input),
         };
         let raw = serde_json::to_vec(&record).expect("upload record serializes");
         self.client
@@ -274,15 +267,7 @@ impl Store {
             .upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let (src, d) = self
-            .copy_source(
-                &input.copy_source,
-                Conditions {
-                    if_match: input.copy_source_if_match.as_ref(),
-                    if_none_match: input.copy_source_if_none_match.as_ref(),
-                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                },
-            )
+            .copy_source(&input.copy_source, copy_conditions_of!(input))
             .await?;
         let range = match &input.copy_source_range {
             None => 0..d.size,

@@ -21,6 +21,7 @@ use crate::error::s3_err;
 use crate::names::parse_key;
 use crate::namespace::Found;
 use crate::objmeta::etag;
+use crate::objmeta::headers_from;
 use crate::objmeta::hex;
 use crate::objmeta::timestamp;
 use crate::objmeta::Headers;
@@ -62,6 +63,31 @@ impl Described {
             .unwrap_or_else(|| "application/octet-stream".into())
     }
 }
+
+/// The conditions of a GetObject or HeadObject input.
+macro_rules! conditions_of {
+    ($input:expr) => {
+        Conditions {
+            if_match: $input.if_match.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+        }
+    };
+}
+
+/// The copy-source conditions of a CopyObject or UploadPartCopy input.
+macro_rules! copy_conditions_of {
+    ($input:expr) => {
+        $crate::object::Conditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+        }
+    };
+}
+pub(crate) use copy_conditions_of;
 
 /// The conditions of a GET or HEAD (RFC 9110 section 13.2.2 order): a failed
 /// If-Match / If-Unmodified-Since is 412, a matching If-None-Match /
@@ -121,15 +147,7 @@ impl Store {
                 ))
             }
         };
-        let headers = Headers {
-            content_type: input.content_type,
-            content_encoding: input.content_encoding,
-            content_disposition: input.content_disposition,
-            content_language: input.content_language,
-            cache_control: input.cache_control,
-            expires: input.expires,
-            user: Headers::user_from(input.metadata),
-        };
+        let headers = headers_from!(input);
         let body = body_or_empty(input.body);
         let Some(name) = key.name else {
             // A folder object: the directory, marked.
@@ -200,13 +218,7 @@ impl Store {
         let dir = self.bucket(&input.bucket).await?;
         let found = self.find(dir.ino, &parse_key(&input.key)?).await?;
         let d = Described::of(&found);
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check(&d)?;
+        conditions_of!(input).check(&d)?;
         let range = match &input.range {
             Some(r) => r.check(d.size).map_err(|_| s3_error!(InvalidRange))?,
             None => 0..d.size,
@@ -258,13 +270,7 @@ impl Store {
         let dir = self.bucket(&input.bucket).await?;
         let found = self.find(dir.ino, &parse_key(&input.key)?).await?;
         let d = Described::of(&found);
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check(&d)?;
+        conditions_of!(input).check(&d)?;
         Ok(HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
             content_length: Some(d.size as i64),
@@ -418,30 +424,14 @@ impl Store {
 
     pub async fn copy_object(&self, input: CopyObjectInput) -> S3Result<CopyObjectOutput> {
         let (src, d) = self
-            .copy_source(
-                &input.copy_source,
-                Conditions {
-                    if_match: input.copy_source_if_match.as_ref(),
-                    if_none_match: input.copy_source_if_none_match.as_ref(),
-                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                },
-            )
+            .copy_source(&input.copy_source, copy_conditions_of!(input))
             .await?;
         let replace = input
             .metadata_directive
             .as_ref()
             .is_some_and(|m| m.as_str() == MetadataDirective::REPLACE);
         let headers = if replace {
-            Headers {
-                content_type: input.content_type,
-                content_encoding: input.content_encoding,
-                content_disposition: input.content_disposition,
-                content_language: input.content_language,
-                cache_control: input.cache_control,
-                expires: input.expires,
-                user: Headers::user_from(input.metadata),
-            }
+            headers_from!(input)
         } else {
             d.headers.clone()
         };

@@ -61,6 +61,24 @@ impl Headers {
     }
 }
 
+/// The headers to store from a request that sets them (PutObject,
+/// CopyObject with REPLACE, CreateMultipartUpload: their inputs share the
+/// field names).
+macro_rules! headers_from {
+    ($input:expr) => {
+        $crate::objmeta::Headers {
+            content_type: $input.content_type,
+            content_encoding: $input.content_encoding,
+            content_disposition: $input.content_disposition,
+            content_language: $input.content_language,
+            cache_control: $input.cache_control,
+            expires: $input.expires,
+            user: $crate::objmeta::Headers::user_from($input.metadata),
+        }
+    };
+}
+pub(crate) use headers_from;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObjectMeta {
     /// Without quotes: hex MD5, or hex MD5-of-MD5s `-N` for multipart.

@@ -11,6 +11,7 @@ use sha2::Sha256;
 
 const REGION: &str = "us-east-1";
 
+#[derive(Clone)]
 pub struct Request {
     pub method: String,
     pub host: String,
@@ -124,7 +125,7 @@ impl Request {
         let canonical = format!(
             "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{payload}",
             self.method,
-            self.path,
+            canonical_path(&self.path),
             self.canonical_query()
         );
         let scope = format!("{date}/{REGION}/s3/aws4_request");
@@ -171,6 +172,39 @@ impl Request {
             .with_context(|| format!("no status in {head:?}"))?;
         Ok((status, body.to_owned()))
     }
+}
+
+/// A path as SigV4 signs it: decoded, then every byte but the unreserved
+/// ones and '/' percent-encoded in upper case (so `%2e` signs as `.`).
+fn canonical_path(path: &str) -> String {
+    let raw = path.as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                decoded.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    decoded
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -510,27 +510,11 @@ async fn s3_operations_against_a_real_gateway() -> anyhow::Result<()> {
 
 /// One request on a fresh connection to a presigned URL: (status, body).
 async fn raw_request(method: &str, uri: &str, body: &[u8]) -> anyhow::Result<(u16, String)> {
-    use tokio::io::AsyncReadExt;
-    use tokio::io::AsyncWriteExt;
     let rest = uri.strip_prefix("http://").context("http URL")?;
-    let (host, path) = rest.split_at(rest.find('/').context("path")?);
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("status")?;
-    Ok((status, body.to_owned()))
+    let (host, target) = rest.split_at(rest.find('/').context("path")?);
+    cairn_tests::sigv4::Request::new(method, host, target, body.to_vec())
+        .send()
+        .await
 }
 
 #[tokio::test]
@@ -934,7 +918,12 @@ async fn s3_keys_never_escape_their_bucket_and_if_none_match_has_one_winner() ->
         "/safe/a%00b",
     ] {
         let status = signed_put_status(&gw, path).await?;
-        assert!((400..500).contains(&status), "PUT {path} answered {status}");
+        // Refused as a bad request, not as a bad signature (which would
+        // prove nothing about the key rules).
+        assert!(
+            (400..500).contains(&status) && status != 403,
+            "PUT {path} answered {status}"
+        );
     }
     assert_eq!(get_bytes(&s3, "other", "secret").await?, b"do not touch");
     let (keys, _, _) = keys_v2(&s3, "safe", "", None, 1000).await?;
