@@ -28,6 +28,11 @@ if [ -n "${CAIRN_TEST_TOOLS:-}" ] && [ -z "${PJDFSTEST:-}" ]; then
   fi
 fi
 
+# boto3 (PyPI) for the S3 gateway's scripted client test (test.sh only).
+if [ -n "${CAIRN_TEST_TOOLS:-}" ] && ! python3 -c 'import boto3' 2>/dev/null; then
+  python3 -m pip install --quiet boto3
+fi
+
 # One build cache outside the clone, reused by every checkout and by CI.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/cairn-target}"
 if ! mkdir -p "$CARGO_TARGET_DIR" 2>/dev/null || [ ! -w "$CARGO_TARGET_DIR" ]; then
