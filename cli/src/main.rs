@@ -1,6 +1,7 @@
 //! The `cairn` binary: argument parsing only; every command calls into the crates.
 
 mod bench;
+mod bench_s3;
 mod daemons;
 mod fs;
 mod mount;
@@ -62,6 +63,8 @@ enum Command {
     Status,
     /// Big-file and small-file throughput through the client library.
     Bench(bench::BenchArgs),
+    /// S3 gateway throughput and ops/s beside the client library's.
+    BenchS3(bench_s3::S3BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -137,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Warmup(args) => mount::warmup(seeds, args).await,
             Command::Status => status::run(seeds).await,
             Command::Bench(args) => bench::run(seeds, args).await,
+            Command::BenchS3(args) => bench_s3::run(seeds, args).await,
         }
     })
 }

@@ -22,7 +22,13 @@ fn s3(gw: &S3Gateway) -> aws_sdk_s3::Client {
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(gw.endpoint())
         .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(&gw.access_key, &gw.secret_key, None, None, "test"))
+        .credentials_provider(Credentials::new(
+            &gw.access_key,
+            &gw.secret_key,
+            None,
+            None,
+            "test",
+        ))
         .force_path_style(true)
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
@@ -31,7 +37,11 @@ fn s3(gw: &S3Gateway) -> aws_sdk_s3::Client {
 
 async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> anyhow::Result<Vec<String>> {
     let out = s3.list_objects_v2().bucket(bucket).send().await?;
-    Ok(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect())
+    Ok(out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect())
 }
 
 #[tokio::test]
@@ -49,8 +59,15 @@ async fn s3_objects_are_files_and_files_are_objects() -> anyhow::Result<()> {
     let small = b"through the gateway".to_vec();
     let large = random_bytes(9 << 20, 3);
     for (key, data) in [("a/small.txt", &small), ("a/b/large.bin", &large)] {
-        s3.put_object().bucket("shared").key(key).body(ByteStream::from(data.clone())).send().await?;
-        let on_disk = tokio::fs::read(bucket.join(key)).await.with_context(|| key.to_owned())?;
+        s3.put_object()
+            .bucket("shared")
+            .key(key)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await?;
+        let on_disk = tokio::fs::read(bucket.join(key))
+            .await
+            .with_context(|| key.to_owned())?;
         assert!(on_disk == *data, "{key} differs on the mount");
     }
 
@@ -58,23 +75,56 @@ async fn s3_objects_are_files_and_files_are_objects() -> anyhow::Result<()> {
     std::fs::create_dir_all(bucket.join("fuse/dir"))?;
     std::fs::write(bucket.join("fuse/dir/file.txt"), b"written on the mount")?;
     std::fs::create_dir_all(bucket.join("fuse/empty"))?;
-    assert_eq!(keys(&s3, "shared").await?, ["a/b/large.bin", "a/small.txt", "fuse/dir/file.txt"]);
-    let got = s3.get_object().bucket("shared").key("fuse/dir/file.txt").send().await?;
-    assert_eq!(&got.body.collect().await?.into_bytes()[..], b"written on the mount");
+    assert_eq!(
+        keys(&s3, "shared").await?,
+        ["a/b/large.bin", "a/small.txt", "fuse/dir/file.txt"]
+    );
+    let got = s3
+        .get_object()
+        .bucket("shared")
+        .key("fuse/dir/file.txt")
+        .send()
+        .await?;
+    assert_eq!(
+        &got.body.collect().await?.into_bytes()[..],
+        b"written on the mount"
+    );
 
     // A file changed on the mount gets a fresh ETag (the stored MD5 is stale).
-    let before = s3.head_object().bucket("shared").key("a/small.txt").send().await?;
+    let before = s3
+        .head_object()
+        .bucket("shared")
+        .key("a/small.txt")
+        .send()
+        .await?;
     std::fs::write(bucket.join("a/small.txt"), b"changed")?;
-    let after = s3.head_object().bucket("shared").key("a/small.txt").send().await?;
+    let after = s3
+        .head_object()
+        .bucket("shared")
+        .key("a/small.txt")
+        .send()
+        .await?;
     assert_ne!(before.e_tag(), after.e_tag());
     assert_eq!(after.content_length(), Some(7));
 
     // Deletes on either side.
     std::fs::remove_file(bucket.join("fuse/dir/file.txt"))?;
-    let r = s3.get_object().bucket("shared").key("fuse/dir/file.txt").send().await;
+    let r = s3
+        .get_object()
+        .bucket("shared")
+        .key("fuse/dir/file.txt")
+        .send()
+        .await;
     assert!(r.is_err(), "a file removed on the mount is no object");
-    s3.delete_object().bucket("shared").key("a/b/large.bin").send().await?;
-    assert!(!bucket.join("a/b").exists(), "the emptied prefix is gone from the mount too");
+    s3.delete_object()
+        .bucket("shared")
+        .key("a/b/large.bin")
+        .send()
+        .await?;
+    assert!(
+        !bucket.join("a/b").exists(),
+        "the emptied prefix is gone from the mount too"
+    );
     assert!(bucket.join("a/small.txt").exists());
     Ok(())
 }
