@@ -293,3 +293,96 @@ async fn s3_refuses_every_unauthenticated_write_and_changes_nothing() -> anyhow:
     assert_eq!(snapshot(&s3, &cluster, &id).await?, before);
     Ok(())
 }
+
+#[tokio::test]
+async fn s3_request_limits_are_enforced() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let limits = "max_object_bytes = 1024\nmax_concurrent_requests = 1\nmax_header_bytes = 8192";
+    let gw = S3Gateway::start(&cluster, "s3", limits).await?;
+    let (host, key, secret) = (
+        gw.addr.as_str(),
+        gw.access_key.as_str(),
+        gw.secret_key.as_str(),
+    );
+    let (status, _) = Request::new("PUT", host, "/lim", Vec::new())
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert_eq!(status, 200);
+
+    // A body over the limit: by its Content-Length, before anything is stored.
+    let (status, body) = Request::new("PUT", host, "/lim/big", vec![7; 2048])
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("EntityTooLarge"), "{body}");
+    // Headers over the limit.
+    let huge = "x".repeat(10_000);
+    let (status, _) = Request::new("GET", host, "/lim", Vec::new())
+        .header("x-padding", &huge)
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert_eq!(status, 431);
+
+    // One request in flight (its body not yet sent) takes the only slot: the
+    // next is 503 SlowDown; once it finishes, requests are served again.
+    let held = Request::new("PUT", host, "/lim/slow", vec![1; 64]).signed(key, secret);
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let mut head = format!("PUT /lim/slow HTTP/1.1\r\nhost: {host}\r\n");
+    for (k, v) in &held.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("content-length: 64\r\n\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&[1; 32]).await?;
+    let metrics = gw.metrics_addr.clone();
+    cairn_tests::wait_for(
+        "the held request to be in flight",
+        Duration::from_secs(10),
+        || {
+            let metrics = metrics.clone();
+            async move {
+                let Ok((_, text)) = cairn_tests::http_get(&metrics, "/metrics").await else {
+                    return false;
+                };
+                cairn_tests::parse_metrics(&text)
+                    .ok()
+                    .and_then(|m| m.get("cairn_s3_requests_in_flight").copied())
+                    == Some(1.0)
+            }
+        },
+    )
+    .await?;
+    let (status, body) = Request::new("GET", host, "/lim", Vec::new())
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("SlowDown"), "{body}");
+    stream.write_all(&[1; 32]).await?;
+    let mut answer = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "connection closed");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    drop(stream);
+    let (status, body) = Request::new("GET", host, "/lim/slow", Vec::new())
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert_eq!((status, body.len()), (200, 64));
+    let (_, listing) = Request::new("GET", host, "/lim", Vec::new())
+        .signed(key, secret)
+        .send()
+        .await?;
+    assert!(!listing.contains("big"), "{listing}");
+    Ok(())
+}
