@@ -223,17 +223,8 @@ impl Store {
                 return Err(s3_error!(BadDigest));
             }
         }
-        let meta = ObjectMeta {
-            etag: hex(&w.md5),
-            size: w.attr.size,
-            mtime_ns: w.attr.mtime_ns,
-            headers: Headers::default(),
-        };
-        if let Err(e) = self.set_meta(w.attr.ino, &meta).await {
-            self.discard(w.parent, &w.temp).await;
-            return Err(e);
-        }
-        self.publish(&w, upload.dir, &part_name(number), false)
+        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, Headers::default());
+        self.publish(&w, &meta, upload.dir, &part_name(number), false)
             .await?;
         Ok((meta.etag, w.attr))
     }
@@ -389,18 +380,9 @@ impl Store {
                 return Err(s3_err(e));
             }
         };
-        let meta = ObjectMeta {
-            etag: etag.clone(),
-            size: attr.size,
-            mtime_ns: attr.mtime_ns,
-            headers: upload.record.headers.clone(),
-        };
-        if let Err(e) = self.set_meta(attr.ino, &meta).await {
-            self.discard(w.parent, &w.temp).await;
-            return Err(e);
-        }
+        let meta = ObjectMeta::new(etag.clone(), &attr, upload.record.headers.clone());
         let parent = self.make_dirs(dir.ino, &key.dirs).await?;
-        self.publish(&w, parent, name, exclusive).await?;
+        self.publish(&w, &meta, parent, name, exclusive).await?;
         self.remove_upload(&input.bucket, &input.upload_id, upload.dir)
             .await?;
         Ok(CompleteMultipartUploadOutput {

@@ -225,15 +225,21 @@ impl Store {
         Ok((attr, md5.finalize()))
     }
 
-    /// Moves a temporary file to `name` in `parent`, replacing what is there
-    /// unless `exclusive` (then an existing object is 412).
+    /// Stores `meta` on a temporary file and moves it to `name` in `parent`,
+    /// replacing what is there unless `exclusive` (then an existing object is
+    /// 412). On failure the temporary file is removed.
     pub async fn publish(
         &self,
         w: &Written,
+        meta: &ObjectMeta,
         parent: u64,
         name: &str,
         exclusive: bool,
     ) -> S3Result<()> {
+        if let Err(e) = self.set_meta(w.attr.ino, meta).await {
+            self.discard(w.parent, &w.temp).await;
+            return Err(e);
+        }
         let mode = if exclusive {
             pb::RenameMode::Noreplace
         } else {

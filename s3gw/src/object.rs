@@ -163,12 +163,7 @@ impl Store {
             }
             let ino = self.make_dirs(dir.ino, &key.dirs).await?;
             let attr = self.client.meta.getattr(ino).await.map_err(s3_err)?;
-            let meta = ObjectMeta {
-                etag: EMPTY_MD5.into(),
-                size: attr.size,
-                mtime_ns: attr.mtime_ns,
-                headers,
-            };
+            let meta = ObjectMeta::new(EMPTY_MD5.into(), &attr, headers);
             self.set_meta(ino, &meta).await?;
             return Ok(PutObjectOutput {
                 e_tag: Some(ETag::Strong(meta.etag)),
@@ -197,17 +192,8 @@ impl Store {
                 return Err(s3_error!(BadDigest));
             }
         }
-        let meta = ObjectMeta {
-            etag: hex(&w.md5),
-            size: w.attr.size,
-            mtime_ns: w.attr.mtime_ns,
-            headers,
-        };
-        if let Err(e) = self.set_meta(w.attr.ino, &meta).await {
-            self.discard(w.parent, &w.temp).await;
-            return Err(e);
-        }
-        self.publish(&w, w.parent, name, exclusive).await?;
+        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, headers);
+        self.publish(&w, &meta, w.parent, name, exclusive).await?;
         Ok(PutObjectOutput {
             e_tag: Some(ETag::Strong(meta.etag)),
             ..Default::default()
@@ -452,28 +438,14 @@ impl Store {
                     "copying an object onto itself needs the REPLACE metadata directive"
                 ));
             }
-            let meta = ObjectMeta {
-                etag: etag.clone(),
-                size: src.attr.size,
-                mtime_ns: src.attr.mtime_ns,
-                headers,
-            };
+            let meta = ObjectMeta::new(etag.clone(), &src.attr, headers);
             self.set_meta(src.attr.ino, &meta).await?;
             src.attr
         } else {
             let body = self.read_stream(src.attr, 0..d.size).await?;
             let w = self.write_temp(dir.ino, &key.dirs, body, false).await?;
-            let meta = ObjectMeta {
-                etag: etag.clone(),
-                size: w.attr.size,
-                mtime_ns: w.attr.mtime_ns,
-                headers,
-            };
-            if let Err(e) = self.set_meta(w.attr.ino, &meta).await {
-                self.discard(w.parent, &w.temp).await;
-                return Err(e);
-            }
-            self.publish(&w, w.parent, name, false).await?;
+            let meta = ObjectMeta::new(etag.clone(), &w.attr, headers);
+            self.publish(&w, &meta, w.parent, name, false).await?;
             w.attr
         };
         Ok(CopyObjectOutput {

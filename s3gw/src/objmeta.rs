@@ -90,6 +90,16 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
+    /// The record of the file `attr`, stamped with its size and mtime.
+    pub fn new(etag: String, attr: &pb::Attr, headers: Headers) -> ObjectMeta {
+        ObjectMeta {
+            etag,
+            size: attr.size,
+            mtime_ns: attr.mtime_ns,
+            headers,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("object metadata serializes")
     }

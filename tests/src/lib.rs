@@ -704,6 +704,29 @@ impl S3Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// An aws-sdk-s3 client of this gateway with its key (path-style, plain
+    /// HTTP).
+    pub fn sdk(&self) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::BehaviorVersion;
+        use aws_sdk_s3::config::Credentials;
+        use aws_sdk_s3::config::Region;
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .force_path_style(true)
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
     pub fn log_tail(&self) -> String {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
         let start = bytes.len().saturating_sub(4000);

@@ -7,9 +7,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_s3::config::BehaviorVersion;
-use aws_sdk_s3::config::Credentials;
-use aws_sdk_s3::config::Region;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedMultipartUpload;
@@ -26,22 +23,6 @@ use cairn_tests::S3Gateway;
 use cairn_tests::Spec;
 
 const READY: Duration = Duration::from_secs(60);
-
-fn client_for(gw: &S3Gateway, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(gw.endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
-fn s3(gw: &S3Gateway) -> aws_sdk_s3::Client {
-    client_for(gw, &gw.access_key, &gw.secret_key)
-}
 
 fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
@@ -139,7 +120,7 @@ async fn s3_operations_against_a_real_gateway() -> anyhow::Result<()> {
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     cluster.wait_ready(READY).await?;
     let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = s3(&gw);
+    let s3 = gw.sdk();
 
     // Buckets.
     s3.create_bucket().bucket("data").send().await?;
@@ -522,7 +503,7 @@ async fn s3_multipart_100_mib_parts_in_parallel_and_out_of_order() -> anyhow::Re
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     cluster.wait_ready(READY).await?;
     let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = s3(&gw);
+    let s3 = gw.sdk();
     s3.create_bucket().bucket("ckpt").send().await?;
 
     let part_size = 8 << 20;
@@ -791,7 +772,7 @@ async fn s3_lists_10000_keys_page_by_page_with_delimiters() -> anyhow::Result<()
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     cluster.wait_ready(READY).await?;
     let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = s3(&gw);
+    let s3 = gw.sdk();
     s3.create_bucket().bucket("dset").send().await?;
     // 10,000 keys in 10 directories of 1,000 (and a flat 'shard-N' sibling
     // file each, which sorts before the directory's keys), made through the
@@ -873,7 +854,7 @@ async fn s3_keys_never_escape_their_bucket_and_if_none_match_has_one_winner() ->
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     cluster.wait_ready(READY).await?;
     let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = s3(&gw);
+    let s3 = gw.sdk();
     s3.create_bucket().bucket("safe").send().await?;
     s3.create_bucket().bucket("other").send().await?;
     put(&s3, "other", "secret", b"do not touch").await?;

@@ -8,9 +8,6 @@
 use std::time::Duration;
 use std::time::SystemTime;
 
-use aws_sdk_s3::config::BehaviorVersion;
-use aws_sdk_s3::config::Credentials;
-use aws_sdk_s3::config::Region;
 use aws_sdk_s3::primitives::ByteStream;
 
 use cairn_tests::sigv4::sha256_hex;
@@ -68,21 +65,7 @@ async fn s3_refuses_every_unauthenticated_write_and_changes_nothing() -> anyhow:
     let cluster = Cluster::start(Spec::one_data_server()).await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let gw = S3Gateway::start(&cluster, "s3", "public_buckets = [\"pub\"]").await?;
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(gw.endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            &gw.access_key,
-            &gw.secret_key,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    let s3 = gw.sdk();
     for b in ["priv", "pub"] {
         s3.create_bucket().bucket(b).send().await?;
     }

@@ -6,9 +6,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_s3::config::BehaviorVersion;
-use aws_sdk_s3::config::Credentials;
-use aws_sdk_s3::config::Region;
 use aws_sdk_s3::primitives::ByteStream;
 
 use cairn_tests::random_bytes;
@@ -16,24 +13,6 @@ use cairn_tests::Cluster;
 use cairn_tests::Mount;
 use cairn_tests::S3Gateway;
 use cairn_tests::Spec;
-
-fn s3(gw: &S3Gateway) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(gw.endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            &gw.access_key,
-            &gw.secret_key,
-            None,
-            None,
-            "test",
-        ))
-        .force_path_style(true)
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
 
 async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> anyhow::Result<Vec<String>> {
     let out = s3.list_objects_v2().bucket(bucket).send().await?;
@@ -50,7 +29,7 @@ async fn s3_objects_are_files_and_files_are_objects() -> anyhow::Result<()> {
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let gw = S3Gateway::start(&cluster, "s3", "").await?;
     let mount = Mount::start(&cluster, "mnt").await?;
-    let s3 = s3(&gw);
+    let s3 = gw.sdk();
     s3.create_bucket().bucket("shared").send().await?;
     let bucket = mount.path.join("shared");
     assert!(bucket.is_dir(), "a bucket is a top-level directory");
