@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Do not start the S3 gateway.
     #[arg(long)]
     no_s3: bool,
+    /// The cold tier's directory, used unless a cold backend is set already
+    /// (default: <data-dir>/cold).
+    #[arg(long)]
+    cold_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -100,7 +104,16 @@ pub async fn metad(args: MetadArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     config.validate()?;
-    cairn_metad::run(config, shutdown_on_signal()).await?;
+    let shutdown = shutdown_on_signal();
+    let scheduler = tokio::spawn(crate::tier::scheduler(
+        vec![config.listen.clone()],
+        config.id,
+        shutdown.clone(),
+    ));
+    let served = cairn_metad::run(config, shutdown.clone()).await;
+    shutdown.cancel();
+    scheduler.await?;
+    served?;
     Ok(())
 }
 
@@ -142,6 +155,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     data.validate()?;
     let shutdown = shutdown_on_signal();
+    let meta_id = meta.id;
     let mut metad = tokio::spawn(cairn_metad::run(meta, shutdown.clone()));
     let mut datad = tokio::spawn(cairn_datad::run(data, shutdown.clone()));
     println!(
@@ -154,6 +168,25 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  data service:     {}", args.data_listen);
     println!("  try: cairn status; cairn fs put ./file /file; cairn fs ls /");
+    let cold_dir = args
+        .cold_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("cold"));
+    println!(
+        "  cold tier:        {} (unless a backend is set)",
+        cold_dir.display()
+    );
+    let seeds = vec![args.meta_listen.clone()];
+    tokio::spawn(async move {
+        if let Err(e) = crate::tier::default_backend(seeds, cold_dir).await {
+            tracing::error!("setting the default cold backend: {e:#}");
+        }
+    });
+    let scheduler = tokio::spawn(crate::tier::scheduler(
+        vec![args.meta_listen.clone()],
+        meta_id,
+        shutdown.clone(),
+    ));
     let s3 = if args.no_s3 {
         None
     } else {
@@ -224,6 +257,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if let Some(mounted) = session {
         crate::mount::unmount(mounted, false).await?;
     }
+    scheduler.await.context("tier scheduler task")?;
     if let Some(s3) = s3 {
         s3.await.context("S3 gateway task")??;
     }

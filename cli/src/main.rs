@@ -7,6 +7,7 @@ mod fs;
 mod mount;
 mod s3;
 mod status;
+mod tier;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,11 @@ enum Command {
     /// Nodes, shards and leaders, placement groups, capacity; exits 0 only when
     /// the cluster serves requests.
     Status,
+    /// Hot/cold tiering: the cold backend, policies, runs, status, restores.
+    Tier {
+        #[command(subcommand)]
+        command: tier::TierCommand,
+    },
     /// Big-file and small-file throughput through the client library.
     Bench(bench::BenchArgs),
     /// S3 gateway throughput and ops/s beside the client library's.
@@ -139,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cache { command } => mount::cache(command),
             Command::Warmup(args) => mount::warmup(seeds, args).await,
             Command::Status => status::run(seeds).await,
+            Command::Tier { command } => tier::run(seeds, command).await,
             Command::Bench(args) => bench::run(seeds, args).await,
             Command::BenchS3(args) => bench_s3::run(seeds, args).await,
         }

@@ -84,6 +84,7 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
         problems.push("no placement groups yet".into());
     }
     println!("capacity: {used} of {cap} bytes used");
+    tier_status(&client, &map).await;
     if let Err(e) = client.meta.getattr(ROOT_INO).await {
         problems.push(format!("root directory unavailable: {e}"));
     }
@@ -96,4 +97,52 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
         }
         bail!("cluster is not serving requests")
     }
+}
+
+/// The cold tier: backend, hot/cold bytes and cold-tier counters of every live
+/// data node, and the policy runs still to finish (the backlog).
+async fn tier_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
+    let config = match client.meta.get_tier().await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("cold tier: unknown ({e})");
+            return;
+        }
+    };
+    match &config.backend {
+        Some(b) => println!("cold tier: {}", b.url),
+        None => println!("cold tier: none"),
+    }
+    let (mut hot, mut cold, mut moved, mut fetched, mut failures) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for n in map.data_nodes.iter().filter(|n| n.alive) {
+        match client.data.stat(&n.addr).await {
+            Ok(s) => {
+                hot += s.used_bytes;
+                cold += s.cold_bytes;
+                moved += s.moved_to_cold;
+                fetched += s.fetched_from_cold;
+                failures += s.cold_failures;
+            }
+            Err(e) => println!("  data node {}: {e}", n.id),
+        }
+    }
+    println!(
+        "  hot {hot} bytes, cold {cold} bytes; since start: {moved} blocks moved to cold, \
+         {fetched} fetched back, {failures} failures"
+    );
+    let backlog: Vec<&str> = config
+        .runs
+        .iter()
+        .filter(|r| r.finished_ms == 0)
+        .map(|r| r.policy.as_str())
+        .collect();
+    println!(
+        "  policies: {}; unfinished runs: {}",
+        config.policies.len(),
+        if backlog.is_empty() {
+            "none".to_string()
+        } else {
+            backlog.join(", ")
+        }
+    );
 }

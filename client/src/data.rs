@@ -89,6 +89,44 @@ impl DataClient {
         })
     }
 
+    /// The replicas of a block's placement group, head first.
+    pub async fn replicas(&self, slice_id: u64, index: u32) -> Result<Vec<String>> {
+        Ok(self.chain(slice_id, index, false).await?.addrs)
+    }
+
+    /// Runs a tier operation on blocks of the datad at `addr`; answers each
+    /// block's state (with an error for those it failed on).
+    pub async fn tier_blocks(
+        &self,
+        addr: &str,
+        op: pb::TierOp,
+        blocks: &[(u64, u32)],
+    ) -> Result<Vec<pb::BlockTierInfo>> {
+        let request = pb::TierBlocksRequest {
+            op: op as i32,
+            blocks: blocks
+                .iter()
+                .map(|&(slice_id, index)| pb::BlockId { slice_id, index })
+                .collect(),
+        };
+        let reply = self
+            .grpc(addr)?
+            .tier_blocks(request)
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(reply.into_inner().blocks)
+    }
+
+    /// A datad's counters (space, blocks, cold tier).
+    pub async fn stat(&self, addr: &str) -> Result<pb::DataStatReply> {
+        let reply = self
+            .grpc(addr)?
+            .stat(pb::DataStatRequest {})
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(reply.into_inner())
+    }
+
     /// Stores one block on every replica of its chain.
     pub async fn put_block(&self, slice_id: u64, index: u32, data: Bytes) -> Result<()> {
         let crc = crc32c::crc32c(&data);

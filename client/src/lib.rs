@@ -6,6 +6,7 @@
 //! - `cache`: the local block cache (for a local NVMe disk);
 //! - `file`: chunk/slice/block layout, buffered parallel writes committed on
 //!   close, parallel reads with read-ahead;
+//! - `tier`: tier policy runs, restores and hot/cold usage;
 //! - `error`: the one error type front ends map from.
 
 pub mod cache;
@@ -13,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod file;
 pub mod meta;
+pub mod tier;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;

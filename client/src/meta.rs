@@ -243,6 +243,29 @@ impl MetaClient {
         Ok(map)
     }
 
+    /// The cluster's tiering state: cold backend, policies, latest runs.
+    pub async fn get_tier(&self) -> Result<pb::TierConfig> {
+        self.call(MAP_SHARD, |mut c| async move {
+            c.get_tier(pb::GetTierRequest {}).await
+        })
+        .await
+    }
+
+    /// Changes the tiering state (checked by metad).
+    pub async fn update_tier(&self, update: pb::update_tier_request::Update) -> Result<()> {
+        self.call(MAP_SHARD, |mut c| {
+            let update = update.clone();
+            async move {
+                c.update_tier(pb::UpdateTierRequest {
+                    update: Some(update),
+                })
+                .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
         validate_name(name).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
         let reply = self

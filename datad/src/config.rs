@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::error::DataError;
 
 /// Settings of one datad.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Node id of this datad in the cluster map; never 0.
@@ -34,6 +34,72 @@ pub struct Config {
     pub capacity_bytes: u64,
     /// Period of the heartbeat to metad, in milliseconds.
     pub heartbeat_ms: u64,
+    /// The cold tier (the backend itself is set cluster-wide in metad).
+    pub cold: ColdConfig,
+}
+
+/// How this node uses the cluster's cold backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ColdConfig {
+    /// S3 credentials; unset: the AWS environment (`AWS_ACCESS_KEY_ID`, …).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Longest one request to the backend may take, in milliseconds.
+    pub op_timeout_ms: u64,
+    /// How long a failing operation is retried before it fails, in milliseconds.
+    pub retry_deadline_ms: u64,
+    /// A read of a cold block also brings it back to local disk.
+    pub promote_on_read: bool,
+    /// Capacity pressure: past this fraction of capacity used, least recently
+    /// used unpinned blocks move to the cold tier until `low-water` (0: off).
+    pub high_water: f64,
+    pub low_water: f64,
+    /// How often capacity pressure is checked, in milliseconds.
+    pub pressure_check_ms: u64,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        ColdConfig {
+            access_key_id: None,
+            secret_access_key: None,
+            op_timeout_ms: 30_000,
+            retry_deadline_ms: 60_000,
+            promote_on_read: false,
+            high_water: 0.0,
+            low_water: 0.0,
+            pressure_check_ms: 10_000,
+        }
+    }
+}
+
+impl ColdConfig {
+    pub fn op_timeout(&self) -> Duration {
+        Duration::from_millis(self.op_timeout_ms)
+    }
+
+    pub fn retry_deadline(&self) -> Duration {
+        Duration::from_millis(self.retry_deadline_ms)
+    }
+
+    fn validate(&self) -> Result<(), DataError> {
+        let bad = |msg: &str| Err(DataError::Config(format!("cold.{msg}")));
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return bad("access-key-id and secret-access-key go together");
+        }
+        if self.op_timeout_ms == 0 || self.pressure_check_ms == 0 {
+            return bad("op-timeout-ms and pressure-check-ms must be at least 1");
+        }
+        let fraction = |f: f64| (0.0..=1.0).contains(&f);
+        if !fraction(self.high_water) || !fraction(self.low_water) {
+            return bad("high-water and low-water are fractions of capacity (0 to 1)");
+        }
+        if self.high_water > 0.0 && self.low_water >= self.high_water {
+            return bad("low-water must be below high-water");
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -46,6 +112,7 @@ impl Default for Config {
             meta: vec!["127.0.0.1:7000".to_string()],
             capacity_bytes: 0,
             heartbeat_ms: 1000,
+            cold: ColdConfig::default(),
         }
     }
 }
@@ -95,7 +162,7 @@ impl Config {
         if self.heartbeat_ms == 0 {
             return bad("heartbeat-ms must be at least 1".into());
         }
-        Ok(())
+        self.cold.validate()
     }
 
     /// The address given to others: `advertise`, or `listen` when unset.
@@ -213,6 +280,17 @@ mod tests {
                     ..Config::default()
                 },
                 "data-dir",
+            ),
+            (
+                Config {
+                    cold: ColdConfig {
+                        high_water: 0.5,
+                        low_water: 0.6,
+                        ..ColdConfig::default()
+                    },
+                    ..Config::default()
+                },
+                "low-water",
             ),
         ];
         for (config, option) in cases {

@@ -19,6 +19,13 @@ pub enum DataError {
     /// The block is not stored here.
     #[error("block {0} not found")]
     NotFound(BlockId),
+    /// The block's only copy is in the cold tier (the store's answer to a read;
+    /// `crate::tier` fetches it).
+    #[error("block {0} is in the cold tier")]
+    InColdTier(BlockId),
+    /// A cold-tier operation failed.
+    #[error("{0}")]
+    Cold(#[from] crate::cold::ColdError),
     /// Data does not match its crc32c: on a put, the request is corrupt; on a get,
     /// the stored copy is.
     #[error("block {block}: crc32c mismatch (expected {expected:#010x}, got {actual:#010x})")]
@@ -83,6 +90,8 @@ impl DataError {
             | DataError::Invalid(_)
             | DataError::Config(_) => true,
             DataError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            DataError::Cold(e) => !matches!(e, crate::cold::ColdError::Transient(_)),
+            DataError::InColdTier(_) => false,
             DataError::Replica { code, .. } => {
                 matches!(code, Code::FailedPrecondition | Code::InvalidArgument)
             }
@@ -124,6 +133,10 @@ impl From<DataError> for Status {
                 errno_status(ENOSPC, message)
             }
             DataError::Io(_) => errno_status(EIO, message),
+            DataError::Cold(crate::cold::ColdError::Transient(_)) | DataError::InColdTier(_) => {
+                Status::unavailable(message)
+            }
+            DataError::Cold(_) => errno_status(EIO, message),
             DataError::StaleChain { .. } => Status::failed_precondition(message),
             // A downstream fencing rejection is the caller's problem too; anything
             // else means the chain is broken and the write may succeed later.

@@ -1,6 +1,7 @@
 //! The heartbeat to metad: every period, `Meta.RegisterDataNode` with this node's
 //! id, address, capacity, used bytes and block count. That call both registers
-//! the node in the cluster map and keeps it alive there.
+//! the node in the cluster map and keeps it alive there; the answer names the
+//! cluster's cold backend, which the node then uses.
 //!
 //! The metad that answered last (usually the cluster-map leader) is tried first,
 //! then the configured addresses in turn; a "not the leader" answer naming the
@@ -16,7 +17,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::store::BlockStore;
+use std::sync::Arc;
+
+use crate::tier::Tiering;
 use cairn_proto::channel::Channels;
 
 /// The heartbeat loop of one node.
@@ -25,7 +28,7 @@ pub struct Heartbeat {
     advertise: String,
     meta: Vec<String>,
     period: Duration,
-    store: BlockStore,
+    tiering: Arc<Tiering>,
     channels: Channels,
     /// The metad that took the last heartbeat.
     last_good: Option<String>,
@@ -38,7 +41,7 @@ impl Heartbeat {
         advertise: String,
         meta: Vec<String>,
         period: Duration,
-        store: BlockStore,
+        tiering: Arc<Tiering>,
     ) -> Heartbeat {
         // An RPC slower than a couple of periods is as good as lost.
         let timeout = (period * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
@@ -47,7 +50,7 @@ impl Heartbeat {
             advertise,
             meta,
             period,
-            store,
+            tiering,
             channels: Channels::with_timeouts(timeout, timeout),
             last_good: None,
         }
@@ -74,7 +77,7 @@ impl Heartbeat {
 
     /// Sends one heartbeat; returns the metad that took it, or every failure.
     pub async fn beat(&mut self) -> Result<String, String> {
-        let stats = self.store.stats();
+        let stats = self.tiering.store().stats();
         let request = pb::RegisterDataNodeRequest {
             id: self.id,
             addr: self.advertise.clone(),
@@ -126,7 +129,8 @@ impl Heartbeat {
             .channels
             .meta(addr)
             .map_err(|e| Status::invalid_argument(format!("bad metad address {addr}: {e}")))?;
-        client.register_data_node(request).await?;
+        let reply = client.register_data_node(request).await?.into_inner();
+        self.tiering.set_backend(reply.cold.as_ref());
         Ok(())
     }
 }

@@ -4,31 +4,37 @@
 //! read) as files on local disk with a RocksDB index ([`store`]), serves them over
 //! the gRPC `Data` service ([`service`]), replicates writes down a chain of datads
 //! with chain-version fencing ([`fence`]), and reports its capacity and usage to
-//! metad with a periodic heartbeat ([`heartbeat`]).
+//! metad with a periodic heartbeat ([`heartbeat`]), and moves blocks to and from
+//! the cluster's cold tier ([`tier`] over [`cold`]).
 //!
 //! [`run`] is the whole daemon; [`serve`] is the same on a listener the caller
 //! bound (tests use ephemeral ports).
 
+pub mod cold;
 pub mod config;
 pub mod error;
 pub mod fence;
 pub mod heartbeat;
 pub mod service;
 pub mod store;
+pub mod tier;
 
 pub use config::Config;
 pub use error::DataError;
 pub use service::DataService;
+use std::sync::Arc;
 pub use store::BlockId;
 pub use store::BlockStore;
 pub use store::StoreStats;
 pub use store::MAX_BLOCK_BYTES;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::heartbeat::Heartbeat;
+use crate::tier::Tiering;
 
 /// Runs a datad: validates `config`, binds `listen`, and serves until `shutdown`
 /// is cancelled (see [`serve`]).
@@ -58,7 +64,14 @@ pub async fn serve(
         .unwrap_or_else(|| local.to_string());
 
     let store = BlockStore::open(&config.data_dir, config.capacity_bytes).await?;
-    let service = DataService::new(config.id, store.clone()).await?;
+    let cold_stop = CancellationToken::new();
+    let tiering = Arc::new(Tiering::new(
+        store.clone(),
+        config.cold.clone(),
+        cold_stop.clone(),
+    ));
+    let pressure = tokio::spawn(Arc::clone(&tiering).pressure_loop(cold_stop.clone()));
+    let service = DataService::new(config.id, Arc::clone(&tiering)).await?;
     let incoming = TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| DataError::Transport(e.to_string()))?;
 
@@ -72,7 +85,7 @@ pub async fn serve(
             advertise.clone(),
             config.meta.clone(),
             config.heartbeat(),
-            store.clone(),
+            Arc::clone(&tiering),
         );
         Some(tokio::spawn(beat.run(heartbeat_stop.clone())))
     };
@@ -85,6 +98,11 @@ pub async fn serve(
         .await;
 
     heartbeat_stop.cancel();
+    cold_stop.cancel();
+    if let Err(e) = pressure.await {
+        tracing::error!(error = %e, "capacity-pressure task failed");
+    }
+    drop(tiering);
     if let Some(task) = heartbeat {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "heartbeat task failed");
@@ -428,7 +446,7 @@ mod tests {
             let _ = self.seen.send(request.get_ref().clone());
             match &self.leader {
                 Some(leader) => Err(not_leader_status(Some((2, leader)))),
-                None => Ok(Response::new(pb::RegisterDataNodeReply {})),
+                None => Ok(Response::new(pb::RegisterDataNodeReply { cold: None })),
             }
         }
         async fn lookup(
@@ -507,6 +525,18 @@ mod tests {
             &self,
             _: Request<pb::GetLockRequest>,
         ) -> Result<Response<pb::GetLockReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_tier(
+            &self,
+            _: Request<pb::GetTierRequest>,
+        ) -> Result<Response<pb::TierConfig>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn update_tier(
+            &self,
+            _: Request<pb::UpdateTierRequest>,
+        ) -> Result<Response<pb::UpdateTierReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
     }

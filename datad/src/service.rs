@@ -9,6 +9,7 @@
 //! A failed put may leave copies on some replicas; they are unreferenced and are
 //! collected by GC like any other orphan.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use crate::fence::ChainFence;
 use crate::store::BlockId;
 use crate::store::BlockStore;
 use crate::store::MAX_BLOCK_BYTES;
+use crate::tier::Tiering;
 use cairn_proto::channel::Channels;
 
 /// Longest chain after this node that a request may name.
@@ -39,17 +41,23 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct DataService {
     node_id: u64,
     store: BlockStore,
+    tiering: Arc<Tiering>,
     fence: ChainFence,
     peers: Arc<Channels>,
 }
 
+/// Most blocks one `TierBlocks` or `DeleteBlocks` request may name.
+const MAX_BLOCKS_PER_REQUEST: usize = 4096;
+
 impl DataService {
-    /// A service over `store`, loading its fencing table.
-    pub async fn new(node_id: u64, store: BlockStore) -> Result<DataService, DataError> {
+    /// A service over the store of `tiering`, loading its fencing table.
+    pub async fn new(node_id: u64, tiering: Arc<Tiering>) -> Result<DataService, DataError> {
+        let store = tiering.store().clone();
         let fence = ChainFence::load(store.clone()).await?;
         Ok(DataService {
             node_id,
             store,
+            tiering,
             fence,
             peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
         })
@@ -127,6 +135,16 @@ impl DataService {
     }
 }
 
+fn block_ids(blocks: Vec<pb::BlockId>) -> Result<Vec<BlockId>, DataError> {
+    if blocks.len() > MAX_BLOCKS_PER_REQUEST {
+        return Err(DataError::Invalid(format!(
+            "{} blocks in one request exceed {MAX_BLOCKS_PER_REQUEST}",
+            blocks.len()
+        )));
+    }
+    blocks.into_iter().map(|b| block_id(Some(b))).collect()
+}
+
 fn block_id(block: Option<pb::BlockId>) -> Result<BlockId, DataError> {
     let b = block.ok_or_else(|| DataError::Invalid("missing block id".into()))?;
     Ok(BlockId {
@@ -158,7 +176,7 @@ impl Data for DataService {
     ) -> Result<Response<pb::GetBlockReply>, Status> {
         let req = request.into_inner();
         let id = block_id(req.block)?;
-        let read = self.store.get(id, req.offset, req.len).await?;
+        let read = self.tiering.read(id, req.offset, req.len).await?;
         Ok(Response::new(pb::GetBlockReply {
             data: read.data,
             block_crc32c: read.block_crc32c,
@@ -169,13 +187,8 @@ impl Data for DataService {
         &self,
         request: Request<pb::DeleteBlocksRequest>,
     ) -> Result<Response<pb::DeleteBlocksReply>, Status> {
-        let ids = request
-            .into_inner()
-            .blocks
-            .into_iter()
-            .map(|b| block_id(Some(b)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let deleted = self.store.delete(ids).await?;
+        let ids = block_ids(request.into_inner().blocks)?;
+        let deleted = self.tiering.delete(ids).await?;
         Ok(Response::new(pb::DeleteBlocksReply {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
         }))
@@ -186,11 +199,36 @@ impl Data for DataService {
         _request: Request<pb::DataStatRequest>,
     ) -> Result<Response<pb::DataStatReply>, Status> {
         let stats = self.store.stats();
+        let counters = &self.tiering.counters;
         Ok(Response::new(pb::DataStatReply {
             id: self.node_id,
             capacity_bytes: stats.capacity_bytes,
             used_bytes: stats.used_bytes,
             blocks: stats.blocks,
+            cold_bytes: stats.cold_bytes,
+            cold_blocks: stats.cold_blocks,
+            cold_backend: self
+                .tiering
+                .backend()
+                .map(|b| b.spec().url.clone())
+                .unwrap_or_default(),
+            moved_to_cold: counters.moved_to_cold.load(Ordering::Relaxed),
+            fetched_from_cold: counters.fetched_from_cold.load(Ordering::Relaxed),
+            cold_failures: counters.failures.load(Ordering::Relaxed),
         }))
+    }
+
+    async fn tier_blocks(
+        &self,
+        request: Request<pb::TierBlocksRequest>,
+    ) -> Result<Response<pb::TierBlocksReply>, Status> {
+        let req = request.into_inner();
+        let op = pb::TierOp::try_from(req.op)
+            .ok()
+            .filter(|op| *op != pb::TierOp::Unspecified)
+            .ok_or_else(|| DataError::Invalid(format!("unknown tier operation {}", req.op)))?;
+        let ids = block_ids(req.blocks)?;
+        let blocks = self.tiering.apply(op, ids).await;
+        Ok(Response::new(pb::TierBlocksReply { blocks }))
     }
 }

@@ -5,7 +5,8 @@
 //! - `blocks/<xx>/<slice_id as 16 hex digits>-<index>`: one file per block, spread
 //!   over 256 directories `<xx>` by a hash of the block id;
 //! - `index/`: RocksDB; column family `blocks` maps the block id (big-endian
-//!   slice_id, then big-endian index) to (len, crc32c), both big-endian u32;
+//!   slice_id, then big-endian index) to (len, crc32c), both big-endian u32,
+//!   then a flags byte (tier, pinned) unless the block is hot and unpinned;
 //!   column family `chains` maps a placement group (big-endian u32) to the highest
 //!   chain version seen (big-endian u64), for fencing.
 //!
@@ -17,7 +18,12 @@
 //! - every read verifies the file's crc32c against the index, so a damaged file
 //!   is reported as [`DataError::ChecksumMismatch`], never returned;
 //! - on open, an index entry whose file is missing is dropped and a file without
-//!   an entry (an unfinished write) is removed.
+//!   an entry (an unfinished write) is removed;
+//! - a block's [`Tier`] says where its bytes are: `Hot` and `Staged` blocks have
+//!   their file (a `Staged` one may also have a cold copy), a `Cold` one has
+//!   none: its only copy is in the cold tier, which `crate::tier` manages. The
+//!   entry turns `Cold` before the file is removed, so a crash in between
+//!   leaves a file the next open removes.
 //!
 //! Disk and RocksDB work runs on tokio's blocking pool or on the commit thread,
 //! never on the async workers.
@@ -112,7 +118,7 @@ impl BlockId {
 
     /// The directory (0..=255) a block's file lives in. Mixing the slice id spreads
     /// consecutive slices; adding the index spreads the blocks of one slice.
-    fn dir(&self) -> u8 {
+    pub fn dir(&self) -> u8 {
         let h = self.slice_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((h >> 56) as u8).wrapping_add(self.index as u8)
     }
@@ -123,29 +129,80 @@ impl BlockId {
     }
 }
 
-/// What the index records of a stored block.
+/// Where a block's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct IndexEntry {
-    len: u32,
-    crc: u32,
+pub enum Tier {
+    /// Only the local file.
+    Hot,
+    /// The local file, and maybe a cold copy (being uploaded, or kept).
+    Staged,
+    /// Only the cold copy.
+    Cold,
 }
 
-impl IndexEntry {
-    fn encode(&self) -> [u8; 8] {
-        let mut v = [0u8; 8];
-        v[..4].copy_from_slice(&self.len.to_be_bytes());
-        v[4..].copy_from_slice(&self.crc.to_be_bytes());
+impl Tier {
+    /// Whether the block has its local file.
+    pub fn is_local(self) -> bool {
+        self != Tier::Cold
+    }
+}
+
+/// What the index records of a stored block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub len: u32,
+    pub crc: u32,
+    pub tier: Tier,
+    /// Capacity pressure never moves a pinned block.
+    pub pinned: bool,
+}
+
+impl BlockInfo {
+    fn hot(len: u32, crc: u32) -> BlockInfo {
+        BlockInfo {
+            len,
+            crc,
+            tier: Tier::Hot,
+            pinned: false,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9);
+        v.extend_from_slice(&self.len.to_be_bytes());
+        v.extend_from_slice(&self.crc.to_be_bytes());
+        let tier = match self.tier {
+            Tier::Hot => 0,
+            Tier::Staged => 1,
+            Tier::Cold => 2,
+        };
+        let flags = tier | if self.pinned { 4 } else { 0 };
+        if flags != 0 {
+            v.push(flags);
+        }
         v
     }
 
-    fn decode(id: BlockId, v: &[u8]) -> Result<IndexEntry, DataError> {
+    fn decode(id: BlockId, v: &[u8]) -> Result<BlockInfo, DataError> {
         let bad = || DataError::Db(format!("corrupt index entry for block {id}"));
-        if v.len() != 8 {
+        if v.len() != 8 && v.len() != 9 {
             return Err(bad());
         }
         let len = u32::from_be_bytes(v[..4].try_into().map_err(|_| bad())?);
-        let crc = u32::from_be_bytes(v[4..].try_into().map_err(|_| bad())?);
-        Ok(IndexEntry { len, crc })
+        let crc = u32::from_be_bytes(v[4..8].try_into().map_err(|_| bad())?);
+        let flags = v.get(8).copied().unwrap_or(0);
+        let tier = match flags & 3 {
+            0 => Tier::Hot,
+            1 => Tier::Staged,
+            2 => Tier::Cold,
+            _ => return Err(bad()),
+        };
+        Ok(BlockInfo {
+            len,
+            crc,
+            tier,
+            pinned: flags & 4 != 0,
+        })
     }
 }
 
@@ -153,8 +210,12 @@ impl IndexEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
     pub capacity_bytes: u64,
+    /// Bytes of blocks with a local file.
     pub used_bytes: u64,
+    /// Every indexed block, cold ones included.
     pub blocks: u64,
+    pub cold_bytes: u64,
+    pub cold_blocks: u64,
 }
 
 /// The verified bytes of a read.
@@ -182,6 +243,12 @@ struct Inner {
     enforce_capacity: bool,
     used: AtomicU64,
     count: AtomicU64,
+    cold_bytes: AtomicU64,
+    cold_count: AtomicU64,
+    /// Last read or write of each block since open (a logical clock), for
+    /// least-recently-used choices; blocks not touched since open count as oldest.
+    access: std::sync::Mutex<HashMap<BlockId, u64>>,
+    clock: AtomicU64,
     locks: Vec<Arc<Mutex<()>>>,
     committer: Committer,
 }
@@ -218,13 +285,73 @@ impl BlockStore {
     }
 
     /// Reads `len` bytes at `offset` of a block (`len` 0: to the end), after
-    /// verifying the whole block's crc32c.
+    /// verifying the whole block's crc32c. A cold block answers
+    /// [`DataError::InColdTier`].
     pub async fn get(&self, id: BlockId, offset: u32, len: u32) -> Result<BlockRead, DataError> {
         let inner = Arc::clone(&self.inner);
         spawn_blocking(move || inner.read(id, offset, len)).await?
     }
 
-    /// Deletes blocks; absent ones are skipped. Returns how many were deleted.
+    /// What the index records of a block; `None` when it is not stored here.
+    pub async fn info(&self, id: BlockId) -> Result<Option<BlockInfo>, DataError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.entry(id)).await?
+    }
+
+    /// Moves a block between tiers: `Staged` or `Hot` for a block with its file
+    /// (the file stays), `Cold` drops the file once the entry says so. A cold
+    /// block comes back only through [`BlockStore::restore`]. Answers the entry
+    /// as it now is.
+    pub async fn set_tier(&self, id: BlockId, tier: Tier) -> Result<BlockInfo, DataError> {
+        self.with_stripe(id, move |inner| inner.set_tier_blocking(id, tier))
+            .await
+    }
+
+    /// Writes a cold block's file back from `data` (verified against the entry's
+    /// crc32c); the block is `Staged`. A block with its file is left as it is.
+    pub async fn restore(&self, id: BlockId, data: Bytes) -> Result<BlockInfo, DataError> {
+        self.with_stripe(id, move |inner| inner.restore_blocking(id, &data))
+            .await
+    }
+
+    /// Sets or clears a block's pin.
+    pub async fn set_pinned(&self, id: BlockId, pinned: bool) -> Result<BlockInfo, DataError> {
+        self.with_stripe(id, move |inner| {
+            let mut entry = inner.entry(id)?.ok_or(DataError::NotFound(id))?;
+            if entry.pinned != pinned {
+                entry.pinned = pinned;
+                inner.commit_blocking(vec![IndexWrite::PutBlock(id, entry)])?;
+            }
+            Ok(entry)
+        })
+        .await
+    }
+
+    /// Up to `want` bytes of unpinned blocks with a local file, least recently
+    /// used first: what capacity pressure moves to the cold tier.
+    pub async fn coldest(&self, want: u64) -> Result<Vec<(BlockId, BlockInfo)>, DataError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.coldest_blocking(want)).await?
+    }
+
+    async fn with_stripe<T: Send + 'static>(
+        &self,
+        id: BlockId,
+        f: impl FnOnce(&Inner) -> Result<T, DataError> + Send + 'static,
+    ) -> Result<T, DataError> {
+        let guard = Arc::clone(&self.inner.locks[id.stripe()])
+            .lock_owned()
+            .await;
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || {
+            let _guard = guard;
+            f(&inner)
+        })
+        .await?
+    }
+
+    /// Deletes blocks (their files and entries, whatever their tier; cold copies
+    /// are the caller's); absent ones are skipped. Returns how many were deleted.
     pub async fn delete(&self, ids: Vec<BlockId>) -> Result<u64, DataError> {
         let mut ids = ids;
         ids.sort_unstable();
@@ -257,6 +384,8 @@ impl BlockStore {
             capacity_bytes: self.inner.capacity,
             used_bytes: self.inner.used.load(Ordering::Relaxed),
             blocks: self.inner.count.load(Ordering::Relaxed),
+            cold_bytes: self.inner.cold_bytes.load(Ordering::Relaxed),
+            cold_blocks: self.inner.cold_count.load(Ordering::Relaxed),
         }
     }
 
@@ -314,7 +443,7 @@ fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, Dat
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     let db = Db::open_cf(&opts, data_dir.join("index"), [CF_BLOCKS, CF_CHAINS])?;
-    let (used, count) = reconcile(&db, &blocks_dir)?;
+    let counts = reconcile(&db, &blocks_dir)?;
 
     let db = Arc::new(db);
     let committer = Committer::start(Arc::clone(&db))?;
@@ -328,8 +457,12 @@ fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, Dat
             db,
             capacity,
             enforce_capacity,
-            used: AtomicU64::new(used),
-            count: AtomicU64::new(count),
+            used: AtomicU64::new(counts.used),
+            count: AtomicU64::new(counts.blocks),
+            cold_bytes: AtomicU64::new(counts.cold_bytes),
+            cold_count: AtomicU64::new(counts.cold_blocks),
+            access: std::sync::Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(1),
             locks: (0..LOCK_STRIPES)
                 .map(|_| Arc::new(Mutex::new(())))
                 .collect(),
@@ -338,18 +471,33 @@ fn open_blocking(data_dir: &Path, capacity_bytes: u64) -> Result<BlockStore, Dat
     })
 }
 
-/// Makes the index and the files agree; returns (used bytes, block count).
-fn reconcile(db: &Db, blocks_dir: &Path) -> Result<(u64, u64), DataError> {
+/// What an open counted.
+struct Counts {
+    used: u64,
+    blocks: u64,
+    cold_bytes: u64,
+    cold_blocks: u64,
+}
+
+/// Makes the index and the files agree (a cold block has no file: one left by
+/// a crash is removed); returns the counts.
+fn reconcile(db: &Db, blocks_dir: &Path) -> Result<Counts, DataError> {
     let blocks = cf(db, CF_BLOCKS)?;
     let mut known = HashSet::new();
     let mut dropped = WriteBatch::default();
     let mut dropped_count = 0u64;
     let mut used = 0u64;
+    let (mut cold_bytes, mut cold_blocks) = (0u64, 0u64);
     for item in db.iterator_cf(blocks, IteratorMode::Start) {
         let (key, value) = item?;
         let id = BlockId::from_key(&key)
             .ok_or_else(|| DataError::Db(format!("corrupt index key {key:02x?}")))?;
-        let entry = IndexEntry::decode(id, &value)?;
+        let entry = BlockInfo::decode(id, &value)?;
+        if entry.tier == Tier::Cold {
+            cold_bytes += u64::from(entry.len);
+            cold_blocks += 1;
+            continue;
+        }
         match fs::metadata(block_path(blocks_dir, id)) {
             Ok(meta) => {
                 if meta.len() != u64::from(entry.len) {
@@ -403,15 +551,21 @@ fn reconcile(db: &Db, blocks_dir: &Path) -> Result<(u64, u64), DataError> {
             }
         }
     }
-    let count = known.len() as u64;
+    let count = known.len() as u64 + cold_blocks;
     tracing::info!(
         blocks = count,
         used_bytes = used,
+        cold_blocks,
         dropped_entries = dropped_count,
         removed_files = removed,
         "block store opened"
     );
-    Ok((used, count))
+    Ok(Counts {
+        used,
+        blocks: count,
+        cold_bytes,
+        cold_blocks,
+    })
 }
 
 /// What `write_file` did.
@@ -421,7 +575,7 @@ enum Written {
     /// The block's file was rewritten under its existing index entry.
     Repaired,
     /// A new file; its index entry still has to be committed.
-    New(IndexEntry),
+    New(BlockInfo),
 }
 
 impl Inner {
@@ -432,15 +586,122 @@ impl Inner {
             self.used.fetch_add(u64::from(entry.len), Ordering::Relaxed);
             self.count.fetch_add(1, Ordering::Relaxed);
         }
+        self.touch(id);
         Ok(())
     }
 
-    fn entry(&self, id: BlockId) -> Result<Option<IndexEntry>, DataError> {
+    fn touch(&self, id: BlockId) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut access) = self.access.lock() {
+            access.insert(id, now);
+        }
+    }
+
+    fn entry(&self, id: BlockId) -> Result<Option<BlockInfo>, DataError> {
         let blocks = cf(&self.db, CF_BLOCKS)?;
         match self.db.get_pinned_cf(blocks, id.key())? {
-            Some(v) => Ok(Some(IndexEntry::decode(id, &v)?)),
+            Some(v) => Ok(Some(BlockInfo::decode(id, &v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Called with the block's stripe held.
+    fn set_tier_blocking(&self, id: BlockId, tier: Tier) -> Result<BlockInfo, DataError> {
+        let mut entry = self.entry(id)?.ok_or(DataError::NotFound(id))?;
+        if entry.tier == tier {
+            return Ok(entry);
+        }
+        if !entry.tier.is_local() {
+            return Err(DataError::Invalid(format!(
+                "block {id} is cold: only a restore brings it back"
+            )));
+        }
+        entry.tier = tier;
+        self.commit_blocking(vec![IndexWrite::PutBlock(id, entry)])?;
+        if tier == Tier::Cold {
+            match fs::remove_file(block_path(&self.blocks_dir, id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // The next open removes it.
+                Err(e) => tracing::warn!(block = %id, error = %e, "removing block file failed"),
+            }
+            let len = u64::from(entry.len);
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.cold_bytes.fetch_add(len, Ordering::Relaxed);
+            self.cold_count.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut access) = self.access.lock() {
+                access.remove(&id);
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Called with the block's stripe held.
+    fn restore_blocking(&self, id: BlockId, data: &[u8]) -> Result<BlockInfo, DataError> {
+        let mut entry = self.entry(id)?.ok_or(DataError::NotFound(id))?;
+        if entry.tier.is_local() {
+            return Ok(entry);
+        }
+        let actual = crc32c::crc32c(data);
+        if actual != entry.crc || data.len() != entry.len as usize {
+            return Err(DataError::ChecksumMismatch {
+                block: id,
+                expected: entry.crc,
+                actual,
+            });
+        }
+        let len = u64::from(entry.len);
+        let used = self.used.load(Ordering::Relaxed);
+        if self.enforce_capacity && used.saturating_add(len) > self.capacity {
+            return Err(DataError::NoSpace(format!(
+                "{used} of {} bytes used, block needs {len}",
+                self.capacity
+            )));
+        }
+        let path = block_path(&self.blocks_dir, id);
+        let tmp = path.with_file_name(format!("{id}.tmp"));
+        let result = write_durably(&tmp, &path, data);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        entry.tier = Tier::Staged;
+        self.commit_blocking(vec![IndexWrite::PutBlock(id, entry)])?;
+        self.used.fetch_add(len, Ordering::Relaxed);
+        self.cold_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.cold_count.fetch_sub(1, Ordering::Relaxed);
+        self.touch(id);
+        Ok(entry)
+    }
+
+    fn coldest_blocking(&self, want: u64) -> Result<Vec<(BlockId, BlockInfo)>, DataError> {
+        let blocks = cf(&self.db, CF_BLOCKS)?;
+        let access = self
+            .access
+            .lock()
+            .map_err(|_| DataError::Internal("access map poisoned".into()))?
+            .clone();
+        let mut candidates = Vec::new();
+        for item in self.db.iterator_cf(blocks, IteratorMode::Start) {
+            let (key, value) = item?;
+            let id = BlockId::from_key(&key)
+                .ok_or_else(|| DataError::Db(format!("corrupt index key {key:02x?}")))?;
+            let entry = BlockInfo::decode(id, &value)?;
+            if entry.tier.is_local() && !entry.pinned {
+                candidates.push((access.get(&id).copied().unwrap_or(0), id, entry));
+            }
+        }
+        candidates.sort_unstable_by_key(|(at, id, _)| (*at, *id));
+        let mut picked = Vec::new();
+        let mut bytes = 0u64;
+        for (_, id, entry) in candidates {
+            if bytes >= want {
+                break;
+            }
+            bytes += u64::from(entry.len);
+            picked.push((id, entry));
+        }
+        Ok(picked)
     }
 
     /// Verifies and writes a block file durably.
@@ -457,10 +718,14 @@ impl Inner {
             len: data.len(),
             max: MAX_BLOCK_BYTES,
         })?;
-        let entry = IndexEntry { len, crc };
+        let entry = BlockInfo::hot(len, crc);
         let path = block_path(&self.blocks_dir, id);
         let outcome = match self.entry(id)? {
-            Some(existing) if existing != entry => return Err(DataError::Conflict(id)),
+            Some(existing) if (existing.len, existing.crc) != (len, crc) => {
+                return Err(DataError::Conflict(id))
+            }
+            // Stored, in the cold tier.
+            Some(existing) if !existing.tier.is_local() => return Ok(Written::Present),
             // A retried put (rare) checks the stored copy, so re-putting a block
             // also repairs a damaged or lost file.
             Some(_) => match fs::read(&path) {
@@ -491,6 +756,9 @@ impl Inner {
 
     fn read(&self, id: BlockId, offset: u32, len: u32) -> Result<BlockRead, DataError> {
         let entry = self.entry(id)?.ok_or(DataError::NotFound(id))?;
+        if !entry.tier.is_local() {
+            return Err(DataError::InColdTier(id));
+        }
         let start = offset as usize;
         let block_len = entry.len as usize;
         let end = if len == 0 {
@@ -520,6 +788,7 @@ impl Inner {
                 actual,
             });
         }
+        self.touch(id);
         Ok(BlockRead {
             data: Bytes::from(data).slice(start..end),
             block_crc32c: entry.crc,
@@ -543,13 +812,22 @@ impl Inner {
         }
         self.db.write(batch)?;
         for (id, entry) in &gone {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            if !entry.tier.is_local() {
+                self.cold_bytes
+                    .fetch_sub(u64::from(entry.len), Ordering::Relaxed);
+                self.cold_count.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
             match fs::remove_file(block_path(&self.blocks_dir, *id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(block = %id, error = %e, "removing block file failed"),
             }
             self.used.fetch_sub(u64::from(entry.len), Ordering::Relaxed);
-            self.count.fetch_sub(1, Ordering::Relaxed);
+            if let Ok(mut access) = self.access.lock() {
+                access.remove(id);
+            }
         }
         Ok(gone.len() as u64)
     }
@@ -620,7 +898,7 @@ fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), DataError> 
 }
 
 enum IndexWrite {
-    PutBlock(BlockId, IndexEntry),
+    PutBlock(BlockId, BlockInfo),
     PutChain(u32, u64),
 }
 
@@ -757,7 +1035,9 @@ mod tests {
             StoreStats {
                 capacity_bytes: disk_size(dir.path()).unwrap(),
                 used_bytes: MAX_BLOCK_BYTES as u64,
-                blocks: 1
+                blocks: 1,
+                cold_bytes: 0,
+                cold_blocks: 0,
             }
         );
     }
@@ -865,7 +1145,9 @@ mod tests {
             StoreStats {
                 capacity_bytes: disk_size(dir.path()).unwrap(),
                 used_bytes: 101 + 103,
-                blocks: 2
+                blocks: 2,
+                cold_bytes: 0,
+                cold_blocks: 0,
             }
         );
         assert_eq!(store.delete(vec![id(11, 0)]).await.unwrap(), 0);
@@ -952,5 +1234,82 @@ mod tests {
         // Re-putting a stored block needs no space.
         store.put(id(1, 0), a, a_crc).await.unwrap();
         assert_eq!(store.stats().capacity_bytes, 1500);
+    }
+
+    #[tokio::test]
+    async fn tiers_move_files_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, a_crc) = block(9, 5000);
+        let (b, b_crc) = block(10, 6000);
+        {
+            let store = BlockStore::open(dir.path(), 0).await.unwrap();
+            store.put(id(30, 0), a.clone(), a_crc).await.unwrap();
+            store.put(id(30, 1), b.clone(), b_crc).await.unwrap();
+            assert_eq!(
+                store.info(id(30, 0)).await.unwrap().unwrap().tier,
+                Tier::Hot
+            );
+            store.set_tier(id(30, 0), Tier::Staged).await.unwrap();
+            let info = store.set_tier(id(30, 0), Tier::Cold).await.unwrap();
+            assert_eq!((info.tier, info.len, info.crc), (Tier::Cold, 5000, a_crc));
+            assert!(!store.block_path(id(30, 0)).exists());
+            assert!(matches!(
+                store.get(id(30, 0), 0, 0).await,
+                Err(DataError::InColdTier(_))
+            ));
+            // Only a restore brings a cold block back.
+            assert!(matches!(
+                store.set_tier(id(30, 0), Tier::Hot).await,
+                Err(DataError::Invalid(_))
+            ));
+            // Re-putting a cold block needs nothing.
+            store.put(id(30, 0), a.clone(), a_crc).await.unwrap();
+            assert!(!store.block_path(id(30, 0)).exists());
+            let stats = store.stats();
+            assert_eq!((stats.used_bytes, stats.blocks), (6000, 2));
+            assert_eq!((stats.cold_bytes, stats.cold_blocks), (5000, 1));
+            // A crash between the entry turning cold and the unlink leaves a file.
+            fs::write(store.block_path(id(30, 0)), &a).unwrap();
+        }
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        assert!(!store.block_path(id(30, 0)).exists());
+        assert_eq!(store.stats().cold_blocks, 1);
+        assert_eq!(store.stats().blocks, 2);
+        assert!(matches!(
+            store.restore(id(30, 0), b.clone()).await,
+            Err(DataError::ChecksumMismatch { .. })
+        ));
+        let info = store.restore(id(30, 0), a.clone()).await.unwrap();
+        assert_eq!(info.tier, Tier::Staged);
+        assert_eq!(store.get(id(30, 0), 0, 0).await.unwrap().data, a);
+        assert_eq!(store.stats().used_bytes, 11000);
+        assert_eq!(store.stats().cold_blocks, 0);
+        // Deleting a cold block drops its entry.
+        store.set_tier(id(30, 1), Tier::Cold).await.unwrap();
+        assert_eq!(store.delete(vec![id(30, 1)]).await.unwrap(), 1);
+        assert_eq!(store.stats().cold_bytes, 0);
+        assert_eq!(store.info(id(30, 1)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn coldest_is_least_recently_used_and_skips_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(dir.path(), 0).await.unwrap();
+        for i in 0..4 {
+            let (data, crc) = block(i as u8, 1000);
+            store.put(id(40, i), data, crc).await.unwrap();
+        }
+        store.get(id(40, 0), 0, 0).await.unwrap();
+        store.set_pinned(id(40, 1), true).await.unwrap();
+        let order: Vec<BlockId> = store
+            .coldest(u64::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect();
+        assert_eq!(order, vec![id(40, 2), id(40, 3), id(40, 0)]);
+        assert_eq!(store.coldest(1500).await.unwrap().len(), 2);
+        assert!(store.info(id(40, 1)).await.unwrap().unwrap().pinned);
     }
 }

@@ -12,7 +12,8 @@
 //! and client sessions, `r<client><seq><step>` remembered
 //! replies, `q<slice>` slices waiting for block deletion, `m…` applied state,
 //! `n…` counters, `k<ino>` an inode's file locks and `K<client><ino>` their
-//! index by client, `N<id>` data nodes and `G<id>` placement groups (shard 0).
+//! index by client, `N<id>` data nodes and `G<id>` placement groups (shard 0),
+//! `T…` tiering: cold backend, policies and runs (shard 0).
 //!
 //! A [`Txn`] stages writes over the DB so one command sees its own writes, and
 //! turns into one atomic `WriteBatch`.

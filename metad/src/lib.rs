@@ -31,6 +31,7 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod store;
+pub mod tier;
 pub mod txn;
 pub mod types;
 

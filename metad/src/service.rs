@@ -36,8 +36,11 @@ use crate::locks::LockRequest;
 use crate::locks::LockType;
 use crate::node::now_ns;
 use crate::node::MetaNode;
+use crate::tier;
+use crate::tier::TierCommand;
 use crate::types::Command;
 use crate::types::Request;
+use prost::Message;
 
 /// Most entries one ReadDir answers.
 const READDIR_MAX: u32 = 10_000;
@@ -376,6 +379,39 @@ pub struct MetaService {
 
 type GrpcResult<T> = Result<GrpcResponse<T>, Status>;
 
+impl MetaService {
+    /// Refuses to switch to another cold backend while data nodes hold cold
+    /// blocks: their only copies are in the current one.
+    async fn check_backend_change(&self, next: &pb::ColdBackend) -> Result<(), MetaError> {
+        let current = self
+            .node
+            .read(MAP_SHARD, |txn| Ok(tier::config(txn)?.backend))
+            .await?;
+        if current.as_ref().is_none_or(|c| c.url == next.url) {
+            return Ok(());
+        }
+        let map = self.node.cluster_map_local().await?;
+        for data_node in map.data_nodes.iter().filter(|n| n.alive) {
+            let stat = self
+                .node
+                .channels
+                .data(&data_node.addr)
+                .map_err(|e| MetaError::Peer(e.to_string()))?
+                .stat(pb::DataStatRequest {})
+                .await
+                .map_err(|s| MetaError::Peer(format!("{}: {}", data_node.addr, s.message())))?
+                .into_inner();
+            if stat.cold_blocks > 0 {
+                return Err(MetaError::Invalid(format!(
+                    "data node {} holds {} cold blocks in the current backend; restore them first",
+                    data_node.id, stat.cold_blocks
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl pb::meta_server::Meta for MetaService {
     async fn lookup(&self, req: GrpcRequest<pb::LookupRequest>) -> GrpcResult<pb::AttrReply> {
@@ -610,7 +646,61 @@ impl pb::meta_server::Meta for MetaService {
                 },
             )
             .await?;
-        Ok(GrpcResponse::new(pb::RegisterDataNodeReply {}))
+        let cold = self
+            .node
+            .read(MAP_SHARD, |txn| Ok(tier::config(txn)?.backend))
+            .await?;
+        Ok(GrpcResponse::new(pb::RegisterDataNodeReply { cold }))
+    }
+
+    async fn get_tier(&self, _req: GrpcRequest<pb::GetTierRequest>) -> GrpcResult<pb::TierConfig> {
+        let config = self.node.read(MAP_SHARD, tier::config).await?;
+        Ok(GrpcResponse::new(config))
+    }
+
+    async fn update_tier(
+        &self,
+        req: GrpcRequest<pb::UpdateTierRequest>,
+    ) -> GrpcResult<pb::UpdateTierReply> {
+        use pb::update_tier_request::Update;
+        let update = req
+            .into_inner()
+            .update
+            .ok_or_else(|| MetaError::Invalid("UpdateTier without an update".into()))?;
+        let cmd = match update {
+            Update::SetBackend(backend) => {
+                cairn_proto::tier::validate_backend(&backend).map_err(MetaError::Invalid)?;
+                self.check_backend_change(&backend).await?;
+                TierCommand::SetBackend(backend.encode_to_vec())
+            }
+            Update::PutPolicy(policy) => {
+                cairn_proto::tier::validate(&policy).map_err(MetaError::Invalid)?;
+                TierCommand::PutPolicy {
+                    name: policy.name.clone(),
+                    policy: policy.encode_to_vec(),
+                }
+            }
+            Update::DeletePolicy(name) => TierCommand::DeletePolicy(name),
+            Update::PutRun(run) => {
+                if run.cursor.len() > PATH_MAX || run.last_error.len() > 4096 {
+                    return Err(MetaError::Invalid("tier run record too large".into()).into());
+                }
+                TierCommand::PutRun {
+                    name: run.policy.clone(),
+                    run: run.encode_to_vec(),
+                }
+            }
+        };
+        self.node
+            .propose_local(
+                MAP_SHARD,
+                Request {
+                    key: None,
+                    cmd: Command::Tier(cmd),
+                },
+            )
+            .await?;
+        Ok(GrpcResponse::new(pb::UpdateTierReply {}))
     }
 
     async fn renew_session(

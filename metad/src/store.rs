@@ -286,6 +286,7 @@ impl StateMachine {
             Command::Map(cmd) => crate::cluster::apply(txn, cmd),
             Command::Txn(cmd) => crate::txn::apply(txn, cmd),
             Command::Lock(cmd) => crate::locks::apply(txn, cmd),
+            Command::Tier(cmd) => crate::tier::apply(txn, cmd),
         };
         let resp = match result {
             Ok(reply) => Response(Ok(reply)),

@@ -13,6 +13,7 @@ use crate::cluster::MapCommand;
 use crate::fs::FsCommand;
 use crate::fs::Reply;
 use crate::locks::LockCommand;
+use crate::tier::TierCommand;
 use crate::txn::TxnCommand;
 
 openraft::declare_raft_types!(
@@ -49,6 +50,7 @@ pub enum Command {
     Map(MapCommand),
     Txn(TxnCommand),
     Lock(LockCommand),
+    Tier(TierCommand),
 }
 
 /// The result of applying a request: a reply or an errno. Blank and membership

@@ -1,6 +1,7 @@
 //! Cairn's wire protocol: the generated protobuf/gRPC code (`pb`), the identifiers
 //! every process agrees on (`ids`), validated names (`name`) and the one encoding of
-//! errors in a gRPC status (`status`), and the one retry helper (`retry`). Nothing else in Cairn builds raw generated
+//! errors in a gRPC status (`status`), the one retry helper (`retry`), and what
+//! a tier policy selects (`tier`). Nothing else in Cairn builds raw generated
 //! types by hand without going through the checks here. It is also the base
 //! every process shares for operations: the `/metrics` and `/health` endpoint
 //! (`metrics`).
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod name;
 pub mod retry;
 pub mod status;
+pub mod tier;
 
 /// Generated protobuf and tonic code.
 #[allow(clippy::all, missing_docs)]

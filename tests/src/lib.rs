@@ -7,6 +7,7 @@
 //! killed with SIGKILL and restarted on the same data; every process is killed by
 //! PID when the cluster is dropped. Waits poll conditions; none sleeps blindly.
 
+pub mod cold;
 pub mod sigv4;
 
 use std::future::Future;
@@ -156,6 +157,10 @@ pub struct Spec {
     pub data_replication: u32,
     pub placement_groups: u32,
     pub block_size: u32,
+    /// Each datad's capacity.
+    pub capacity_bytes: u64,
+    /// Appended to each datad's TOML config (its `[cold]` section, say).
+    pub datad_toml: &'static str,
 }
 
 impl Spec {
@@ -180,6 +185,8 @@ impl Default for Spec {
             data_replication: 3,
             placement_groups: 32,
             block_size: 4 << 20,
+            capacity_bytes: 64 << 30,
+            datad_toml: "",
         }
     }
 }
@@ -248,10 +255,11 @@ impl Cluster {
                 &config,
                 format!(
                     "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nmeta = [{}]\n\
-                     heartbeat-ms = 200\ncapacity-bytes = {}\n",
+                     heartbeat-ms = 200\ncapacity-bytes = {}\n{}\n",
                     cluster.dir.path().join(format!("datad{id}")).display(),
                     meta_list.join(", "),
-                    64u64 << 30,
+                    spec.capacity_bytes,
+                    spec.datad_toml,
                 ),
             )?;
             cluster.datas.push(Daemon {
@@ -707,24 +715,7 @@ impl S3Gateway {
     /// An aws-sdk-s3 client of this gateway with its key (path-style, plain
     /// HTTP).
     pub fn sdk(&self) -> aws_sdk_s3::Client {
-        use aws_sdk_s3::config::BehaviorVersion;
-        use aws_sdk_s3::config::Credentials;
-        use aws_sdk_s3::config::Region;
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(self.endpoint())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new(
-                &self.access_key,
-                &self.secret_key,
-                None,
-                None,
-                "test",
-            ))
-            .force_path_style(true)
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        sdk_client(&self.endpoint(), &self.access_key, &self.secret_key)
     }
 
     pub fn log_tail(&self) -> String {
@@ -732,6 +723,22 @@ impl S3Gateway {
         let start = bytes.len().saturating_sub(4000);
         String::from_utf8_lossy(&bytes[start..]).into_owned()
     }
+}
+
+/// An aws-sdk-s3 client of `endpoint` with a key pair (path-style, plain HTTP).
+pub fn sdk_client(endpoint: &str, access_key: &str, secret_key: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::BehaviorVersion;
+    use aws_sdk_s3::config::Credentials;
+    use aws_sdk_s3::config::Region;
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(access_key, secret_key, None, None, "test"))
+        .force_path_style(true)
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
 }
 
 impl Drop for S3Gateway {
