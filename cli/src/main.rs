@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_s3;
+mod bench_tier;
 mod daemons;
 mod fs;
 mod mount;
@@ -71,6 +72,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// S3 gateway throughput and ops/s beside the client library's.
     BenchS3(bench_s3::S3BenchArgs),
+    /// Move-to-cold and read-from-cold MB/s beside the cold backend's raw rates.
+    BenchTier(bench_tier::TierBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -148,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Tier { command } => tier::run(seeds, command).await,
             Command::Bench(args) => bench::run(seeds, args).await,
             Command::BenchS3(args) => bench_s3::run(seeds, args).await,
+            Command::BenchTier(args) => bench_tier::run(seeds, args).await,
         }
     })
 }

@@ -238,7 +238,10 @@ async fn tree_goes_cold_reads_back_restores_expires_and_is_collected() {
     check(&cluster, &cold, &files).await;
 
     let status = ok(cairn(&cluster, &["status"]));
-    assert!(status.contains(&format!("cold tier: s3://{BUCKET}/{PREFIX}")), "{status}");
+    assert!(
+        status.contains(&format!("cold tier: s3://{BUCKET}/{PREFIX}")),
+        "{status}"
+    );
     assert!(status.contains("16 blocks moved to cold"), "{status}");
     let status = ok(cairn(&cluster, &["tier", "status", "/ckpt"]));
     let cold_bytes = (3 * MIB + 17 + MIB + 2 * MIB + 5).to_string();
