@@ -271,17 +271,8 @@ impl BlockStore {
                 max: MAX_BLOCK_BYTES,
             });
         }
-        // The guard moves into the blocking task: if the caller goes away, the write
-        // still finishes (file and index entry) before another put of the block starts.
-        let guard = Arc::clone(&self.inner.locks[id.stripe()])
-            .lock_owned()
-            .await;
-        let inner = Arc::clone(&self.inner);
-        spawn_blocking(move || {
-            let _guard = guard;
-            inner.put_blocking(id, &data, crc)
-        })
-        .await?
+        self.with_stripe(id, move |inner| inner.put_blocking(id, &data, crc))
+            .await
     }
 
     /// Reads `len` bytes at `offset` of a block (`len` 0: to the end), after
@@ -334,6 +325,9 @@ impl BlockStore {
         spawn_blocking(move || inner.coldest_blocking(want)).await?
     }
 
+    /// Runs `f` on the blocking pool with the block's stripe held. The guard
+    /// moves into the blocking task: if the caller goes away, the work still
+    /// finishes (file and index entry) before other work on the block starts.
     async fn with_stripe<T: Send + 'static>(
         &self,
         id: BlockId,

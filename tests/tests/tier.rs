@@ -49,6 +49,30 @@ fn cairn(cluster: &Cluster, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Starts `cairn tier run POLICY` in the background and waits until it has
+/// uploaded `objects` objects.
+async fn run_until_uploaded(
+    cluster: &Cluster,
+    cold: &ColdS3,
+    policy: &str,
+    objects: usize,
+) -> std::process::Child {
+    let run = std::process::Command::new(cairn_tests::cairn_bin().unwrap())
+        .args(["tier", "run", policy])
+        .env("CAIRN_META", cluster.meta_addrs().join(","))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the run to upload", Duration::from_secs(60), || async {
+        cold.keys().await.is_ok_and(|k| k.len() >= objects)
+    })
+    .await
+    .unwrap();
+    run
+}
+
 fn ok(out: Output) -> String {
     let text = format!(
         "{}{}",
@@ -378,21 +402,7 @@ async fn faults_stop_a_run_without_loss_and_it_resumes() {
     }
 
     // The server dies mid-run.
-    let mut run = std::process::Command::new(cairn_tests::cairn_bin().unwrap())
-        .args(["tier", "run", "ckpt"])
-        .env("CAIRN_META", cluster.meta_addrs().join(","))
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the run to upload something",
-        Duration::from_secs(60),
-        || async { cold.keys().await.map(|k| k.len() >= 3).unwrap_or(false) },
-    )
-    .await
-    .unwrap();
+    let mut run = run_until_uploaded(&cluster, &cold, "ckpt", 3).await;
     cold.kill();
     let status = run.wait().unwrap();
     assert!(
@@ -458,21 +468,7 @@ async fn datad_killed_mid_move_keeps_every_block_readable() {
             "1",
         ],
     ));
-    let mut run = std::process::Command::new(cairn_tests::cairn_bin().unwrap())
-        .args(["tier", "run", "m"])
-        .env("CAIRN_META", cluster.meta_addrs().join(","))
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the run to upload something",
-        Duration::from_secs(60),
-        || async { cold.keys().await.map(|k| k.len() >= 2).unwrap_or(false) },
-    )
-    .await
-    .unwrap();
+    let mut run = run_until_uploaded(&cluster, &cold, "m", 2).await;
     cluster.datas[0].kill();
     let _ = run.wait();
     cluster.restart(Role::Data, 0).unwrap();
