@@ -32,12 +32,22 @@ pub enum TierCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// Run a policy now (resuming its unfinished run).
+    /// Run a policy now (resuming its unfinished run), or with --classes the
+    /// directories' storage classes.
     Run {
-        name: String,
+        #[arg(required_unless_present = "classes")]
+        name: Option<String>,
         /// Only count the files and bytes that would move.
         #[arg(long)]
         dry_run: bool,
+        #[arg(long, conflicts_with = "name")]
+        classes: bool,
+    },
+    /// A directory's storage class (`cold-after=7d`), which every file below
+    /// it has, new ones included.
+    Class {
+        #[command(subcommand)]
+        command: ClassCommand,
     },
     /// Hot bytes, cold bytes and pending moves below a path; the latest runs.
     Status {
@@ -46,6 +56,12 @@ pub enum TierCommand {
     },
     /// Bring everything below a path back to the hot tier.
     Restore { path: String },
+}
+
+#[derive(Subcommand)]
+pub enum ClassCommand {
+    Set { path: String, class: String },
+    Clear { path: String },
 }
 
 #[derive(Subcommand)]
@@ -119,20 +135,7 @@ pub enum PolicyCommand {
     Remove { name: String },
 }
 
-/// Parses `7d`, `12h`, `30m`, `45s` or plain seconds into seconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'd')) => (&s[..i], 86_400),
-        Some((i, 'h')) => (&s[..i], 3_600),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 's')) => (&s[..i], 1),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("duration too large: {s}"))
-}
+use cairn_proto::tier::parse_duration;
 
 fn duration(secs: u64) -> String {
     match secs {
@@ -262,13 +265,36 @@ pub async fn run(seeds: Vec<String>, command: TierCommand) -> anyhow::Result<()>
                 client.meta.update_tier(Update::DeletePolicy(name)).await?;
             }
         },
-        TierCommand::Run { name, dry_run } => {
+        TierCommand::Class { command } => match command {
+            ClassCommand::Set { path, class } => {
+                cairn_proto::tier::parse_class(&class).map_err(anyhow::Error::msg)?;
+                let dir = client.meta.resolve(&path).await?;
+                let name = cairn_proto::tier::CLASS_XATTR.as_bytes();
+                client
+                    .meta
+                    .setxattr(dir.ino, name, class.as_bytes(), 0)
+                    .await?;
+            }
+            ClassCommand::Clear { path } => {
+                let dir = client.meta.resolve(&path).await?;
+                let name = cairn_proto::tier::CLASS_XATTR.as_bytes();
+                client.meta.removexattr(dir.ino, name).await?;
+            }
+        },
+        TierCommand::Run {
+            name,
+            dry_run,
+            classes,
+        } => {
             let bar = bar(if dry_run { "counting" } else { "running" });
             let options = RunOptions {
                 dry_run,
                 on_progress: Some(show(&bar, if dry_run { "would act on" } else { "done" })),
             };
-            let result = client.run_policy(&name, options).await;
+            let (result, name) = match name {
+                Some(name) if !classes => (client.run_policy(&name, options).await, name),
+                _ => (client.run_classes(options).await, "classes".to_string()),
+            };
             bar.finish_and_clear();
             let p = result?;
             if dry_run {
@@ -324,12 +350,17 @@ pub async fn run(seeds: Vec<String>, command: TierCommand) -> anyhow::Result<()>
 
 /// How often the scheduler looks for due policies.
 const SCHEDULER_TICK: Duration = Duration::from_secs(1);
+/// How often it applies the directories' storage classes (a walk of the
+/// whole namespace).
+const CLASSES_EVERY: Duration = Duration::from_secs(3600);
 
-/// Runs due policies while this metad (`node_id`) leads shard 0, until `stop`.
+/// Runs due policies, and hourly the storage classes, while this metad
+/// (`node_id`) leads shard 0, until `stop`.
 /// A policy is due `every` after its last run finished; an unfinished run is
 /// resumed after `every` or a minute, whichever is shorter.
 pub async fn scheduler(seeds: Vec<String>, node_id: u64, stop: CancellationToken) {
     let client = Client::new(seeds);
+    let mut classes_run: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -351,6 +382,20 @@ pub async fn scheduler(seeds: Vec<String>, node_id: u64, stop: CancellationToken
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        if classes_run.is_none_or(|at| at.elapsed() >= CLASSES_EVERY) {
+            let options = RunOptions {
+                dry_run: false,
+                on_progress: None,
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = client.run_classes(options) => match r {
+                    Ok(p) => tracing::info!(files = p.files, bytes = p.bytes, "storage classes applied"),
+                    Err(e) => tracing::warn!(error = %e, "applying storage classes stopped"),
+                },
+            }
+            classes_run = Some(std::time::Instant::now());
+        }
         for policy in config.policies.iter().filter(|p| p.every_secs > 0) {
             let every_ms = (policy.every_secs * 1000) as i64;
             let due = match config.runs.iter().find(|r| r.policy == policy.name) {
@@ -410,13 +455,6 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
-        assert_eq!(parse_duration("12h"), Ok(12 * 3_600));
-        assert_eq!(parse_duration("30m"), Ok(1_800));
-        assert_eq!(parse_duration("45s"), Ok(45));
-        assert_eq!(parse_duration("0"), Ok(0));
-        assert!(parse_duration("7w").is_err());
-        assert!(parse_duration("").is_err());
         assert_eq!(duration(7 * 86_400), "7d");
         assert_eq!(duration(90), "90s");
     }

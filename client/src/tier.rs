@@ -92,12 +92,30 @@ fn walk_key(path: &str) -> Vec<&[u8]> {
 struct Found {
     path: String,
     attr: pb::Attr,
+    /// Its storage class (cold after this many seconds), when the walk
+    /// looked at classes and one applies.
+    cold_after: Option<u64>,
 }
 
 impl Client {
+    /// A directory's own storage class, if it has a valid one.
+    async fn class_of(&self, ino: u64) -> Result<Option<u64>> {
+        match self
+            .meta
+            .getxattr(ino, cairn_proto::tier::CLASS_XATTR.as_bytes())
+            .await
+        {
+            Ok(v) => Ok(cairn_proto::tier::parse_class(&String::from_utf8_lossy(&v)).ok()),
+            Err(ClientError::Fs { errno, .. }) if errno == cairn_proto::status::ENODATA => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every regular file below `root` after `after` (walk order), as the
-    /// walk finds them. Cairn's internal `/.cairn` tree is skipped.
-    async fn walk(&self, root: &str, after: &str) -> Result<Vec<Found>> {
+    /// walk finds them; with `classes`, each with the storage class of its
+    /// nearest directory that has one (from `root` down). Cairn's internal
+    /// `/.cairn` tree is skipped.
+    async fn walk_classes(&self, root: &str, after: &str, classes: bool) -> Result<Vec<Found>> {
         let root_attr = match self.meta.resolve(root).await {
             Ok(a) => a,
             Err(ClientError::Fs { errno, .. }) if errno == cairn_proto::status::ENOENT => {
@@ -112,13 +130,20 @@ impl Client {
                 found.push(Found {
                     path: root.to_string(),
                     attr: root_attr,
+                    cold_after: None,
                 });
             }
             return Ok(found);
         }
-        // Depth first, names sorted: a stack of directories still to list.
-        let mut stack = vec![(root.trim_end_matches('/').to_string(), root_attr.ino)];
-        while let Some((dir, ino)) = stack.pop() {
+        // Depth first, names sorted: a stack of directories still to list,
+        // each with the class it inherits.
+        let mut stack = vec![(root.trim_end_matches('/').to_string(), root_attr.ino, None)];
+        while let Some((dir, ino, inherited)) = stack.pop() {
+            let class = if classes {
+                self.class_of(ino).await?.or(inherited)
+            } else {
+                None
+            };
             let mut entries = self.meta.readdir_with_attrs(ino).await?;
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             let mut subdirs = Vec::new();
@@ -134,7 +159,7 @@ impl Client {
                 if e.kind == pb::FileKind::Directory as i32 {
                     // Skip directories wholly before the cursor.
                     if key > after_key || after_key.starts_with(&key) {
-                        subdirs.push((path, e.ino));
+                        subdirs.push((path, e.ino, class));
                     }
                     continue;
                 }
@@ -145,7 +170,11 @@ impl Client {
                     Some(a) => a,
                     None => self.meta.getattr(e.ino).await?,
                 };
-                found.push(Found { path, attr });
+                found.push(Found {
+                    path,
+                    attr,
+                    cold_after: class,
+                });
             }
             // Visited in name order once popped.
             stack.extend(subdirs.into_iter().rev());
@@ -154,6 +183,54 @@ impl Client {
         // order interleaves them by name.
         found.sort_by(|a, b| walk_key(&a.path).cmp(&walk_key(&b.path)));
         Ok(found)
+    }
+
+    async fn walk(&self, root: &str, after: &str) -> Result<Vec<Found>> {
+        self.walk_classes(root, after, false).await
+    }
+
+    /// Applies the directories' storage classes: every file old enough (by
+    /// mtime) for its class goes to the cold tier, unless a pin-hot policy
+    /// keeps it. Whole namespace, from the start; files already cold cost a
+    /// status check each.
+    pub async fn run_classes(&self, options: RunOptions) -> Result<Progress> {
+        let config = self.meta.get_tier().await?;
+        if config.backend.is_none() && !options.dry_run {
+            return Err(ClientError::Invalid(
+                "no cold backend: set one with `cairn tier backend set`".into(),
+            ));
+        }
+        let now = now_ns();
+        let mut progress = Progress::default();
+        for file in self.walk_classes("/", "", true).await? {
+            let Some(cold_after) = file.cold_after else {
+                continue;
+            };
+            let facts = facts(&file);
+            let class = pb::TierPolicy {
+                name: "class".into(),
+                path: "/**".into(),
+                min_age_secs: cold_after,
+                action: pb::TierAction::ToCold as i32,
+                ..Default::default()
+            };
+            if !cairn_proto::tier::selects(&class, &facts, now)
+                || cairn_proto::tier::pinned_by(&config.policies, &class, &facts, now).is_some()
+            {
+                continue;
+            }
+            progress.bytes += if options.dry_run {
+                file.attr.size
+            } else {
+                self.file_to_cold(file.attr.ino).await?
+            };
+            progress.files += 1;
+            progress.cursor = file.path;
+            if let Some(f) = &options.on_progress {
+                f(&progress);
+            }
+        }
+        Ok(progress)
     }
 
     /// The blocks of a file grouped by replica chain.

@@ -9,6 +9,37 @@
 
 use crate::pb;
 
+/// The extended attribute holding a directory's storage class, which every
+/// file below it (new children included) has unless a nearer directory sets
+/// its own: `cold-after=<duration>` (`7d`, `12h`, `30m`, `45s`, seconds).
+pub const CLASS_XATTR: &str = "user.cairn.class";
+
+/// Parses `7d`, `12h`, `30m`, `45s` or plain seconds into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'd')) => (&s[..i], 86_400),
+        Some((i, 'h')) => (&s[..i], 3_600),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 's')) => (&s[..i], 1),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("duration too large: {s}"))
+}
+
+/// The age (seconds, by mtime) after which a storage class moves a file to
+/// the cold tier.
+pub fn parse_class(value: &str) -> Result<u64, String> {
+    match value.trim().strip_prefix("cold-after=") {
+        Some(d) => parse_duration(d),
+        None => Err(format!(
+            "storage class {value:?}: expected cold-after=<duration>"
+        )),
+    }
+}
+
 /// Longest policy name and glob.
 const MAX_NAME: usize = 64;
 const MAX_GLOB: usize = 4096;
@@ -275,6 +306,20 @@ mod tests {
         }
         // A pin is never kept off by anything.
         assert!(pinned_by(&policies, &policies[1], &pinned, now).is_none());
+    }
+
+    #[test]
+    fn durations_and_classes() {
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_duration("12h"), Ok(12 * 3_600));
+        assert_eq!(parse_duration("30m"), Ok(1_800));
+        assert_eq!(parse_duration("45s"), Ok(45));
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_class("cold-after=7d"), Ok(7 * 86_400));
+        assert!(parse_class("hot").is_err());
+        assert!(parse_class("cold-after=soon").is_err());
     }
 
     #[test]

@@ -574,3 +574,70 @@ async fn scheduler_runs_due_policies_and_pressure_moves_lru_blocks() {
     files.push(("/s/x".into(), random_bytes(MIB, 60)));
     check(&cluster, &cold, &files).await;
 }
+
+/// Sets a file's mtime `days` days back.
+async fn age(client: &Arc<Client>, path: &str, days: i64) {
+    let attr = client.meta.resolve(path).await.unwrap();
+    let mtime = attr.mtime_ns - days * 86_400 * 1_000_000_000;
+    client
+        .meta
+        .setattr(
+            attr.ino,
+            pb::SetAttr {
+                mtime_ns: Some(mtime),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn storage_classes_reach_new_children_and_nearer_ones_win() {
+    let cold = ColdS3::start().await.unwrap();
+    let cluster = Cluster::start(spec()).await.unwrap();
+    let client = cluster.client();
+    use_backend(&cluster, &cold).await;
+    mkdirs(&client, "/c").await;
+    mkdirs(&client, "/other").await;
+    ok(cairn(
+        &cluster,
+        &["tier", "class", "set", "/c", "cold-after=7d"],
+    ));
+    let bad = cairn(&cluster, &["tier", "class", "set", "/c", "cold"]);
+    assert!(!bad.status.success());
+    // Children made after the class was set have it; a nearer class wins.
+    mkdirs(&client, "/c/new").await;
+    mkdirs(&client, "/c/slow").await;
+    ok(cairn(
+        &cluster,
+        &["tier", "class", "set", "/c/slow", "cold-after=30d"],
+    ));
+    let mut files = Vec::new();
+    for (path, days) in [
+        ("/c/new/old", 8),
+        ("/c/new/young", 1),
+        ("/c/slow/old", 8),
+        ("/other/old", 8),
+    ] {
+        let data = random_bytes(MIB + 3, days as u64 + path.len() as u64);
+        write_file(&client, path, &data).await.unwrap();
+        age(&client, path, days).await;
+        files.push((path.to_string(), data));
+    }
+    let dry = ok(cairn(&cluster, &["tier", "run", "--classes", "--dry-run"]));
+    assert!(dry.contains("would act on 1 files"), "{dry}");
+    let out = ok(cairn(&cluster, &["tier", "run", "--classes"]));
+    assert!(out.contains("done, 1 files"), "{out}");
+    assert!(all(
+        &tiers(&client, "/c/new/old").await,
+        pb::BlockTier::Cold
+    ));
+    for path in ["/c/new/young", "/c/slow/old", "/other/old"] {
+        assert!(
+            all(&tiers(&client, path).await, pb::BlockTier::Hot),
+            "{path}"
+        );
+    }
+    check(&cluster, &cold, &files).await;
+}
