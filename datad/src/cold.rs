@@ -18,7 +18,6 @@ use bytes::Bytes;
 use cairn_proto::pb;
 use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
-use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -259,8 +258,10 @@ impl ColdStore {
         }
     }
 
-    /// Every block key under this backend's prefix (GC checks and tests).
-    pub async fn list_blocks(&self) -> Result<Vec<String>, ColdError> {
+    /// Every block key under this backend's prefix.
+    #[cfg(test)]
+    pub(crate) async fn list_blocks(&self) -> Result<Vec<String>, ColdError> {
+        use futures::StreamExt;
         let prefix = ObjectPath::from_iter(
             self.prefix
                 .parts()

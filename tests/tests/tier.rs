@@ -102,6 +102,26 @@ async fn mkdirs(client: &Arc<Client>, path: &str) {
     }
 }
 
+/// Writes `count` files `dir/f<i>` of `size` bytes (plus `i` KB, so they
+/// differ) under a new `dir`; answers their paths and contents.
+async fn write_files(
+    client: &Arc<Client>,
+    dir: &str,
+    count: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<(String, Vec<u8>)> {
+    mkdirs(client, dir).await;
+    let mut files = Vec::new();
+    for i in 0..count {
+        let path = format!("{dir}/f{i}");
+        let data = random_bytes(size + i * 1000, seed + i as u64);
+        write_file(client, &path, &data).await.unwrap();
+        files.push((path, data));
+    }
+    files
+}
+
 /// Sets the backend to the test server and waits until every datad uses it.
 async fn use_backend(cluster: &Cluster, cold: &ColdS3) {
     ok(cairn(
@@ -289,19 +309,7 @@ async fn tree_goes_cold_reads_back_restores_expires_and_is_collected() {
 
     // Expire: files older than a day under run-2 are deleted, and GC removes
     // their cold objects.
-    let c = client.meta.resolve("/ckpt/run-2/c").await.unwrap();
-    let two_days_ago = c.mtime_ns - 2 * 86_400 * 1_000_000_000;
-    client
-        .meta
-        .setattr(
-            c.ino,
-            pb::SetAttr {
-                mtime_ns: Some(two_days_ago),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    age(&client, "/ckpt/run-2/c", 2).await;
     ok(cairn(
         &cluster,
         &[
@@ -362,14 +370,7 @@ async fn faults_stop_a_run_without_loss_and_it_resumes() {
     let cluster = Cluster::start(spec()).await.unwrap();
     let client = cluster.client();
     use_backend(&cluster, &cold).await;
-    mkdirs(&client, "/ckpt").await;
-    let mut files = Vec::new();
-    for i in 0..8 {
-        let path = format!("/ckpt/f{i}");
-        let data = random_bytes(2 * MIB + i * 1000, 10 + i as u64);
-        write_file(&client, &path, &data).await.unwrap();
-        files.push((path, data));
-    }
+    let files = write_files(&client, "/ckpt", 8, 2 * MIB, 10).await;
     // 2 MB/s: the 16 MiB take ~8 s, long enough to kill the server mid-run.
     ok(cairn(
         &cluster,
@@ -441,14 +442,7 @@ async fn datad_killed_mid_move_keeps_every_block_readable() {
     let mut cluster = Cluster::start(spec()).await.unwrap();
     let client = cluster.client();
     use_backend(&cluster, &cold).await;
-    mkdirs(&client, "/m").await;
-    let mut files = Vec::new();
-    for i in 0..6 {
-        let path = format!("/m/f{i}");
-        let data = random_bytes(2 * MIB, 30 + i as u64);
-        write_file(&client, &path, &data).await.unwrap();
-        files.push((path, data));
-    }
+    let files = write_files(&client, "/m", 6, 2 * MIB, 30).await;
     ok(cairn(
         &cluster,
         &[
@@ -473,10 +467,19 @@ async fn datad_killed_mid_move_keeps_every_block_readable() {
     let _ = run.wait();
     cluster.restart(Role::Data, 0).unwrap();
     cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    // A restart quicker than the liveness timeout leaves the node "alive"
+    // throughout: wait until it serves again.
+    let restarted = cluster.datas[0].addr.clone();
+    wait_for(
+        "the restarted datad to serve",
+        Duration::from_secs(60),
+        || async { client.data.stat(&restarted).await.is_ok() },
+    )
+    .await
+    .unwrap();
     // Every block the restarted datad holds is hot, or cold with its object;
     // every block has a copy somewhere; everything reads back.
     let objects = cold.keys().await.unwrap();
-    let restarted = cluster.datas[0].addr.clone();
     for (path, _) in &files {
         for (block, replicas) in tiers(&client, path).await {
             assert!(
@@ -517,14 +520,7 @@ async fn scheduler_runs_due_policies_and_pressure_moves_lru_blocks() {
     let cluster = Cluster::start(spec).await.unwrap();
     let client = cluster.client();
     use_backend(&cluster, &cold).await;
-    mkdirs(&client, "/p").await;
-    let mut files = Vec::new();
-    for i in 0..5 {
-        let path = format!("/p/f{i}");
-        let data = random_bytes(MIB, 50 + i as u64);
-        write_file(&client, &path, &data).await.unwrap();
-        files.push((path, data));
-    }
+    let mut files = write_files(&client, "/p", 5, MIB, 50).await;
     // 5 MiB of 8 passes the high-water mark (4 MiB): LRU blocks go cold
     // until at most 2 MiB stay local.
     let addr = cluster.datas[0].addr.clone();
