@@ -19,6 +19,7 @@ pub mod tier;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_proto::channel::Channels;
 use cairn_proto::pb;
@@ -60,7 +61,9 @@ impl Client {
 
     /// A client with a local block cache.
     pub fn with_options(meta: MetaClient, cache: Option<cache::BlockCache>) -> Arc<Self> {
-        let channels = Channels::default();
+        // A block transfer that takes longer than this is given up and tried
+        // on another replica (a data server hung without closing its socket).
+        let channels = Channels::with_timeouts(Duration::from_secs(1), Duration::from_secs(30));
         let meta = Arc::new(meta);
         Arc::new(Client {
             data: data::DataClient::new(meta.clone(), channels, cache),

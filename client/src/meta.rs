@@ -94,6 +94,9 @@ impl Drop for MetaClient {
     }
 }
 
+/// The longest one metadata request attempt waits for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl MetaClient {
     /// A client of the cluster reachable through any of `seeds` (metad addresses).
     pub fn new(seeds: Vec<String>, channels: Channels) -> Self {
@@ -160,6 +163,13 @@ impl MetaClient {
         candidates[attempt as usize % candidates.len()].clone()
     }
 
+    fn forget_leader(&self, shard: ShardId) {
+        self.leaders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard);
+    }
+
     fn note_error(&self, shard: ShardId, status: &tonic::Status) -> ClientError {
         let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         match decode(status) {
@@ -197,7 +207,18 @@ impl MetaClient {
             let client = self.grpc(&addr);
             let f = &f;
             async move {
-                match f(client?).await {
+                // A leader that hangs without closing its socket must not hold
+                // the call: the attempt gives up and the next one asks another
+                // node (mutations are exactly-once, so a retry is safe).
+                let answered = tokio::time::timeout(ATTEMPT_TIMEOUT, f(client?))
+                    .await
+                    .map_err(|_| {
+                        self.forget_leader(shard);
+                        ClientError::Unavailable(format!(
+                            "{addr}: no answer within {ATTEMPT_TIMEOUT:?}"
+                        ))
+                    })?;
+                match answered {
                     Ok(r) => Ok(r.into_inner()),
                     Err(s) => {
                         let e = self.note_error(shard, &s);

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::MetaError;
 use crate::fs::Reply;
-use crate::kv::key;
+use crate::keys;
 use crate::kv::Txn;
 
 /// Default time without a heartbeat after which a data node leaves the chains.
@@ -55,22 +55,12 @@ pub enum MapCommand {
     AllocSliceIds { count: u32 },
 }
 
-const LAYOUT_KEY: &[u8] = b"mlayout";
-const NEXT_SLICE_KEY: &[u8] = b"nslice";
-
-fn node_key(id: u64) -> Vec<u8> {
-    key(b'N', &[&id.to_be_bytes()])
-}
-fn group_key(id: u32) -> Vec<u8> {
-    key(b'G', &[&id.to_be_bytes()])
-}
-
 pub fn layout(txn: &Txn) -> Result<Option<Layout>, MetaError> {
-    txn.get_as(LAYOUT_KEY)
+    txn.get_as(keys::LAYOUT)
 }
 
 pub fn data_nodes(txn: &Txn) -> Result<Vec<DataNode>, MetaError> {
-    txn.scan(b"N", b"", usize::MAX)?
+    txn.scan(&[keys::DATA_NODE], b"", usize::MAX)?
         .into_iter()
         .map(|(_, v)| crate::kv::decode(&v))
         .collect()
@@ -78,7 +68,7 @@ pub fn data_nodes(txn: &Txn) -> Result<Vec<DataNode>, MetaError> {
 
 pub fn groups(txn: &Txn) -> Result<Vec<(u32, Group)>, MetaError> {
     let mut out = Vec::new();
-    for (k, v) in txn.scan(b"G", b"", usize::MAX)? {
+    for (k, v) in txn.scan(&[keys::GROUP], b"", usize::MAX)? {
         let id = u32::from_be_bytes(
             k[1..5]
                 .try_into()
@@ -101,12 +91,12 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
     match cmd {
         MapCommand::Init(layout) => {
             if self::layout(txn)?.is_none() {
-                txn.put_as(LAYOUT_KEY.to_vec(), layout)?;
+                txn.put_as(keys::LAYOUT.to_vec(), layout)?;
             }
             Ok(Reply::None)
         }
         MapCommand::Heartbeat { node, now_ms } => {
-            let known: Option<DataNode> = txn.get_as(&node_key(node.id))?;
+            let known: Option<DataNode> = txn.get_as(&keys::data_node(node.id))?;
             let dead_after = dead_after(txn)?;
             let rebuild = match &known {
                 None => true,
@@ -114,7 +104,7 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
             };
             let mut node = node.clone();
             node.last_heartbeat_ms = *now_ms;
-            txn.put_as(node_key(node.id), &node)?;
+            txn.put_as(keys::data_node(node.id), &node)?;
             if rebuild {
                 rebuild_chains(txn, *now_ms)?;
             }
@@ -125,8 +115,8 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
             Ok(Reply::None)
         }
         MapCommand::AllocSliceIds { count } => {
-            let first: u64 = txn.get_as(NEXT_SLICE_KEY)?.unwrap_or(1);
-            txn.put_as(NEXT_SLICE_KEY.to_vec(), &(first + u64::from(*count)))?;
+            let first: u64 = txn.get_as(keys::NEXT_SLICE)?.unwrap_or(1);
+            txn.put_as(keys::NEXT_SLICE.to_vec(), &(first + u64::from(*count)))?;
             Ok(Reply::SliceIds {
                 first,
                 count: *count,
@@ -158,7 +148,7 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         let preferred: Vec<u64> = (0..live.len())
             .map(|k| live[(start + k) % live.len()])
             .collect();
-        let old: Option<Group> = txn.get_as(&group_key(g))?;
+        let old: Option<Group> = txn.get_as(&keys::group(g))?;
         // Members stay members while alive (their blocks stay reachable); only
         // missing replicas are filled, in preferred order.
         let mut members: Vec<u64> = old
@@ -183,7 +173,7 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         chain.sort_by_key(|id| preferred.iter().position(|p| p == id));
         if old.as_ref().map(|o| &o.chain) != Some(&chain) {
             let version = old.map(|o| o.version + 1).unwrap_or(1);
-            txn.put_as(group_key(g), &Group { chain, version })?;
+            txn.put_as(keys::group(g), &Group { chain, version })?;
         }
     }
     Ok(())

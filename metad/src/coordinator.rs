@@ -182,6 +182,9 @@ fn touch(ino: u64, now: i64) -> FsCommand {
     }
 }
 
+/// Step number of the one command that applies a transaction whose actions
+/// all landed on one shard.
+const BATCH_STEP: u8 = 11;
 /// Step number under which a transaction's commit decision is remembered.
 const DECIDE_STEP: u8 = 40;
 
@@ -287,6 +290,9 @@ impl MetaNode {
                 Ok(Reply::Attr { ino, inode })
             }
             Op::Unlink { parent, name } => {
+                if let Some(reply) = self.replay(home, &step).await? {
+                    return Ok(reply);
+                }
                 let entry = self.read_entry(parent, &name).await?;
                 let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
                 if entry.kind == Kind::Dir {
@@ -312,6 +318,9 @@ impl MetaNode {
                 Ok(Reply::None)
             }
             Op::Rmdir { parent, name } => {
+                if let Some(reply) = self.replay(home, &step).await? {
+                    return Ok(reply);
+                }
                 let entry = self.read_entry(parent, &name).await?;
                 let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
                 if entry.kind != Kind::Dir {
@@ -337,6 +346,10 @@ impl MetaNode {
                 new_parent,
                 new_name,
             } => {
+                if self.replay(home, &step).await?.is_some() {
+                    let inode = self.getattr_anywhere(ino).await?;
+                    return Ok(Reply::Attr { ino, inode });
+                }
                 let inode = self.getattr_anywhere(ino).await?;
                 if inode.kind == Kind::Dir {
                     return Err(MetaError::fs(EPERM, "cannot link a directory"));
@@ -485,7 +498,7 @@ impl MetaNode {
         if by_shard.len() == 1 {
             // Everything on one shard: one Raft command is atomic already.
             if let Some((shard, cmds)) = by_shard.pop_first() {
-                let batch = step.req(11, Command::Fs(FsCommand::Batch(cmds)));
+                let batch = step.req(BATCH_STEP, Command::Fs(FsCommand::Batch(cmds)));
                 return self.propose(shard, batch).await.map(|_| ());
             }
         }
@@ -497,10 +510,11 @@ impl MetaNode {
             cmd: Command::Txn(cmd),
         };
         let participants: Vec<ShardId> = by_shard.keys().copied().collect();
+        let started_ms = now_ns() / 1_000_000;
         let begin = TxnCommand::Begin {
             id: rand::random::<u64>() | 1,
             participants: participants.clone(),
-            now_ms: now_ns() / 1_000_000,
+            now_ms: started_ms,
         };
         let Reply::Txn { id, .. } = self.propose_local(home, unkeyed(begin)).await? else {
             return Err(MetaError::Storage("Begin answered no transaction".into()));
@@ -514,6 +528,7 @@ impl MetaNode {
                 id,
                 coordinator: home,
                 cmds,
+                started_ms,
             };
             if let Err(e) = self.propose(shard, unkeyed(prepare)).await {
                 failure = Some(e);
@@ -546,7 +561,7 @@ impl MetaNode {
         fail::fail_point!("txn::after_decide", |_| Err(MetaError::Raft(
             "failpoint txn::after_decide".into()
         )));
-        if decided_id != id {
+        if decided_id != id && committed {
             // An earlier attempt of this request committed: drop this one.
             self.finish_txn(home, id, &participants, false).await?;
             return self.complete(home, decided_id).await;
@@ -559,6 +574,33 @@ impl MetaNode {
                 EIO,
                 "transaction was rolled back by recovery",
             )),
+        }
+    }
+
+    /// The outcome of an earlier attempt of this client request, if one was
+    /// applied: its remembered single-shard reply, or success once an earlier
+    /// transaction that committed is finished. Operations that read before
+    /// they propose (unlink, rmdir, rename, link) ask this first, so a retry
+    /// after a lost answer is answered as the first attempt was instead of
+    /// failing on the state that attempt changed (ENOENT for a retried unlink).
+    async fn replay(&self, home: ShardId, step: &Steps) -> Result<Option<Reply>, MetaError> {
+        for single in [0, BATCH_STEP] {
+            let Some(key) = step.key(single) else {
+                return Ok(None);
+            };
+            let remembered = self
+                .read(home, |txn| crate::store::remembered(txn, &key))
+                .await?;
+            if let Some(Response(reply)) = remembered {
+                return reply.map(Some).map_err(MetaError::Fs);
+            }
+        }
+        match self.earlier_commit(home, step).await? {
+            Some(id) => {
+                self.complete(home, id).await?;
+                Ok(Some(Reply::None))
+            }
+            None => Ok(None),
         }
     }
 
@@ -582,8 +624,9 @@ impl MetaNode {
     /// Finishes a decided transaction if its record is still there, so its
     /// effects are visible before the caller answers.
     async fn complete(&self, home: ShardId, id: u64) -> Result<(), MetaError> {
-        let record: Option<txn::TxnRecord> =
-            self.read(home, |t| t.get_as(&txn::record_key(id))).await?;
+        let record: Option<txn::TxnRecord> = self
+            .read(home, |t| t.get_as(&crate::keys::txn_record(id)))
+            .await?;
         if let Some(record) = record {
             let committed = record.state == txn::TxnState::Committed;
             self.finish_txn(home, id, &record.participants, committed)
@@ -603,7 +646,11 @@ impl MetaNode {
         for shard in participants {
             let finish = Request {
                 key: None,
-                cmd: Command::Txn(TxnCommand::Finish { id, commit }),
+                cmd: Command::Txn(TxnCommand::Finish {
+                    id,
+                    commit,
+                    now_ms: now_ns() / 1_000_000,
+                }),
             };
             self.propose(*shard, finish).await?;
             fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
@@ -663,17 +710,49 @@ impl MetaNode {
         }
     }
 
-    /// Whether `dir` is `ancestor` or lies below it.
-    async fn is_below(&self, dir: u64, ancestor: u64) -> Result<bool, MetaError> {
+    /// Drops, on every shard led here, transaction tombstones older than
+    /// [`txn::TOMBSTONE_KEEP_MS`] (a prepare cannot arrive that late: it is
+    /// refused by the horizon the trim leaves behind anyway).
+    pub(crate) async fn trim_txn_tombstones(&self) -> Result<(), MetaError> {
+        let before_ms = now_ns() / 1_000_000 - txn::TOMBSTONE_KEEP_MS;
+        for shard in self.shards() {
+            if self.leader_of(shard) != Some(self.id) {
+                continue;
+            }
+            if !self
+                .read(shard, |t| txn::has_tombstones_before(t, before_ms))
+                .await?
+            {
+                continue;
+            }
+            let trim = Request {
+                key: None,
+                cmd: Command::Txn(TxnCommand::Trim { before_ms }),
+            };
+            self.propose_local(shard, trim).await?;
+        }
+        Ok(())
+    }
+
+    /// The path from directory `dir` up to the root as (directory, its
+    /// parent) pairs, root excluded; EINVAL if `moved` lies on it (a directory
+    /// cannot move below itself).
+    async fn ancestry(&self, dir: u64, moved: u64) -> Result<Vec<(u64, u64)>, MetaError> {
+        let mut path = Vec::new();
         let mut cur = dir;
         for _ in 0..4096 {
-            if cur == ancestor {
-                return Ok(true);
+            if cur == moved {
+                return Err(MetaError::fs(
+                    EINVAL,
+                    "cannot move a directory below itself",
+                ));
             }
             if cur == ROOT_INO {
-                return Ok(false);
+                return Ok(path);
             }
-            cur = self.getattr_anywhere(cur).await?.parent;
+            let parent = self.getattr_anywhere(cur).await?.parent;
+            path.push((cur, parent));
+            cur = parent;
         }
         Err(MetaError::fs(ELOOP, "directory tree too deep"))
     }
@@ -693,21 +772,28 @@ impl MetaNode {
         new_name: Vec<u8>,
         mode: RenameMode,
     ) -> Result<Reply, MetaError> {
+        if let Some(reply) = self.replay(home, step).await? {
+            return Ok(reply);
+        }
         let dst_home = ino_shard(new_parent);
         let src = self
             .read_entry(parent, &name)
             .await?
             .ok_or_else(|| MetaError::fs(ENOENT, "no such file"))?;
-        if src.kind == Kind::Dir
-            && parent != new_parent
-            && self.is_below(new_parent, src.ino).await?
-        {
-            return Err(MetaError::fs(
-                EINVAL,
-                "cannot move a directory below itself",
-            ));
-        }
         let dst = self.read_entry(new_parent, &new_name).await?;
+        // A directory moving to another parent: the path above its new parent
+        // is asserted in the same atomic step (and locked while a transaction
+        // prepares), so two crossing renames cannot both pass this check and
+        // make a cycle. An exchange moves the other directory the other way.
+        let mut asserts = Vec::new();
+        if parent != new_parent {
+            if src.kind == Kind::Dir {
+                asserts.extend(self.ancestry(new_parent, src.ino).await?);
+            }
+            if let Some(d) = dst.filter(|d| mode == RenameMode::Exchange && d.kind == Kind::Dir) {
+                asserts.extend(self.ancestry(parent, d.ino).await?);
+            }
+        }
         match (mode, dst) {
             (RenameMode::NoReplace, Some(_)) => return Err(MetaError::fs(EEXIST, "file exists")),
             (RenameMode::Exchange, None) => return Err(MetaError::fs(ENOENT, "no such file")),
@@ -724,6 +810,7 @@ impl MetaNode {
             },
             _ => {}
         }
+        fail::fail_point!("rename::after_check");
         let mut actions: Vec<(ShardId, FsCommand)> = Vec::new();
         if home == dst_home {
             actions.push((
@@ -802,6 +889,9 @@ impl MetaNode {
                 },
             };
             actions.push((ino_shard(d.ino), fix));
+        }
+        for (ino, parent) in asserts {
+            actions.push((ino_shard(ino), FsCommand::AssertParent { ino, parent }));
         }
         self.run_txn(home, step, actions).await?;
         Ok(Reply::Renamed {

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::MetaError;
-use crate::kv::key;
+use crate::keys;
 use crate::kv::Txn;
 use crate::types::Errno;
 
@@ -231,8 +231,9 @@ pub enum FsCommand {
     DequeueSlices {
         ids: Vec<u64>,
     },
-    /// Several commands applied in order as one.
-    Batch(Vec<FsCommand>),
+    /// Several commands applied in order as one (nested at most
+    /// [`MAX_BATCH_DEPTH`] deep: decoding refuses deeper ones).
+    Batch(#[serde(deserialize_with = "bounded_batch")] Vec<FsCommand>),
     /// Writes into a file's inline data; refused (ENOTSUP) once it has slices.
     WriteInline {
         ino: u64,
@@ -255,6 +256,52 @@ pub enum FsCommand {
         sources: Vec<u64>,
         mtime: i64,
     },
+    /// Fails (EAGAIN) unless directory `ino`'s parent is still `parent`, and
+    /// writes its inode back unchanged so a prepared transaction locks it: a
+    /// rename that moves a directory asserts the path from its new parent up
+    /// to the root, so no concurrent rename can make it its own ancestor.
+    AssertParent {
+        ino: u64,
+        parent: u64,
+    },
+}
+
+/// How deep batches may nest (the coordinator nests none; one level spare).
+pub const MAX_BATCH_DEPTH: u32 = 2;
+
+thread_local! {
+    static BATCH_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes a batch's commands, refusing batches nested deeper than
+/// [`MAX_BATCH_DEPTH`], so a hostile message cannot recurse the decoder (or
+/// apply) off the stack.
+fn bounded_batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FsCommand>, D::Error> {
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    let depth = BATCH_DEPTH.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let _level = Level;
+    if depth > MAX_BATCH_DEPTH {
+        return Err(serde::de::Error::custom("batches nested too deep"));
+    }
+    Vec::<FsCommand>::deserialize(d)
+}
+
+/// The largest file size: chunk numbers are u32.
+pub const MAX_FILE_SIZE: u64 = (u32::MAX as u64 + 1) * CHUNK_SIZE;
+
+fn check_size(size: u64) -> Result<(), MetaError> {
+    if size > MAX_FILE_SIZE {
+        return Err(err(EFBIG, "file too large"));
+    }
+    Ok(())
 }
 
 /// What a command answers.
@@ -292,66 +339,19 @@ fn err(errno: i32, message: &str) -> MetaError {
     MetaError::Fs(Errno::new(errno, message))
 }
 
-pub fn inode_key(ino: u64) -> Vec<u8> {
-    key(b'i', &[&ino.to_be_bytes()])
-}
-pub fn dentry_prefix(parent: u64) -> Vec<u8> {
-    key(b'd', &[&parent.to_be_bytes()])
-}
-pub fn dentry_key(parent: u64, name: &[u8]) -> Vec<u8> {
-    key(b'd', &[&parent.to_be_bytes(), name])
-}
-pub fn chunk_prefix(ino: u64) -> Vec<u8> {
-    key(b'c', &[&ino.to_be_bytes()])
-}
-pub fn chunk_key(ino: u64, chunk: u32) -> Vec<u8> {
-    key(b'c', &[&ino.to_be_bytes(), &chunk.to_be_bytes()])
-}
-pub fn xattr_prefix(ino: u64) -> Vec<u8> {
-    key(b'x', &[&ino.to_be_bytes()])
-}
-pub fn xattr_key(ino: u64, name: &[u8]) -> Vec<u8> {
-    key(b'x', &[&ino.to_be_bytes(), name])
-}
-pub fn symlink_key(ino: u64) -> Vec<u8> {
-    key(b'l', &[&ino.to_be_bytes()])
-}
-/// A small file's data, kept beside its inode: the bottom layer of chunk 0.
-pub fn inline_key(ino: u64) -> Vec<u8> {
-    key(b'D', &[&ino.to_be_bytes()])
-}
-fn gc_key(slice_id: u64) -> Vec<u8> {
-    key(b'q', &[&slice_id.to_be_bytes()])
-}
-fn open_key(ino: u64, client: u64) -> Vec<u8> {
-    key(b'o', &[&ino.to_be_bytes(), &client.to_be_bytes()])
-}
-fn opener_key(client: u64, ino: u64) -> Vec<u8> {
-    key(b'O', &[&client.to_be_bytes(), &ino.to_be_bytes()])
-}
-fn session_key(client: u64) -> Vec<u8> {
-    key(b's', &[&client.to_be_bytes()])
-}
-/// An inode with no links left and no registered opener, and since when (ms).
-fn orphan_key(ino: u64) -> Vec<u8> {
-    key(b'u', &[&ino.to_be_bytes()])
-}
-
 /// Opens or extends a client's session on this shard until `expiry_ms`.
 pub fn touch_session(txn: &mut Txn, client: u64, expiry_ms: i64) -> Result<(), MetaError> {
-    txn.put_as(session_key(client), &expiry_ms)
+    txn.put_as(keys::session(client), &expiry_ms)
 }
-const NEXT_INO_KEY: &[u8] = b"nino";
-const INODES_KEY: &[u8] = b"ninodes";
 
 /// Inodes on this shard (for statfs).
 pub fn inode_count(txn: &Txn) -> Result<u64, MetaError> {
-    Ok(txn.get_as(INODES_KEY)?.unwrap_or(0))
+    Ok(txn.get_as(keys::INODES)?.unwrap_or(0))
 }
 
 fn count_inodes(txn: &mut Txn, delta: i64) -> Result<(), MetaError> {
     let n = inode_count(txn)?.saturating_add_signed(delta);
-    txn.put_as(INODES_KEY.to_vec(), &n)
+    txn.put_as(keys::INODES.to_vec(), &n)
 }
 
 /// Whether some client session on this shard has run out of lease, or an
@@ -361,12 +361,12 @@ pub fn has_expired_sessions(
     now_ms: i64,
     orphans_before_ms: i64,
 ) -> Result<bool, MetaError> {
-    for (_, v) in txn.scan(b"s", b"", usize::MAX)? {
+    for (_, v) in txn.scan(&[keys::SESSION], b"", usize::MAX)? {
         if crate::kv::decode::<i64>(&v)? <= now_ms {
             return Ok(true);
         }
     }
-    for (_, v) in txn.scan(b"u", b"", usize::MAX)? {
+    for (_, v) in txn.scan(&[keys::ORPHAN], b"", usize::MAX)? {
         if crate::kv::decode::<i64>(&v)? < orphans_before_ms {
             return Ok(true);
         }
@@ -377,7 +377,7 @@ pub fn has_expired_sessions(
 /// Up to `limit` slices waiting for their blocks to be deleted: (id, size).
 pub fn gc_queue(txn: &Txn, limit: usize) -> Result<Vec<(u64, u32)>, MetaError> {
     let mut out = Vec::new();
-    for (k, v) in txn.scan(b"q", b"", limit)? {
+    for (k, v) in txn.scan(&[keys::GC], b"", limit)? {
         let id = key_u64(&k, 1, "queue")?;
         out.push((id, crate::kv::decode(&v)?));
     }
@@ -385,16 +385,16 @@ pub fn gc_queue(txn: &Txn, limit: usize) -> Result<Vec<(u64, u32)>, MetaError> {
 }
 
 pub fn get_inode(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
-    txn.get_as(&inode_key(ino))?
+    txn.get_as(&keys::inode(ino))?
         .ok_or_else(|| err(ENOENT, "no such inode"))
 }
 
 pub fn get_entry(txn: &Txn, parent: u64, name: &[u8]) -> Result<Option<Entry>, MetaError> {
-    txn.get_as(&dentry_key(parent, name))
+    txn.get_as(&keys::dentry(parent, name))
 }
 
 fn put_inode(txn: &mut Txn, ino: u64, inode: &Inode) -> Result<(), MetaError> {
-    txn.put_as(inode_key(ino), inode)
+    txn.put_as(keys::inode(ino), inode)
 }
 
 fn is_local(txn: &Txn, ino: u64) -> bool {
@@ -422,8 +422,8 @@ fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
     } else {
         1
     };
-    let next: u64 = txn.get_as(NEXT_INO_KEY)?.unwrap_or(first);
-    txn.put_as(NEXT_INO_KEY.to_vec(), &(next + 1))?;
+    let next: u64 = txn.get_as(keys::NEXT_INO)?.unwrap_or(first);
+    txn.put_as(keys::NEXT_INO.to_vec(), &(next + 1))?;
     Ok(make_ino(txn.shard(), next))
 }
 
@@ -447,7 +447,7 @@ pub fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i6
 /// keeps the parent's nlink and times right.
 fn link_into(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) -> FsResult {
     let mut dir = parent_dir(txn, parent)?;
-    txn.put_as(dentry_key(parent, name), &entry)?;
+    txn.put_as(keys::dentry(parent, name), &entry)?;
     if entry.kind == Kind::Dir {
         dir.nlink += 1;
     }
@@ -459,7 +459,7 @@ fn link_into(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) ->
 
 fn unlink_from(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) -> FsResult {
     let mut dir = parent_dir(txn, parent)?;
-    txn.delete(dentry_key(parent, name));
+    txn.delete(keys::dentry(parent, name));
     if entry.kind == Kind::Dir {
         dir.nlink = dir.nlink.saturating_sub(1);
     }
@@ -470,7 +470,7 @@ fn unlink_from(txn: &mut Txn, parent: u64, name: &[u8], entry: Entry, now: i64) 
 }
 
 fn dir_is_empty(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
-    Ok(txn.scan(&dentry_prefix(ino), b"", 1)?.is_empty())
+    Ok(txn.scan(&keys::dentry_prefix(ino), b"", 1)?.is_empty())
 }
 
 /// Drops one link of a local inode. At zero it is deleted, unless a client
@@ -491,44 +491,39 @@ fn drop_link(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
 /// session lease (most opens are short and cost no metadata write), so an
 /// orphan is deleted only after a whole lease without a registered opener.
 fn reap(txn: &mut Txn, ino: u64, now_ms: i64) -> Result<(), MetaError> {
-    let Some(inode) = txn.get_as::<Inode>(&inode_key(ino))? else {
+    let Some(inode) = txn.get_as::<Inode>(&keys::inode(ino))? else {
         return Ok(());
     };
     if inode.nlink == 0 && !is_open(txn, ino)? {
-        txn.put_as(orphan_key(ino), &now_ms)?;
+        txn.put_as(keys::orphan(ino), &now_ms)?;
     }
     Ok(())
 }
 
 /// The big-endian u64 at byte `at` of a `what` key.
 fn key_u64(k: &[u8], at: usize, what: &str) -> Result<u64, MetaError> {
-    k.get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| MetaError::Storage(format!("malformed {what} key")))
+    keys::u64_at(k, at).ok_or_else(|| MetaError::Storage(format!("malformed {what} key")))
 }
 
 fn is_open(txn: &Txn, ino: u64) -> Result<bool, MetaError> {
-    Ok(!txn
-        .scan(&key(b'o', &[&ino.to_be_bytes()]), b"", 1)?
-        .is_empty())
+    Ok(!txn.scan(&keys::open_prefix(ino), b"", 1)?.is_empty())
 }
 
 /// Removes an inode with its xattrs, symlink target and chunks; its slices go to
 /// the block-deletion queue.
 fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
-    txn.delete(inode_key(ino));
+    txn.delete(keys::inode(ino));
     count_inodes(txn, -1)?;
-    txn.delete(symlink_key(ino));
-    txn.delete(inline_key(ino));
+    txn.delete(keys::symlink(ino));
+    txn.delete(keys::inline(ino));
     crate::locks::drop_inode(txn, ino)?;
-    for (k, _) in txn.scan(&xattr_prefix(ino), b"", usize::MAX)? {
+    for (k, _) in txn.scan(&keys::xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
     }
-    for (k, v) in txn.scan(&chunk_prefix(ino), b"", usize::MAX)? {
+    for (k, v) in txn.scan(&keys::chunk_prefix(ino), b"", usize::MAX)? {
         let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
         for s in slices.iter().filter(|s| s.slice_id != 0) {
-            txn.put_as(gc_key(s.slice_id), &s.size)?;
+            txn.put_as(keys::gc(s.slice_id), &s.size)?;
         }
         txn.delete(k);
     }
@@ -539,7 +534,7 @@ fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
 pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
     match cmd {
         FsCommand::InitRoot { now } => {
-            if txn.get(&inode_key(ROOT_INO))?.is_none() && txn.shard() == ino_shard(ROOT_INO) {
+            if txn.get(&keys::inode(ROOT_INO))?.is_none() && txn.shard() == ino_shard(ROOT_INO) {
                 let root = new_inode(Kind::Dir, 0o755, 0, 0, ROOT_INO, *now);
                 put_inode(txn, ROOT_INO, &root)?;
                 count_inodes(txn, 1)?;
@@ -578,7 +573,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     return Err(err(EINVAL, "invalid symlink target"));
                 }
                 inode.size = target.len() as u64;
-                txn.put(symlink_key(ino), target.clone());
+                txn.put(keys::symlink(ino), target.clone());
             }
             put_inode(txn, ino, &inode)?;
             count_inodes(txn, 1)?;
@@ -594,7 +589,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             gid,
             now,
         } => {
-            if ino_shard(*ino) != txn.shard() || txn.get(&inode_key(*ino))?.is_some() {
+            if ino_shard(*ino) != txn.shard() || txn.get(&keys::inode(*ino))?.is_some() {
                 return Err(MetaError::Invalid(format!(
                     "inode {ino:#x} cannot be made here"
                 )));
@@ -725,10 +720,10 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             lease_ms,
         } => {
             let inode = get_inode(txn, *ino)?;
-            let count: u32 = txn.get_as(&open_key(*ino, *client))?.unwrap_or(0);
-            txn.put_as(open_key(*ino, *client), &(count + 1))?;
-            txn.put(opener_key(*client, *ino), Vec::new());
-            txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
+            let count: u32 = txn.get_as(&keys::open(*ino, *client))?.unwrap_or(0);
+            txn.put_as(keys::open(*ino, *client), &count.saturating_add(1))?;
+            txn.put(keys::opener(*client, *ino), Vec::new());
+            txn.put_as(keys::session(*client), &(now_ms + lease_ms))?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
         FsCommand::Close {
@@ -736,12 +731,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             client,
             now_ms,
         } => {
-            let count: u32 = txn.get_as(&open_key(*ino, *client))?.unwrap_or(0);
+            let count: u32 = txn.get_as(&keys::open(*ino, *client))?.unwrap_or(0);
             if count > 1 {
-                txn.put_as(open_key(*ino, *client), &(count - 1))?;
+                txn.put_as(keys::open(*ino, *client), &(count - 1))?;
             } else {
-                txn.delete(open_key(*ino, *client));
-                txn.delete(opener_key(*client, *ino));
+                txn.delete(keys::open(*ino, *client));
+                txn.delete(keys::opener(*client, *ino));
                 reap(txn, *ino, *now_ms)?;
             }
             Ok(Reply::None)
@@ -751,17 +746,17 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now_ms,
             lease_ms,
         } => {
-            if txn.get(&session_key(*client))?.is_none() {
+            if txn.get(&keys::session(*client))?.is_none() {
                 return Err(err(ENOENT, "session expired"));
             }
-            txn.put_as(session_key(*client), &(now_ms + lease_ms))?;
+            txn.put_as(keys::session(*client), &(now_ms + lease_ms))?;
             Ok(Reply::None)
         }
         FsCommand::ExpireSessions {
             now_ms,
             orphans_before_ms,
         } => {
-            for (k, v) in txn.scan(b"u", b"", usize::MAX)? {
+            for (k, v) in txn.scan(&[keys::ORPHAN], b"", usize::MAX)? {
                 if crate::kv::decode::<i64>(&v)? >= *orphans_before_ms {
                     continue;
                 }
@@ -774,7 +769,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                     delete_inode(txn, ino)?;
                 }
             }
-            for (k, v) in txn.scan(b"s", b"", usize::MAX)? {
+            for (k, v) in txn.scan(&[keys::SESSION], b"", usize::MAX)? {
                 let expiry: i64 = crate::kv::decode(&v)?;
                 if expiry > *now_ms {
                     continue;
@@ -782,11 +777,11 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 txn.delete(k.clone());
                 let client = key_u64(&k, 1, "session")?;
                 crate::locks::drop_client(txn, client)?;
-                let prefix = key(b'O', &[&k[1..]]);
+                let prefix = keys::key(keys::OPENER, &[&k[1..]]);
                 for (ok, _) in txn.scan(&prefix, b"", usize::MAX)? {
                     let ino = key_u64(&ok, 9, "opener")?;
                     txn.delete(ok);
-                    txn.delete(key(b'o', &[&ino.to_be_bytes(), &k[1..]]));
+                    txn.delete(keys::key(keys::OPEN, &[&ino.to_be_bytes(), &k[1..]]));
                     reap(txn, ino, *now_ms)?;
                 }
             }
@@ -794,7 +789,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
         }
         FsCommand::DequeueSlices { ids } => {
             for id in ids {
-                txn.delete(gc_key(*id));
+                txn.delete(keys::gc(*id));
             }
             Ok(Reply::None)
         }
@@ -819,24 +814,24 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 return Err(err(ERANGE, "xattr value too large"));
             }
             let mut inode = get_inode(txn, *ino)?;
-            let exists = txn.get(&xattr_key(*ino, name))?.is_some();
+            let exists = txn.get(&keys::xattr(*ino, name))?.is_some();
             match flags {
                 1 if exists => return Err(err(EEXIST, "xattr exists")),
                 2 if !exists => return Err(err(ENODATA, "no such xattr")),
                 0..=2 => {}
                 _ => return Err(err(EINVAL, "invalid xattr flags")),
             }
-            txn.put(xattr_key(*ino, name), value.clone());
+            txn.put(keys::xattr(*ino, name), value.clone());
             inode.ctime = *now;
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::None)
         }
         FsCommand::RemoveXattr { ino, name, now } => {
             let mut inode = get_inode(txn, *ino)?;
-            if txn.get(&xattr_key(*ino, name))?.is_none() {
+            if txn.get(&keys::xattr(*ino, name))?.is_none() {
                 return Err(err(ENODATA, "no such xattr"));
             }
-            txn.delete(xattr_key(*ino, name));
+            txn.delete(keys::xattr(*ino, name));
             inode.ctime = *now;
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::None)
@@ -849,19 +844,20 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             mtime,
         } => {
             let inode = regular_file(txn, *ino)?;
+            check_size(*length)?;
             let end = *pos as usize + data.len();
             // Inline data is the bottom layer: once a slice lies above it, a
             // newer write must be a slice too.
-            let has_slices = !txn.scan(&chunk_prefix(*ino), b"", 1)?.is_empty();
+            let has_slices = !txn.scan(&keys::chunk_prefix(*ino), b"", 1)?.is_empty();
             if has_slices || end > INLINE_MAX {
                 return Err(err(ENOTSUP, "file is not inline"));
             }
-            let mut buf = txn.get(&inline_key(*ino))?.unwrap_or_default();
+            let mut buf = txn.get(&keys::inline(*ino))?.unwrap_or_default();
             if buf.len() < end {
                 buf.resize(end, 0);
             }
             buf[*pos as usize..end].copy_from_slice(data);
-            txn.put(inline_key(*ino), buf);
+            txn.put(keys::inline(*ino), buf);
             written(txn, *ino, inode, (*length).max(end as u64), *mtime)
         }
         FsCommand::Commit {
@@ -871,8 +867,9 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             mtime,
         } => {
             let inode = regular_file(txn, *ino)?;
+            check_size(*length)?;
             for (chunk, slices) in chunks {
-                let k = chunk_key(*ino, *chunk);
+                let k = keys::chunk(*ino, *chunk);
                 let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
                 for s in slices {
                     if u64::from(s.pos) + u64::from(s.len) > CHUNK_SIZE
@@ -891,6 +888,14 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             sources,
             mtime,
         } => concat(txn, *target, sources, *mtime),
+        FsCommand::AssertParent { ino, parent } => {
+            let inode = get_inode(txn, *ino)?;
+            if inode.kind != Kind::Dir || inode.parent != *parent {
+                return Err(err(EAGAIN, "directory moved during the operation"));
+            }
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::None)
+        }
     }
 }
 
@@ -901,7 +906,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
 /// the target owns them now.
 fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
     let inode = regular_file(txn, target)?;
-    if txn.get(&inline_key(target))?.is_some() {
+    if txn.get(&keys::inline(target))?.is_some() {
         return Err(err(ENOTSUP, "concat target has inline data"));
     }
     let mut seen = std::collections::HashSet::new();
@@ -915,10 +920,14 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
             ));
         }
         let mut source = regular_file(txn, src)?;
-        if txn.get(&inline_key(src))?.is_some() {
+        if txn.get(&keys::inline(src))?.is_some() {
             return Err(err(ENOTSUP, "concat source has inline data"));
         }
-        for (k, v) in txn.scan(&chunk_prefix(src), b"", usize::MAX)? {
+        let new_end = end
+            .checked_add(source.size)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or_else(|| err(EFBIG, "concatenated file too large"))?;
+        for (k, v) in txn.scan(&keys::chunk_prefix(src), b"", usize::MAX)? {
             let chunk = chunk_of_key(&k)?;
             let start = u64::from(chunk) * CHUNK_SIZE;
             let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
@@ -932,14 +941,14 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
             }
             txn.delete(k);
         }
-        end += source.size;
+        end = new_end;
         source.size = 0;
         source.mtime = mtime;
         source.ctime = mtime;
         put_inode(txn, src, &source)?;
     }
     for (chunk, slices) in added {
-        let k = chunk_key(target, chunk);
+        let k = keys::chunk(target, chunk);
         let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
         list.extend(slices);
         txn.put_as(k, &list)?;
@@ -949,10 +958,7 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
 
 /// The chunk number in a chunk key.
 fn chunk_of_key(k: &[u8]) -> Result<u32, MetaError> {
-    k.get(9..13)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| MetaError::Storage("malformed chunk key".into()))
+    keys::u32_at(k, 9).ok_or_else(|| MetaError::Storage("malformed chunk key".into()))
 }
 
 /// Paints a chunk's slices in order (later overlays earlier) into the
@@ -1029,6 +1035,7 @@ fn set_attr(txn: &mut Txn, ino: u64, set: &SetAttrs, now: i64) -> FsResult {
         inode.mtime = mtime;
     }
     if let Some(size) = set.size {
+        check_size(size)?;
         match inode.kind {
             Kind::File => {}
             Kind::Dir => return Err(err(EISDIR, "is a directory")),
@@ -1056,7 +1063,7 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
     let first_dropped = size.div_ceil(CHUNK_SIZE);
     let mut kept = std::collections::HashSet::new();
     let mut dropped = Vec::new();
-    for (k, v) in txn.scan(&chunk_prefix(ino), b"", usize::MAX)? {
+    for (k, v) in txn.scan(&keys::chunk_prefix(ino), b"", usize::MAX)? {
         let chunk = chunk_of_key(&k)?;
         let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
         if u64::from(chunk) >= first_dropped {
@@ -1081,7 +1088,7 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
     }
     for (slice_id, slice_size) in dropped {
         if slice_id != 0 && !kept.contains(&slice_id) {
-            txn.put_as(gc_key(slice_id), &slice_size)?;
+            txn.put_as(keys::gc(slice_id), &slice_size)?;
         }
     }
     Ok(())
@@ -1107,15 +1114,15 @@ fn written(txn: &mut Txn, ino: u64, mut inode: Inode, length: u64, mtime: i64) -
 
 /// Cuts a file's inline data at `size`.
 fn truncate_inline(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> {
-    let Some(mut buf) = txn.get(&inline_key(ino))? else {
+    let Some(mut buf) = txn.get(&keys::inline(ino))? else {
         return Ok(());
     };
     if (buf.len() as u64) > size {
         buf.truncate(size as usize);
         if buf.is_empty() {
-            txn.delete(inline_key(ino));
+            txn.delete(keys::inline(ino));
         } else {
-            txn.put(inline_key(ino), buf);
+            txn.put(keys::inline(ino), buf);
         }
     }
     Ok(())
@@ -1380,7 +1387,10 @@ mod tests {
             .unwrap(),
         );
         assert_eq!(inode.size, 10);
-        let slices: Vec<SliceRec> = Txn::new(&db, 1).get_as(&chunk_key(f, 0)).unwrap().unwrap();
+        let slices: Vec<SliceRec> = Txn::new(&db, 1)
+            .get_as(&keys::chunk(f, 0))
+            .unwrap()
+            .unwrap();
         assert_eq!(slices.len(), 2);
         assert_eq!((slices[1].slice_id, slices[1].pos), (0, 10));
     }
@@ -1441,8 +1451,8 @@ mod tests {
         let (_, inode) = attr(run(&db, 1, concat(vec![a, b])).unwrap());
         assert_eq!(inode.size, big + 30);
         let txn = Txn::new(&db, 1);
-        let c0: Vec<SliceRec> = txn.get_as(&chunk_key(t, 0)).unwrap().unwrap();
-        let c1: Vec<SliceRec> = txn.get_as(&chunk_key(t, 1)).unwrap().unwrap();
+        let c0: Vec<SliceRec> = txn.get_as(&keys::chunk(t, 0)).unwrap().unwrap();
+        let c1: Vec<SliceRec> = txn.get_as(&keys::chunk(t, 1)).unwrap().unwrap();
         let place = |s: &SliceRec| (s.slice_id, s.pos, s.len, s.off);
         assert_eq!(
             c0.iter().map(place).collect::<Vec<_>>(),
@@ -1454,7 +1464,7 @@ mod tests {
         );
         // The sources are empty and own nothing: deleting them frees no block.
         assert_eq!(get_inode(&txn, a).unwrap().size, 0);
-        assert!(txn.get(&chunk_key(b, 0)).unwrap().is_none());
+        assert!(txn.get(&keys::chunk(b, 0)).unwrap().is_none());
         drop(txn);
         run(
             &db,

@@ -5,15 +5,7 @@
 //! - `raft`: per-shard vote, committed id, last purged id and current snapshot;
 //! - `sm`: state-machine data, key = shard (4 bytes BE) + logical key.
 //!
-//! Logical state-machine keys (all integers big-endian so scans are ordered):
-//! `i<ino>` inode, `d<parent><name>` dentry, `c<ino><chunk>` slices of a chunk,
-//! `x<ino><name>` xattr, `l<ino>` symlink target, `D<ino>` a small file's inline
-//! data, `u<ino>` orphans (unlinked, awaiting deletion), `o`/`O`/`s` open files
-//! and client sessions, `r<client><seq><step>` remembered
-//! replies, `q<slice>` slices waiting for block deletion, `m…` applied state,
-//! `n…` counters, `k<ino>` an inode's file locks and `K<client><ino>` their
-//! index by client, `N<id>` data nodes and `G<id>` placement groups (shard 0),
-//! `T…` tiering: cold backend, policies and runs (shard 0).
+//! The logical state-machine keys are laid out in `keys.rs`.
 //!
 //! A [`Txn`] stages writes over the DB so one command sees its own writes, and
 //! turns into one atomic `WriteBatch`.
@@ -53,15 +45,6 @@ pub fn shard_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&shard.to_be_bytes());
     k.extend_from_slice(key);
-    k
-}
-
-/// Builds a logical key from a tag byte and parts.
-pub fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let mut k = vec![tag];
-    for p in parts {
-        k.extend_from_slice(p);
-    }
     k
 }
 

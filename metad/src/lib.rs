@@ -6,7 +6,8 @@
 //! shards.
 //!
 //! - `types`: Raft type config and replicated commands;
-//! - `kv`: RocksDB layout and per-command transactions;
+//! - `kv`: the RocksDB column families and per-command transactions;
+//! - `keys`: every state-machine key: tags, builders, decoders;
 //! - `store`: openraft log store and state machine;
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
@@ -14,7 +15,9 @@
 //! - `locks`: advisory file locks (fcntl and flock) of an inode;
 //! - `gc`: deletes the blocks of freed slices on the data servers;
 //! - `network`: Raft transport over gRPC;
-//! - `node`: shard hosting, routing, linearizable reads, leader duties;
+//! - `node`: shard hosting, routing, linearizable reads;
+//! - `worker`, `duties`: background workers (setup, liveness, transaction
+//!   recovery, session expiry, GC), each on its own task with a deadline;
 //! - `coordinator`: namespace mutations, single-shard or as transactions;
 //! - `service`: the gRPC edge (validation and conversion);
 //! - `config`, `error`.
@@ -22,9 +25,11 @@
 pub mod cluster;
 pub mod config;
 pub mod coordinator;
+pub mod duties;
 pub mod error;
 pub mod fs;
 pub mod gc;
+pub mod keys;
 pub mod kv;
 pub mod locks;
 pub mod network;
@@ -34,6 +39,7 @@ pub mod store;
 pub mod tier;
 pub mod txn;
 pub mod types;
+pub mod worker;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +61,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), MetaError> {
     let node = MetaNode::start(config).await?;
-    let duties = tokio::spawn(node.clone().run_duties(shutdown.clone()));
+    let workers = duties::start(&node, &shutdown);
     let meta =
         cairn_proto::pb::meta_server::MetaServer::new(service::MetaService { node: node.clone() })
             .max_decoding_message_size(cairn_proto::MAX_MESSAGE_BYTES)
@@ -76,7 +82,9 @@ pub async fn serve(
         .await
         .map_err(|e| MetaError::Io(std::io::Error::other(e)));
     shutdown.cancel();
-    let _ = duties.await;
+    for w in workers {
+        let _ = w.await;
+    }
     node.shutdown().await;
     result
 }

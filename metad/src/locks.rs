@@ -29,7 +29,7 @@ use cairn_proto::status::EINVAL;
 use cairn_proto::status::ENOLCK;
 
 use crate::error::MetaError;
-use crate::kv::key;
+use crate::keys;
 use crate::kv::Txn;
 
 /// The last byte of a range that runs to the end of the file (and beyond).
@@ -245,33 +245,25 @@ impl LockTable {
 
 // ---------------------------------------------------------------- state machine
 
-fn table_key(ino: u64) -> Vec<u8> {
-    key(b'k', &[&ino.to_be_bytes()])
-}
-
-fn held_key(client: u64, ino: u64) -> Vec<u8> {
-    key(b'K', &[&client.to_be_bytes(), &ino.to_be_bytes()])
-}
-
 /// The lock table of an inode (empty when it has none).
 pub fn load(txn: &Txn, ino: u64) -> Result<LockTable, MetaError> {
-    Ok(txn.get_as(&table_key(ino))?.unwrap_or_default())
+    Ok(txn.get_as(&keys::lock_table(ino))?.unwrap_or_default())
 }
 
 /// Stores `table` for `ino`, keeping the per-client index in step.
 fn store(txn: &mut Txn, ino: u64, before: &LockTable, table: &LockTable) -> Result<(), MetaError> {
     let now = table.clients();
     for gone in before.clients().difference(&now) {
-        txn.delete(held_key(*gone, ino));
+        txn.delete(keys::lock_held(*gone, ino));
     }
     for client in &now {
-        txn.put(held_key(*client, ino), Vec::new());
+        txn.put(keys::lock_held(*client, ino), Vec::new());
     }
     if table.is_empty() {
-        txn.delete(table_key(ino));
+        txn.delete(keys::lock_table(ino));
         Ok(())
     } else {
-        txn.put_as(table_key(ino), table)
+        txn.put_as(keys::lock_table(ino), table)
     }
 }
 
@@ -318,7 +310,7 @@ pub fn drop_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
 
 /// Drops every lock of a client whose session ended.
 pub fn drop_client(txn: &mut Txn, client: u64) -> Result<(), MetaError> {
-    let prefix = key(b'K', &[&client.to_be_bytes()]);
+    let prefix = keys::lock_held_prefix(client);
     for (k, _) in txn.scan(&prefix, b"", usize::MAX)? {
         let ino = u64::from_be_bytes(
             k[9..17]
@@ -642,7 +634,7 @@ mod tests {
 
     fn index(db: &rocksdb::DB) -> Vec<Vec<u8>> {
         Txn::new(db, 1)
-            .scan(b"K", b"", usize::MAX)
+            .scan(&[keys::LOCK_HELD], b"", usize::MAX)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
@@ -697,7 +689,7 @@ mod tests {
         .unwrap();
         run_fs(&db, expire(0, i64::MAX)).unwrap();
         let txn = Txn::new(&db, 1);
-        assert!(txn.get(&table_key(f)).unwrap().is_none());
+        assert!(txn.get(&keys::lock_table(f)).unwrap().is_none());
         assert_eq!(load(&txn, g).unwrap().locks().len(), 2);
         drop(txn);
         assert_eq!(index(&db).len(), 2);
@@ -705,7 +697,7 @@ mod tests {
         run_lock(&db, g, posix(A, 0, EOF, Unlock)).unwrap();
         run_lock(&db, g, posix(B, 0, EOF, Unlock)).unwrap();
         let txn = Txn::new(&db, 1);
-        assert!(txn.get(&table_key(g)).unwrap().is_none());
+        assert!(txn.get(&keys::lock_table(g)).unwrap().is_none());
         drop(txn);
         assert!(index(&db).is_empty());
     }

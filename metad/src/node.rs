@@ -21,12 +21,10 @@ use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use openraft::BasicNode;
 use rocksdb::DB;
-use tokio_util::sync::CancellationToken;
 
 use cairn_proto::ids::ino_shard;
 use cairn_proto::ids::ShardId;
 use cairn_proto::ids::MAP_SHARD;
-use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
 use cairn_proto::retry::retry;
 use cairn_proto::retry::Backoff;
@@ -35,7 +33,6 @@ use cairn_proto::status::WireError;
 use cairn_proto::status::*;
 
 use crate::cluster;
-use crate::cluster::MapCommand;
 use crate::config::Config;
 use crate::config::Peer;
 use crate::error::MetaError;
@@ -65,6 +62,10 @@ pub fn dir_shard(parent: u64, name: &[u8], data_shards: u32) -> ShardId {
     1 + (h % u64::from(data_shards.max(1))) as ShardId
 }
 
+/// The longest a leader waits for its quorum to commit a command or confirm a
+/// read before answering a transient error.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Nanoseconds since the epoch.
 pub fn now_ns() -> i64 {
     SystemTime::now()
@@ -84,6 +85,8 @@ pub struct MetaNode {
     hints: Mutex<HashMap<ShardId, u64>>,
     /// Read leases of shards led here: (term, valid until).
     leases: Mutex<HashMap<ShardId, (u64, Instant)>>,
+    /// The state of this node's background workers.
+    pub workers: crate::worker::Workers,
 }
 
 impl MetaNode {
@@ -117,6 +120,7 @@ impl MetaNode {
             channels,
             hints: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            workers: Default::default(),
         };
         for shard in 0..=node.config.data_shards {
             if !node.replicas(shard).contains(&node.id) {
@@ -230,7 +234,17 @@ impl MetaNode {
     /// Commits `req` on `shard`, which must be led by this node.
     pub async fn propose_local(&self, shard: ShardId, req: Request) -> Result<Reply, MetaError> {
         let raft = self.leader_raft(shard)?;
-        match raft.client_write(req).await {
+        // A leader cut off from its quorum would wait for a commit forever; the
+        // caller gets a transient error instead and retries (exactly-once keys
+        // make a retry of a command that did commit meanwhile harmless).
+        let write = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(req))
+            .await
+            .map_err(|_| {
+                MetaError::Raft(format!(
+                    "shard {shard}: no commit within {COMMIT_TIMEOUT:?}"
+                ))
+            })?;
+        match write {
             Ok(resp) => resp.data.0.map_err(MetaError::Fs),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(self.not_leader(shard))
@@ -353,10 +367,17 @@ impl MetaNode {
             .get(&shard)
             .is_some_and(|&(t, until)| t == term && now < until);
         if !leased {
-            raft.ensure_linearizable().await.map_err(|e| match e {
-                RaftError::APIError(_) => self.not_leader(shard),
-                e => MetaError::Raft(e.to_string()),
-            })?;
+            tokio::time::timeout(COMMIT_TIMEOUT, raft.ensure_linearizable())
+                .await
+                .map_err(|_| {
+                    MetaError::Raft(format!(
+                        "shard {shard}: no quorum within {COMMIT_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| match e {
+                    RaftError::APIError(_) => self.not_leader(shard),
+                    e => MetaError::Raft(e.to_string()),
+                })?;
             let lease = Duration::from_millis(self.config.election_timeout_ms / 2);
             self.leases
                 .lock()
@@ -507,7 +528,7 @@ impl MetaNode {
 
     /// Drops the open files of clients whose session lease ran out on `shard`
     /// and deletes orphans that waited out a lease.
-    async fn expire_sessions(&self, shard: ShardId) -> Result<(), MetaError> {
+    pub(crate) async fn expire_sessions(&self, shard: ShardId) -> Result<(), MetaError> {
         let now_ms = now_ns() / 1_000_000;
         let orphans_before_ms = now_ms - self.config.session_lease_ms as i64;
         if self
@@ -590,83 +611,6 @@ impl MetaNode {
             }
         })
         .await
-    }
-
-    /// Background duties of the leaders hosted here: create the root and the
-    /// data layout once, and keep data-node liveness current. Runs until cancelled.
-    pub async fn run_duties(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut last_liveness = Instant::now();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if self.leader_of(MAP_SHARD) == Some(self.id) {
-                let layout = cluster::Layout {
-                    groups: self.config.placement_groups,
-                    replication: self.config.data_replication,
-                    block_size: self.config.block_size,
-                    dead_after_ms: self.config.data_node_timeout_ms as i64,
-                };
-                let has_layout = self
-                    .read(MAP_SHARD, cluster::layout)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some();
-                if !has_layout {
-                    let req = Request {
-                        key: None,
-                        cmd: Command::Map(MapCommand::Init(layout)),
-                    };
-                    if let Err(e) = self.propose_local(MAP_SHARD, req).await {
-                        tracing::warn!("initializing the data layout: {e}");
-                    }
-                }
-                if last_liveness.elapsed() >= Duration::from_secs(1) {
-                    last_liveness = Instant::now();
-                    let req = Request {
-                        key: None,
-                        cmd: Command::Map(MapCommand::CheckLiveness {
-                            now_ms: now_ns() / 1_000_000,
-                        }),
-                    };
-                    if let Err(e) = self.propose_local(MAP_SHARD, req).await {
-                        tracing::warn!("checking data-node liveness: {e}");
-                    }
-                }
-            }
-            self.recover_txns().await;
-            for shard in self.shards() {
-                if shard != MAP_SHARD && self.leader_of(shard) == Some(self.id) {
-                    if let Err(e) = self.expire_sessions(shard).await {
-                        tracing::warn!(shard, "expiring sessions: {e}");
-                    }
-                    if let Err(e) = crate::gc::collect(&self, shard).await {
-                        tracing::warn!(shard, "block garbage collection: {e}");
-                    }
-                }
-            }
-            let root_shard = ino_shard(ROOT_INO);
-            if self.leader_of(root_shard) == Some(self.id) {
-                let has_root = self
-                    .read(root_shard, |txn| {
-                        Ok(txn.get(&fs::inode_key(ROOT_INO))?.is_some())
-                    })
-                    .await
-                    .unwrap_or(true);
-                if !has_root {
-                    let req = Request {
-                        key: None,
-                        cmd: Command::Fs(FsCommand::InitRoot { now: now_ns() }),
-                    };
-                    if let Err(e) = self.propose_local(root_shard, req).await {
-                        tracing::warn!("creating the root directory: {e}");
-                    }
-                }
-            }
-        }
     }
 
     /// This node's Raft replica of `shard`, for the Raft service.

@@ -27,6 +27,7 @@ use crate::fs::RenameMode;
 use crate::fs::Reply;
 use crate::fs::SetAttrs;
 use crate::fs::SliceRec;
+use crate::keys;
 use crate::locks;
 use crate::locks::Holder;
 use crate::locks::Lock;
@@ -294,7 +295,7 @@ fn layout(
     let mut chunks = Vec::new();
     let last = first.saturating_add(count.min(1024));
     for chunk in first..last {
-        if let Some(slices) = txn.get_as::<Vec<SliceRec>>(&fs::chunk_key(ino, chunk))? {
+        if let Some(slices) = txn.get_as::<Vec<SliceRec>>(&keys::chunk(ino, chunk))? {
             chunks.push(pb::ChunkSlices {
                 chunk,
                 slices: slices.iter().map(slice_to_pb).collect(),
@@ -302,7 +303,7 @@ fn layout(
         }
     }
     let inline = if first == 0 {
-        txn.get(&fs::inline_key(ino))?.unwrap_or_default()
+        txn.get(&keys::inline(ino))?.unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -471,7 +472,7 @@ impl pb::meta_server::Meta for MetaService {
                         "not a directory",
                     ));
                 }
-                let prefix = fs::dentry_prefix(req.ino);
+                let prefix = keys::dentry_prefix(req.ino);
                 let mut rows = txn.scan(&prefix, &req.after, limit + 1)?;
                 let more = rows.len() > limit;
                 rows.truncate(limit);
@@ -489,7 +490,7 @@ impl pb::meta_server::Meta for MetaService {
                             None
                         };
                         let xattr = if local && !req.xattr.is_empty() {
-                            txn.get(&fs::xattr_key(e.ino, &req.xattr))?.map(Into::into)
+                            txn.get(&keys::xattr(e.ino, &req.xattr))?.map(Into::into)
                         } else {
                             None
                         };
@@ -520,7 +521,7 @@ impl pb::meta_server::Meta for MetaService {
                 if inode.kind != Kind::Symlink {
                     return Err(MetaError::fs(cairn_proto::status::EINVAL, "not a symlink"));
                 }
-                txn.get(&fs::symlink_key(ino))?
+                txn.get(&keys::symlink(ino))?
                     .ok_or_else(|| MetaError::Storage("symlink without target".into()))
             })
             .await?;
@@ -539,7 +540,7 @@ impl pb::meta_server::Meta for MetaService {
             .node
             .read(ino_shard(req.ino), |txn| {
                 fs::get_inode(txn, req.ino)?;
-                txn.get(&fs::xattr_key(req.ino, &name))?
+                txn.get(&keys::xattr(req.ino, &name))?
                     .ok_or_else(|| MetaError::fs(cairn_proto::status::ENODATA, "no such xattr"))
             })
             .await?;
@@ -557,7 +558,7 @@ impl pb::meta_server::Meta for MetaService {
             .node
             .read(ino_shard(ino), |txn| {
                 fs::get_inode(txn, ino)?;
-                let prefix = fs::xattr_prefix(ino);
+                let prefix = keys::xattr_prefix(ino);
                 Ok(txn
                     .scan(&prefix, b"", usize::MAX)?
                     .into_iter()

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::MetaError;
+use crate::keys;
 use crate::kv;
 use crate::kv::shard_key;
 use crate::kv::Txn;
@@ -55,9 +56,6 @@ type StorageResult<T> = Result<T, StorageError<u64>>;
 /// How many of a client's most recent replies a shard remembers for retries.
 const REPLY_WINDOW: u64 = 4096;
 
-const APPLIED_KEY: &[u8] = b"mapplied";
-const MEMBERSHIP_KEY: &[u8] = b"mmembership";
-
 fn io_err(e: impl std::fmt::Display) -> StorageError<u64> {
     StorageIOError::write(&std::io::Error::other(e.to_string())).into()
 }
@@ -71,15 +69,44 @@ fn log_key(shard: ShardId, index: u64) -> Vec<u8> {
 }
 
 fn reply_key(k: &RequestKey) -> Vec<u8> {
-    kv::key(
-        b'r',
-        &[&k.client.to_be_bytes(), &k.seq.to_be_bytes(), &[k.step]],
-    )
+    keys::reply(k.client, k.seq, k.step)
+}
+
+/// Whether a keyed request's reply is remembered for its retries. Not:
+/// - EAGAIN (a key locked by a cross-shard operation, or a file lock held by
+///   another owner): the retry must run again;
+/// - a transaction's decision that came out abort (recovery rolled the attempt
+///   back): nothing was applied, so the retry must run the operation again
+///   rather than find this answer and take it for the outcome.
+fn remembers(resp: &Response) -> bool {
+    match &resp.0 {
+        Err(e) => e.errno != cairn_proto::status::EAGAIN,
+        Ok(crate::fs::Reply::Txn { committed, .. }) => *committed != Some(false),
+        Ok(_) => true,
+    }
+}
+
+/// A remembered reply and the log index that applied its request (replies
+/// are trimmed by age, see [`Command::TrimReplies`]).
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    index: u64,
+    resp: Response,
 }
 
 /// The reply remembered for a request key, if any.
 pub fn remembered(txn: &Txn, key: &RequestKey) -> Result<Option<Response>, MetaError> {
-    txn.get_as(&reply_key(key))
+    Ok(txn.get_as::<Remembered>(&reply_key(key))?.map(|r| r.resp))
+}
+
+/// Forgets replies to requests applied before log index `before`.
+fn trim_replies(txn: &mut Txn, before: u64) -> Result<(), MetaError> {
+    for (k, v) in txn.scan(&[keys::REPLY], b"", usize::MAX)? {
+        if kv::decode::<Remembered>(&v).map_or(true, |r| r.index < before) {
+            txn.delete(k);
+        }
+    }
+    Ok(())
 }
 
 /// The Raft log of one shard.
@@ -271,14 +298,18 @@ impl StateMachine {
         StateMachine { db, shard }
     }
 
-    /// Applies one request inside `txn`, honouring exactly-once.
-    fn apply_request(txn: &mut Txn, req: &Request) -> Result<Response, MetaError> {
+    /// Applies one request (at log `index`) inside `txn`, honouring
+    /// exactly-once.
+    fn apply_request(txn: &mut Txn, req: &Request, index: u64) -> Result<Response, MetaError> {
         if let Some(key) = &req.key {
-            if let Some(resp) = txn.get_as::<Response>(&reply_key(key))? {
+            if let Some(resp) = remembered(txn, key)? {
                 return Ok(resp);
             }
         }
         let result = match &req.cmd {
+            Command::TrimReplies { before_index } => {
+                trim_replies(txn, *before_index).map(|()| crate::fs::Reply::None)
+            }
             Command::Fs(cmd) => crate::fs::apply(txn, cmd).and_then(|reply| {
                 crate::txn::check_locks(txn, None)?;
                 Ok(reply)
@@ -298,11 +329,12 @@ impl StateMachine {
         if resp.0.is_err() {
             txn.discard();
         }
-        // EAGAIN (a key locked by a cross-shard operation, or a file lock held
-        // by another owner) is not remembered: the retry must run again.
-        let transient = matches!(&resp.0, Err(e) if e.errno == cairn_proto::status::EAGAIN);
-        if let Some(key) = req.key.as_ref().filter(|_| !transient) {
-            txn.put_as(reply_key(key), &resp)?;
+        if let Some(key) = req.key.as_ref().filter(|_| remembers(&resp)) {
+            let remembered = Remembered {
+                index,
+                resp: resp.clone(),
+            };
+            txn.put_as(reply_key(key), &remembered)?;
             if key.seq >= REPLY_WINDOW {
                 txn.delete(reply_key(&RequestKey {
                     seq: key.seq - REPLY_WINDOW,
@@ -356,15 +388,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 pairs.push((k[4..].to_vec(), v.to_vec()));
             }
             let find = |name: &[u8]| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-            let last_applied: Option<LogId<u64>> = match find(APPLIED_KEY) {
+            let last_applied: Option<LogId<u64>> = match find(keys::APPLIED) {
                 Some(v) => Some(kv::decode(v).map_err(read_err)?),
                 None => None,
             };
-            let membership: StoredMembership<u64, openraft::BasicNode> = match find(MEMBERSHIP_KEY)
-            {
-                Some(v) => kv::decode(v).map_err(read_err)?,
-                None => StoredMembership::default(),
-            };
+            let membership: StoredMembership<u64, openraft::BasicNode> =
+                match find(keys::MEMBERSHIP) {
+                    Some(v) => kv::decode(v).map_err(read_err)?,
+                    None => StoredMembership::default(),
+                };
             let snapshot_id = match last_applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id, id.index, pairs.len()),
                 None => format!("empty-{}", pairs.len()),
@@ -398,9 +430,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StoredMembership<u64, openraft::BasicNode>,
     )> {
         let txn = Txn::new(&self.db, self.shard);
-        let applied: Option<LogId<u64>> = txn.get_as(APPLIED_KEY).map_err(read_err)?;
+        let applied: Option<LogId<u64>> = txn.get_as(keys::APPLIED).map_err(read_err)?;
         let membership = txn
-            .get_as(MEMBERSHIP_KEY)
+            .get_as(keys::MEMBERSHIP)
             .map_err(read_err)?
             .unwrap_or_default();
         Ok((applied, membership))
@@ -418,16 +450,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Response(Ok(crate::fs::Reply::None)),
                 EntryPayload::Normal(req) => {
                     fail::fail_point!("metad::apply", |_| Err(io_err("failpoint metad::apply")));
-                    StateMachine::apply_request(&mut txn, req).map_err(io_err)?
+                    StateMachine::apply_request(&mut txn, req, entry.log_id.index)
+                        .map_err(io_err)?
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                    txn.put_as(MEMBERSHIP_KEY.to_vec(), &stored)
+                    txn.put_as(keys::MEMBERSHIP.to_vec(), &stored)
                         .map_err(io_err)?;
                     Response(Ok(crate::fs::Reply::None))
                 }
             };
-            txn.put_as(APPLIED_KEY.to_vec(), &entry.log_id)
+            txn.put_as(keys::APPLIED.to_vec(), &entry.log_id)
                 .map_err(io_err)?;
             let batch = txn.into_batch().map_err(io_err)?;
             self.db.write(batch).map_err(io_err)?;
@@ -463,13 +496,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(applied) = &meta.last_log_id {
             batch.put_cf(
                 cf,
-                shard_key(self.shard, APPLIED_KEY),
+                shard_key(self.shard, keys::APPLIED),
                 kv::encode(applied).map_err(io_err)?,
             );
         }
         batch.put_cf(
             cf,
-            shard_key(self.shard, MEMBERSHIP_KEY),
+            shard_key(self.shard, keys::MEMBERSHIP),
             kv::encode(&meta.last_membership).map_err(io_err)?,
         );
         self.db.write(batch).map_err(io_err)?;
@@ -532,5 +565,89 @@ mod tests {
             assert_eq!(b.read_vote().await.unwrap(), None);
             assert_eq!(a.read_vote().await.unwrap(), Some(Vote::new(5, 1)));
         });
+    }
+
+    /// A keyed request's reply is remembered (a retry gets it, not a second
+    /// run) until trimmed by log index; a decision that came out abort is
+    /// never remembered.
+    #[test]
+    fn replies_are_remembered_until_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = kv::open_db(dir.path()).unwrap();
+        let apply = |req: &Request, index: u64| {
+            let mut txn = Txn::new(&db, 1);
+            let resp = StateMachine::apply_request(&mut txn, req, index).unwrap();
+            db.write(txn.into_batch().unwrap()).unwrap();
+            resp
+        };
+        let keyed = |seq, cmd| Request {
+            key: Some(RequestKey {
+                client: 9,
+                seq,
+                step: 0,
+            }),
+            cmd,
+        };
+        apply(
+            &keyed(1, Command::Fs(crate::fs::FsCommand::InitRoot { now: 0 })),
+            1,
+        );
+        let mkdir = |now| {
+            keyed(
+                2,
+                Command::Fs(crate::fs::FsCommand::Create {
+                    parent: cairn_proto::ids::ROOT_INO,
+                    name: b"d".to_vec(),
+                    kind: crate::fs::Kind::Dir,
+                    perm: 0o755,
+                    rdev: 0,
+                    uid: 0,
+                    gid: 0,
+                    exclusive: true,
+                    target: None,
+                    now,
+                }),
+            )
+        };
+        let first = apply(&mkdir(1), 5);
+        assert!(first.0.is_ok());
+        // The retry answers the same, though the name exists now.
+        assert_eq!(apply(&mkdir(2), 6), first);
+        let trim = |before_index| Request {
+            key: None,
+            cmd: Command::TrimReplies { before_index },
+        };
+        apply(&trim(5), 7);
+        assert_eq!(apply(&mkdir(3), 8), first, "trimmed too early");
+        apply(&trim(6), 9);
+        let txn = Txn::new(&db, 1);
+        let key = RequestKey {
+            client: 9,
+            seq: 2,
+            step: 0,
+        };
+        assert!(remembered(&txn, &key).unwrap().is_none());
+        // An abort decision is not remembered: the retry must run again.
+        let decide = Request {
+            key: Some(RequestKey {
+                client: 9,
+                seq: 3,
+                step: 40,
+            }),
+            cmd: Command::Txn(crate::txn::TxnCommand::Decide {
+                id: 77,
+                commit: true,
+            }),
+        };
+        let resp = apply(&decide, 10);
+        assert_eq!(
+            resp,
+            Response(Ok(crate::fs::Reply::Txn {
+                id: 77,
+                committed: Some(false)
+            }))
+        );
+        let txn = Txn::new(&db, 1);
+        assert!(remembered(&txn, &decide.key.unwrap()).unwrap().is_none());
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::MetaError;
 use crate::fs::Reply;
-use crate::kv::key;
+use crate::keys;
 use crate::kv::Txn;
 use cairn_proto::pb;
 
@@ -27,42 +27,32 @@ pub enum TierCommand {
     PutRun { name: String, run: Vec<u8> },
 }
 
-fn backend_key() -> Vec<u8> {
-    key(b'T', &[b"b"])
-}
-fn policy_key(name: &str) -> Vec<u8> {
-    key(b'T', &[b"p", name.as_bytes()])
-}
-fn run_key(name: &str) -> Vec<u8> {
-    key(b'T', &[b"r", name.as_bytes()])
-}
-
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, MetaError> {
     M::decode(bytes).map_err(|e| MetaError::Storage(format!("corrupt tier record: {e}")))
 }
 
 pub fn apply(txn: &mut Txn, cmd: &TierCommand) -> Result<Reply, MetaError> {
     match cmd {
-        TierCommand::SetBackend(backend) => txn.put(backend_key(), backend.clone()),
-        TierCommand::PutPolicy { name, policy } => txn.put(policy_key(name), policy.clone()),
+        TierCommand::SetBackend(backend) => txn.put(keys::tier_backend(), backend.clone()),
+        TierCommand::PutPolicy { name, policy } => txn.put(keys::tier_policy(name), policy.clone()),
         TierCommand::DeletePolicy(name) => {
-            if txn.get(&policy_key(name))?.is_none() {
+            if txn.get(&keys::tier_policy(name))?.is_none() {
                 return Err(MetaError::fs(
                     cairn_proto::status::ENOENT,
                     format!("no tier policy {name:?}"),
                 ));
             }
-            txn.delete(policy_key(name));
-            txn.delete(run_key(name));
+            txn.delete(keys::tier_policy(name));
+            txn.delete(keys::tier_run(name));
         }
         TierCommand::PutRun { name, run } => {
-            if txn.get(&policy_key(name))?.is_none() {
+            if txn.get(&keys::tier_policy(name))?.is_none() {
                 return Err(MetaError::fs(
                     cairn_proto::status::ENOENT,
                     format!("no tier policy {name:?}"),
                 ));
             }
-            txn.put(run_key(name), run.clone());
+            txn.put(keys::tier_run(name), run.clone());
         }
     }
     Ok(Reply::None)
@@ -70,14 +60,17 @@ pub fn apply(txn: &mut Txn, cmd: &TierCommand) -> Result<Reply, MetaError> {
 
 /// Everything tiering keeps, policies and runs in name order.
 pub fn config(txn: &Txn) -> Result<pb::TierConfig, MetaError> {
-    let backend = txn.get(&backend_key())?.map(|b| decode(&b)).transpose()?;
+    let backend = txn
+        .get(&keys::tier_backend())?
+        .map(|b| decode(&b))
+        .transpose()?;
     let policies = txn
-        .scan(&key(b'T', &[b"p"]), b"", usize::MAX)?
+        .scan(&keys::tier_policy_prefix(), b"", usize::MAX)?
         .iter()
         .map(|(_, v)| decode(v))
         .collect::<Result<_, _>>()?;
     let runs = txn
-        .scan(&key(b'T', &[b"r"]), b"", usize::MAX)?
+        .scan(&keys::tier_run_prefix(), b"", usize::MAX)?
         .iter()
         .map(|(_, v)| decode(v))
         .collect::<Result<_, _>>()?;

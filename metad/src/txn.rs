@@ -11,18 +11,26 @@
 //! - The coordinator *decides* commit (every participant prepared) or abort; the
 //!   first decision recorded wins.
 //! - Each participant *finishes*: on commit it applies its commands, on abort it
-//!   drops them; either way it unlocks. A finish-abort for a transaction never
-//!   prepared leaves a tombstone (`a<id>`) so a late prepare is refused.
+//!   drops them; either way it unlocks and leaves a tombstone (`a<id>`, the
+//!   finish time), so a prepare that arrives late (after recovery aborted the
+//!   transaction, or after it finished) is refused instead of locking keys
+//!   that nobody would ever unlock.
 //! - The coordinator forgets the record once every participant finished.
 //!
 //! Recovery: a coordinator leader finds records older than a few seconds,
 //! decides abort for those still preparing, and (re)sends finish to every
 //! participant. Finish and decide are idempotent, so recovery may race a live
-//! coordinator safely.
+//! coordinator safely. A decide for commit that finds the record aborted (or
+//! already gone, which only recovery's abort does to an undecided record)
+//! answers abort, and that answer is never remembered for the client's retry
+//! (see `store.rs`): the retry runs the operation again.
+//!
+//! Tombstones are trimmed by [`TxnCommand::Trim`] once older than the trim
+//! horizon; the horizon is kept, and a prepare of a transaction that began
+//! before it is refused too, so trimming never reopens the late-prepare hole.
 
 use cairn_proto::ids::ShardId;
 use cairn_proto::status::EAGAIN;
-use cairn_proto::status::EIO;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -30,7 +38,7 @@ use crate::error::MetaError;
 use crate::fs;
 use crate::fs::FsCommand;
 use crate::fs::Reply;
-use crate::kv::key;
+use crate::keys;
 use crate::kv::Txn;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,43 +72,29 @@ pub enum TxnCommand {
         participants: Vec<ShardId>,
         now_ms: i64,
     },
-    /// Participant: validate, store and lock.
+    /// Participant: validate, store and lock. `started_ms` is the Begin's time.
     Prepare {
         id: u64,
         coordinator: ShardId,
         cmds: Vec<FsCommand>,
+        started_ms: i64,
     },
     /// Coordinator: record the decision (the first one wins).
     Decide { id: u64, commit: bool },
-    /// Participant: apply or drop the intent, unlock.
-    Finish { id: u64, commit: bool },
+    /// Participant: apply or drop the intent, unlock, leave a tombstone.
+    Finish { id: u64, commit: bool, now_ms: i64 },
     /// Coordinator: drop the record.
     Forget { id: u64 },
-}
-
-pub fn record_key(id: u64) -> Vec<u8> {
-    key(b't', &[&id.to_be_bytes()])
-}
-fn intent_key(id: u64) -> Vec<u8> {
-    key(b'p', &[&id.to_be_bytes()])
-}
-fn tombstone_key(id: u64) -> Vec<u8> {
-    key(b'a', &[&id.to_be_bytes()])
-}
-fn lock_key(k: &[u8]) -> Vec<u8> {
-    key(b'L', &[k])
-}
-
-/// Whether a state-machine key belongs to the namespace (and so can be locked).
-fn lockable(k: &[u8]) -> bool {
-    matches!(k.first(), Some(b'i' | b'd' | b'c' | b'x' | b'l'))
+    /// Participant: drop tombstones older than `before_ms` and refuse, from
+    /// now on, prepares of transactions that began before it.
+    Trim { before_ms: i64 },
 }
 
 /// Fails with EAGAIN when the staged writes touch a key locked by another
 /// transaction than `owner`.
 pub fn check_locks(txn: &Txn, owner: Option<u64>) -> Result<(), MetaError> {
-    for k in txn.staged_keys().filter(|k| lockable(k)) {
-        if let Some(holder) = txn.get_as::<u64>(&lock_key(k))? {
+    for k in txn.staged_keys().filter(|k| keys::is_namespace(k)) {
+        if let Some(holder) = txn.get_as::<u64>(&keys::txn_lock(k))? {
             if Some(holder) != owner {
                 return Err(MetaError::fs(EAGAIN, "locked by a cross-shard operation"));
             }
@@ -112,7 +106,7 @@ pub fn check_locks(txn: &Txn, owner: Option<u64>) -> Result<(), MetaError> {
 /// Every coordinator record of this shard.
 pub fn records(txn: &Txn) -> Result<Vec<(u64, TxnRecord)>, MetaError> {
     let mut out = Vec::new();
-    for (k, v) in txn.scan(b"t", b"", usize::MAX)? {
+    for (k, v) in txn.scan(&[keys::TXN_RECORD], b"", usize::MAX)? {
         let id = u64::from_be_bytes(
             k[1..9]
                 .try_into()
@@ -121,6 +115,19 @@ pub fn records(txn: &Txn) -> Result<Vec<(u64, TxnRecord)>, MetaError> {
         out.push((id, crate::kv::decode(&v)?));
     }
     Ok(out)
+}
+
+/// How long a finished transaction's tombstone is kept.
+pub const TOMBSTONE_KEEP_MS: i64 = 10 * 60 * 1000;
+
+/// Whether any tombstone was left before `before_ms`.
+pub fn has_tombstones_before(txn: &Txn, before_ms: i64) -> Result<bool, MetaError> {
+    for (_, v) in txn.scan(&[keys::TXN_TOMBSTONE], b"", usize::MAX)? {
+        if crate::kv::decode::<i64>(&v).map_or(true, |at| at < before_ms) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn txn_reply(id: u64, committed: Option<bool>) -> Reply {
@@ -135,13 +142,13 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             participants,
             now_ms,
         } => {
-            if txn.get(&record_key(*id))?.is_none() {
+            if txn.get(&keys::txn_record(*id))?.is_none() {
                 let record = TxnRecord {
                     participants: participants.clone(),
                     state: TxnState::Preparing,
                     started_ms: *now_ms,
                 };
-                txn.put_as(record_key(*id), &record)?;
+                txn.put_as(keys::txn_record(*id), &record)?;
             }
             Ok(txn_reply(*id, None))
         }
@@ -149,11 +156,13 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             id,
             coordinator,
             cmds,
+            started_ms,
         } => {
-            if txn.get(&tombstone_key(*id))?.is_some() {
-                return Err(MetaError::fs(EAGAIN, "transaction already aborted"));
+            let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
+            if txn.get(&keys::txn_tombstone(*id))?.is_some() || *started_ms < horizon {
+                return Err(MetaError::fs(EAGAIN, "transaction already finished"));
             }
-            if txn.get(&intent_key(*id))?.is_some() {
+            if txn.get(&keys::txn_intent(*id))?.is_some() {
                 return Ok(txn_reply(*id, None));
             }
             // Dry run: the commands must succeed on the current state.
@@ -164,28 +173,25 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             check_locks(&scratch, None)?;
             let locked: Vec<Vec<u8>> = scratch
                 .staged_keys()
-                .filter(|k| lockable(k))
+                .filter(|k| keys::is_namespace(k))
                 .cloned()
                 .collect();
             for k in &locked {
-                txn.put_as(lock_key(k), id)?;
+                txn.put_as(keys::txn_lock(k), id)?;
             }
             let intent = Intent {
                 coordinator: *coordinator,
                 cmds: cmds.clone(),
                 locked,
             };
-            txn.put_as(intent_key(*id), &intent)?;
+            txn.put_as(keys::txn_intent(*id), &intent)?;
             Ok(txn_reply(*id, None))
         }
         TxnCommand::Decide { id, commit } => {
-            let Some(mut record) = txn.get_as::<TxnRecord>(&record_key(*id))? else {
+            let Some(mut record) = txn.get_as::<TxnRecord>(&keys::txn_record(*id))? else {
                 // Only recovery resolves a record its coordinator has not decided,
                 // and recovery aborts.
-                return Err(MetaError::fs(
-                    EIO,
-                    "transaction was rolled back by recovery",
-                ));
+                return Ok(txn_reply(*id, Some(false)));
             };
             if record.state == TxnState::Preparing {
                 record.state = if *commit {
@@ -193,15 +199,15 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
                 } else {
                     TxnState::Aborted
                 };
-                txn.put_as(record_key(*id), &record)?;
+                txn.put_as(keys::txn_record(*id), &record)?;
             }
             Ok(txn_reply(*id, Some(record.state == TxnState::Committed)))
         }
-        TxnCommand::Finish { id, commit } => {
-            let Some(intent) = txn.get_as::<Intent>(&intent_key(*id))? else {
-                if !commit {
-                    txn.put_as(tombstone_key(*id), &true)?;
-                }
+        TxnCommand::Finish { id, commit, now_ms } => {
+            if txn.get(&keys::txn_tombstone(*id))?.is_none() {
+                txn.put_as(keys::txn_tombstone(*id), now_ms)?;
+            }
+            let Some(intent) = txn.get_as::<Intent>(&keys::txn_intent(*id))? else {
                 return Ok(txn_reply(*id, Some(*commit)));
             };
             if *commit {
@@ -212,13 +218,26 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
                 check_locks(txn, Some(*id))?;
             }
             for k in &intent.locked {
-                txn.delete(lock_key(k));
+                txn.delete(keys::txn_lock(k));
             }
-            txn.delete(intent_key(*id));
+            txn.delete(keys::txn_intent(*id));
             Ok(txn_reply(*id, Some(*commit)))
         }
         TxnCommand::Forget { id } => {
-            txn.delete(record_key(*id));
+            txn.delete(keys::txn_record(*id));
+            Ok(Reply::None)
+        }
+        TxnCommand::Trim { before_ms } => {
+            let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
+            if *before_ms <= horizon {
+                return Ok(Reply::None);
+            }
+            for (k, v) in txn.scan(&[keys::TXN_TOMBSTONE], b"", usize::MAX)? {
+                if crate::kv::decode::<i64>(&v).map_or(true, |at| at < *before_ms) {
+                    txn.delete(k);
+                }
+            }
+            txn.put_as(keys::TXN_HORIZON.to_vec(), before_ms)?;
             Ok(Reply::None)
         }
     }
@@ -268,6 +287,7 @@ mod tests {
             id: 7,
             coordinator: 1,
             cmds: vec![put_entry("d")],
+            started_ms: 0,
         };
         run(&db, 1, |t| apply(t, &prepare)).unwrap();
         // Nothing visible yet, and the parent is locked against other writers.
@@ -286,6 +306,7 @@ mod tests {
                 &TxnCommand::Finish {
                     id: 7,
                     commit: true,
+                    now_ms: 1,
                 },
             )
         })
@@ -312,6 +333,7 @@ mod tests {
                 &TxnCommand::Finish {
                     id: 9,
                     commit: false,
+                    now_ms: 1,
                 },
             )
         })
@@ -320,6 +342,7 @@ mod tests {
             id: 9,
             coordinator: 1,
             cmds: vec![put_entry("d")],
+            started_ms: 0,
         };
         assert!(run(&db, 1, |t| apply(t, &prepare)).is_err());
     }
@@ -368,5 +391,104 @@ mod tests {
                 committed: Some(false)
             }
         );
+    }
+
+    fn finish(id: u64, commit: bool) -> TxnCommand {
+        TxnCommand::Finish {
+            id,
+            commit,
+            now_ms: 100,
+        }
+    }
+
+    fn prepare(id: u64, name: &str, started_ms: i64) -> TxnCommand {
+        TxnCommand::Prepare {
+            id,
+            coordinator: 1,
+            cmds: vec![put_entry(name)],
+            started_ms,
+        }
+    }
+
+    fn locked(db: &rocksdb::DB) -> bool {
+        !Txn::new(db, 1)
+            .scan(&[keys::TXN_LOCK], b"", 1)
+            .unwrap()
+            .is_empty()
+    }
+
+    /// Recovery aborted the transaction after every participant prepared: the
+    /// coordinator's own decide for commit must learn the abort, and must not
+    /// answer success (or a retry would take the abort for a commit).
+    #[test]
+    fn commit_decision_after_recovery_abort_answers_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let begin = TxnCommand::Begin {
+            id: 5,
+            participants: vec![1, 2],
+            now_ms: 0,
+        };
+        run(&db, 1, |t| apply(t, &begin)).unwrap();
+        let decide = |commit| TxnCommand::Decide { id: 5, commit };
+        run(&db, 1, |t| apply(t, &decide(false))).unwrap();
+        let late = run(&db, 1, |t| apply(t, &decide(true))).unwrap();
+        assert_eq!(
+            late,
+            Reply::Txn {
+                id: 5,
+                committed: Some(false)
+            }
+        );
+        // Recovery finished and forgot it: still an abort, not an error.
+        run(&db, 1, |t| apply(t, &TxnCommand::Forget { id: 5 })).unwrap();
+        let gone = run(&db, 1, |t| apply(t, &decide(true))).unwrap();
+        assert_eq!(
+            gone,
+            Reply::Txn {
+                id: 5,
+                committed: Some(false)
+            }
+        );
+    }
+
+    /// Prepared, then aborted (its intent dropped): a duplicate prepare that
+    /// arrives afterwards must not lock the keys again, for good.
+    #[test]
+    fn late_prepare_after_a_finished_transaction_locks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
+        for (id, commit) in [(11, false), (12, true)] {
+            let name = format!("d{id}");
+            run(&db, 1, |t| apply(t, &prepare(id, &name, 0))).unwrap();
+            assert!(locked(&db));
+            run(&db, 1, |t| apply(t, &finish(id, commit))).unwrap();
+            assert!(!locked(&db));
+            let again = run(&db, 1, |t| apply(t, &prepare(id, &name, 0)));
+            assert!(matches!(again, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
+            assert!(!locked(&db), "a late prepare of {id} locked keys");
+        }
+    }
+
+    /// Trimming tombstones raises a horizon: a prepare of a transaction that
+    /// began before it is refused even though its tombstone is gone.
+    #[test]
+    fn trimmed_tombstones_still_refuse_late_prepares() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
+        run(&db, 1, |t| apply(t, &finish(21, false))).unwrap();
+        run(&db, 1, |t| apply(t, &TxnCommand::Trim { before_ms: 1_000 })).unwrap();
+        assert!(Txn::new(&db, 1)
+            .scan(&[keys::TXN_TOMBSTONE], b"", 1)
+            .unwrap()
+            .is_empty());
+        let late = run(&db, 1, |t| apply(t, &prepare(21, "x", 50)));
+        assert!(matches!(late, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
+        assert!(!locked(&db));
+        // A transaction begun after the horizon prepares as usual.
+        run(&db, 1, |t| apply(t, &prepare(22, "y", 2_000))).unwrap();
+        assert!(locked(&db));
     }
 }

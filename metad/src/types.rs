@@ -51,6 +51,12 @@ pub enum Command {
     Txn(TxnCommand),
     Lock(LockCommand),
     Tier(TierCommand),
+    /// Forgets the remembered replies of requests applied before this log
+    /// index: their clients stopped retrying long ago (a client retries for
+    /// seconds; the trim waits minutes).
+    TrimReplies {
+        before_index: u64,
+    },
 }
 
 /// The result of applying a request: a reply or an errno. Blank and membership

@@ -2,6 +2,13 @@
 //! in a process (metad peers, datad chain forwarding, clients). A channel
 //! reconnects by itself after a failure. Addresses are `host:port`, with or
 //! without a scheme.
+//!
+//! A peer that hangs without closing its socket (stopped, partitioned, powered
+//! off) must not hold a caller forever: every channel pings its peer over
+//! HTTP/2 ([`KEEPALIVE_INTERVAL`], even while idle) and drops the connection,
+//! failing its calls, when a ping goes unanswered for [`KEEPALIVE_TIMEOUT`];
+//! and every call has a deadline ([`DEFAULT_REQUEST_TIMEOUT`] unless the owner
+//! sets a shorter one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +22,19 @@ use crate::pb::data_client::DataClient;
 use crate::pb::meta_client::MetaClient;
 use crate::MAX_MESSAGE_BYTES;
 
+/// How often an HTTP/2 ping checks that the peer still answers.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an unanswered ping waits before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+/// The longest any one call may take (a block transfer or a tiering batch
+/// included); callers that need a tighter bound set their own.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct Channels {
     connect_timeout: Duration,
-    /// Bounds every call made over these channels, when set.
-    request_timeout: Option<Duration>,
+    /// Bounds every call made over these channels.
+    request_timeout: Duration,
     cache: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -27,7 +42,7 @@ impl Default for Channels {
     fn default() -> Self {
         Channels {
             connect_timeout: Duration::from_secs(1),
-            request_timeout: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cache: Arc::default(),
         }
     }
@@ -38,7 +53,7 @@ impl Channels {
     pub fn with_timeouts(connect_timeout: Duration, request_timeout: Duration) -> Self {
         Channels {
             connect_timeout,
-            request_timeout: Some(request_timeout),
+            request_timeout,
             cache: Arc::default(),
         }
     }
@@ -51,14 +66,15 @@ impl Channels {
         if let Some(ch) = cache.get(addr) {
             return Ok(ch.clone());
         }
-        let mut endpoint = Endpoint::from_shared(uri(addr))?
+        let ch = Endpoint::from_shared(uri(addr))?
             .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true);
-        if let Some(timeout) = self.request_timeout {
-            endpoint = endpoint.timeout(timeout);
-        }
-        let ch = endpoint.connect_lazy();
+            .http2_adaptive_window(true)
+            .connect_lazy();
         cache.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

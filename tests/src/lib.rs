@@ -129,6 +129,21 @@ impl Daemon {
         self.child.is_some()
     }
 
+    /// SIGSTOP: the process stops answering but keeps its sockets open, as a
+    /// hung or partitioned peer does (no connection is refused or reset).
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, "STOP");
+        }
+    }
+
+    /// SIGCONT after [`Daemon::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            signal(pid, "CONT");
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -637,8 +652,13 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 
 /// SIGKILLs process `pid` (not our child, so `Child::kill` is not at hand).
 pub fn kill_pid(pid: u32) {
+    signal(pid, "KILL");
+}
+
+/// Sends signal `name` (`KILL`, `STOP`, `CONT`) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .stderr(Stdio::null())
         .status();
 }

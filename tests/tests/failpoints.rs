@@ -100,6 +100,18 @@ impl InProcess {
         shard: u32,
         op: pb::mutate_request::Op,
     ) -> anyhow::Result<Result<(), tonic::Status>> {
+        self.mutate_as(shard, op, rand::random(), 1).await
+    }
+
+    /// One attempt at the leader of `shard` as request `seq` of `client_id`
+    /// (the same id twice is a client's retry after a lost answer).
+    async fn mutate_as(
+        &self,
+        shard: u32,
+        op: pb::mutate_request::Op,
+        client_id: u64,
+        seq: u64,
+    ) -> anyhow::Result<Result<(), tonic::Status>> {
         let map = self.client().refresh_map().await?;
         let leader = map
             .shards
@@ -110,10 +122,7 @@ impl InProcess {
         let ch = cairn_proto::channel::Channels::default().get(&leader.addr)?;
         let mut raw = pb::meta_client::MetaClient::new(ch);
         let req = pb::MutateRequest {
-            id: Some(pb::RequestId {
-                client_id: rand::random(),
-                seq: 1,
-            }),
+            id: Some(pb::RequestId { client_id, seq }),
             op: Some(op),
             ..Default::default()
         };
@@ -211,6 +220,156 @@ async fn every_two_phase_commit_step_survives_a_failure() -> anyhow::Result<()> 
             "{fp}: the file must be under exactly one name (old {at_old}, new {at_new})"
         );
     }
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
+
+/// A name for which `dir_shard` gives (or, with `same` false, does not give)
+/// the shard of `parent`.
+fn name_on(parent: u64, prefix: &str, same: bool) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| (dir_shard(parent, n.as_bytes(), DATA_SHARDS) == ino_shard(parent)) == same)
+        .unwrap_or_default()
+}
+
+/// A retry of an unlink, rmdir or rename (same client and sequence, as after
+/// a lost answer) answers what the first attempt answered, not ENOENT from the
+/// state that attempt changed; single-shard and cross-shard alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_unlink_rmdir_and_rename_answer_the_first_outcome() -> anyhow::Result<()> {
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    let home = ino_shard(ROOT_INO);
+    let remote = meta
+        .mkdir(ROOT_INO, remote_name(ROOT_INO, "remote").as_bytes(), 0o755)
+        .await?;
+    let mut ops = Vec::new();
+    for (i, same) in [true, false].into_iter().enumerate() {
+        let dir = name_on(ROOT_INO, &format!("rm{i}-"), same);
+        meta.mkdir(ROOT_INO, dir.as_bytes(), 0o755).await?;
+        ops.push(pb::mutate_request::Op::Rmdir(pb::RmdirOp {
+            parent: ROOT_INO,
+            name: dir.into(),
+        }));
+    }
+    meta.create(ROOT_INO, b"victim", 0o644, true).await?;
+    ops.push(pb::mutate_request::Op::Unlink(pb::UnlinkOp {
+        parent: ROOT_INO,
+        name: "victim".into(),
+    }));
+    for (i, new_parent) in [ROOT_INO, remote.ino].into_iter().enumerate() {
+        let name = format!("mv{i}");
+        meta.create(ROOT_INO, name.as_bytes(), 0o644, true).await?;
+        ops.push(pb::mutate_request::Op::Rename(pb::RenameOp {
+            parent: ROOT_INO,
+            name: name.into(),
+            new_parent,
+            new_name: format!("moved{i}").into(),
+            mode: pb::RenameMode::Replace as i32,
+        }));
+    }
+    for (seq, op) in ops.into_iter().enumerate() {
+        let client = rand::random();
+        let first = cluster
+            .mutate_as(home, op.clone(), client, seq as u64 + 1)
+            .await?;
+        assert!(first.is_ok(), "{op:?}: {first:?}");
+        let retry = cluster
+            .mutate_as(home, op.clone(), client, seq as u64 + 1)
+            .await?;
+        assert!(retry.is_ok(), "retry of {op:?} answered {retry:?}");
+        // A new request (another sequence) does see the new state.
+        let again = cluster
+            .mutate_as(home, op.clone(), client, seq as u64 + 100)
+            .await?;
+        assert!(again.is_err(), "{op:?} applied twice");
+    }
+    assert!(meta.lookup(ROOT_INO, b"moved0").await.is_ok());
+    assert!(meta.lookup(remote.ino, b"moved1").await.is_ok());
+    check_tree(&meta).await?;
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A cross-shard mkdir whose coordinator stalls after preparing, long enough
+/// for recovery to roll the transaction back: the client's retry (same
+/// request id) must not take the remembered abort for a commit, and must not
+/// be stuck with it either: it succeeds, and the directory then exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_recovery_aborted_the_first_attempt_applies_it() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    let home = ino_shard(ROOT_INO);
+    for round in 0..2 {
+        let name = remote_name(ROOT_INO, &format!("stalled{round}-"));
+        let op = pb::mutate_request::Op::Mkdir(pb::MkdirOp {
+            parent: ROOT_INO,
+            name: name.clone().into(),
+            perm: 0o755,
+        });
+        let client = rand::random();
+        // The first attempt stalls after its second (last) prepare for longer
+        // than recovery waits (txn-recover-after 500 ms, checked every 500 ms),
+        // so its own decision for commit comes after recovery's abort.
+        fail::cfg("txn::after_prepare", "1*off->1*sleep(4000)").map_err(anyhow::Error::msg)?;
+        let first = cluster.mutate_as(home, op.clone(), client, 7).await?;
+        fail::remove("txn::after_prepare");
+        assert!(first.is_err(), "the rolled-back attempt answered success");
+        assert!(meta.lookup(ROOT_INO, name.as_bytes()).await.is_err());
+        let retry = cluster.mutate_as(home, op, client, 7).await?;
+        assert!(retry.is_ok(), "retry answered {retry:?}");
+        let made = meta.lookup(ROOT_INO, name.as_bytes()).await;
+        assert!(
+            made.is_ok(),
+            "the retry answered success but applied nothing"
+        );
+        check_tree(&meta).await?;
+    }
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
+
+/// Two renames that cross (A into B, B into A) run at once, with the window
+/// between the ancestry check and the commit widened: exactly one may win,
+/// and both directories stay reachable from the root (no cycle cut off from
+/// the tree). Same-shard and cross-shard placements both occur.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossing_directory_renames_never_make_a_cycle() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    fail::cfg("rename::after_check", "sleep(300)").map_err(anyhow::Error::msg)?;
+    for round in 0..6 {
+        let top = meta
+            .mkdir(ROOT_INO, format!("top{round}").as_bytes(), 0o755)
+            .await?;
+        let a = meta.mkdir(top.ino, b"a", 0o755).await?;
+        let b = meta.mkdir(top.ino, b"b", 0o755).await?;
+        let (m1, m2) = (cluster.client(), cluster.client());
+        let (r1, r2) = tokio::join!(
+            m1.rename(top.ino, b"a", b.ino, b"a", pb::RenameMode::Replace),
+            m2.rename(top.ino, b"b", a.ino, b"b", pb::RenameMode::Replace),
+        );
+        assert!(
+            r1.is_ok() != r2.is_ok(),
+            "round {round}: exactly one rename may win ({r1:?}, {r2:?})"
+        );
+        let listed = meta.readdir(top.ino).await?;
+        assert_eq!(listed.len(), 1, "round {round}: {listed:?}");
+        let winner = listed[0].ino;
+        assert_eq!(meta.readdir(winner).await?.len(), 1);
+        assert_eq!(
+            meta.getattr(a.ino).await?.nlink,
+            2 + u32::from(winner == a.ino)
+        );
+    }
+    fail::remove("rename::after_check");
+    let stats = check_tree(&meta).await?;
+    assert_eq!(stats.dirs, 1 + 6 * 3, "a directory fell out of the tree");
     cluster.stop().await;
     scenario.teardown();
     Ok(())

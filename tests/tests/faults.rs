@@ -1,8 +1,10 @@
 //! Fault tests on a real multi-process cluster (3 metad hosting shard 0 and 4
 //! namespace shards, each 3-replicated; 3 datad with replication 3): a shard
-//! leader SIGKILLed under a burst of creates, a data server SIGKILLed under
+//! leader SIGKILLed or hung (SIGSTOP: it keeps its sockets open and stops
+//! answering) under a burst of creates, a data server SIGKILLed or hung under
 //! concurrent reads and writes, and a damaged block replica on disk. Each test
-//! checks the data that comes back, not only that calls returned.
+//! checks the data that comes back, not only that calls returned, and that the
+//! cluster served again within [`RECOVERY_BOUND`] of the fault.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -59,8 +61,56 @@ fn logs(cluster: &Cluster) -> String {
         .join("\n")
 }
 
+/// How long after a node died or hung every pending operation is answered:
+/// an election (≤ 2 election timeouts), a hung connection noticed (HTTP/2
+/// keepalive 2 s + 4 s, or the client's 10 s attempt deadline), a data node
+/// declared dead (10 s without heartbeats), and the client's backoff.
+const RECOVERY_BOUND: Duration = Duration::from_secs(45);
+
+/// What happens to the victim.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL: connections are refused from then on.
+    Kill,
+    /// SIGSTOP: connections stay open and nothing answers.
+    Hang,
+}
+
+impl Fault {
+    fn strike(self, victim: &mut cairn_tests::Daemon) {
+        match self {
+            Fault::Kill => victim.kill(),
+            Fault::Hang => victim.pause(),
+        }
+    }
+
+    /// Brings the victim back: a restart on its data, or SIGCONT.
+    fn heal(self, cluster: &mut Cluster, role: Role, index: usize) -> anyhow::Result<()> {
+        match self {
+            Fault::Kill => cluster.restart(role, index),
+            Fault::Hang => {
+                let victim = match role {
+                    Role::Meta => &cluster.metas[index],
+                    Role::Data => &cluster.datas[index],
+                };
+                victim.resume();
+                Ok(())
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_during_concurrent_creates() -> anyhow::Result<()> {
+    creates_survive(Fault::Kill).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_hung_during_concurrent_creates() -> anyhow::Result<()> {
+    creates_survive(Fault::Hang).await
+}
+
+async fn creates_survive(fault: Fault) -> anyhow::Result<()> {
     const FILES: usize = 1000;
     let mut cluster = Cluster::start(Spec::default()).await?;
     let client = cluster.client();
@@ -102,17 +152,21 @@ async fn leader_killed_during_concurrent_creates() -> anyhow::Result<()> {
         "the creates finished (or failed) before the leader could be killed"
     );
     let killed_at = Instant::now();
-    cluster.metas[killed].kill();
+    fault.strike(&mut cluster.metas[killed]);
     anyhow::ensure!(
         !creates.is_finished(),
-        "every create was answered before the leader died: the kill tested nothing"
+        "every create was answered before the leader died: the {fault:?} tested nothing"
     );
 
     let results = creates.await?;
+    let took = killed_at.elapsed();
     eprintln!(
-        "creates finished {:?} after killing metad {}",
-        killed_at.elapsed(),
+        "creates finished {took:?} after {fault:?} of metad {}",
         cluster.metas[killed].id
+    );
+    anyhow::ensure!(
+        took < RECOVERY_BOUND,
+        "creates took {took:?} after the {fault:?}, over {RECOVERY_BOUND:?}"
     );
     let mut inos = BTreeMap::new();
     let mut failures = Vec::new();
@@ -175,6 +229,10 @@ async fn leader_killed_during_concurrent_creates() -> anyhow::Result<()> {
     let leader = cluster.leader_of(shard).await?;
     assert_ne!(leader, killed);
     assert!(cluster.metas[leader].is_running());
+    assert!(
+        killed_at.elapsed() < RECOVERY_BOUND * 2,
+        "no new leader within the bound"
+    );
     let after = client.meta.create(dir.ino, b"after", 0o644, true).await?;
     let body = random_bytes(100_000, 11);
     let mut w = client.writer(after.ino).await?;
@@ -186,8 +244,8 @@ async fn leader_killed_during_concurrent_creates() -> anyhow::Result<()> {
         &body,
     )?;
 
-    // The killed node comes back on its data and the cluster serves again.
-    cluster.restart(Role::Meta, killed)?;
+    // The node comes back (on its data, or woken) and the cluster serves again.
+    fault.heal(&mut cluster, Role::Meta, killed)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     assert_eq!(
         cluster.client().meta.readdir(dir.ino).await?.len(),
@@ -198,6 +256,15 @@ async fn leader_killed_during_concurrent_creates() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datad_killed_during_reads_and_writes() -> anyhow::Result<()> {
+    reads_and_writes_survive(Fault::Kill).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datad_hung_during_reads_and_writes() -> anyhow::Result<()> {
+    reads_and_writes_survive(Fault::Hang).await
+}
+
+async fn reads_and_writes_survive(fault: Fault) -> anyhow::Result<()> {
     const OLD: usize = 12;
     const NEW: usize = 8;
     const SIZE: usize = 6 << 20;
@@ -280,7 +347,7 @@ async fn datad_killed_during_reads_and_writes() -> anyhow::Result<()> {
                 !reader_done.load(Ordering::Relaxed) && !writer_done.load(Ordering::Relaxed),
                 "reader or writer ended before the kill"
             );
-            victim.kill();
+            fault.strike(victim);
             let at_kill = (
                 reads.load(Ordering::Relaxed),
                 writes.load(Ordering::Relaxed),
@@ -289,8 +356,8 @@ async fn datad_killed_during_reads_and_writes() -> anyhow::Result<()> {
             // The writer finishes and the reader reads every file at least once
             // after the kill (or stops early on an error).
             let waited = wait_for(
-                "writes to finish and a full read pass after the kill",
-                Duration::from_secs(90),
+                "writes to finish and a full read pass after the fault",
+                RECOVERY_BOUND * 2,
                 || async {
                     reader_done.load(Ordering::Relaxed)
                         || (writer_done.load(Ordering::Relaxed)
@@ -340,7 +407,7 @@ async fn datad_killed_during_reads_and_writes() -> anyhow::Result<()> {
 
     // The node comes back, rejoins the chains, and everything still reads right
     // (including blocks written while it was down, which it does not hold).
-    cluster.restart(Role::Data, VICTIM)?;
+    fault.heal(&mut cluster, Role::Data, VICTIM)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let map = client.meta.refresh_map().await?;
     let node = map
