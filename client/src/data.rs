@@ -6,8 +6,11 @@
 //! try the chain's replicas in order, so a dead or corrupt replica costs one
 //! extra round trip, not an error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tonic::transport::Channel;
@@ -29,7 +32,13 @@ pub struct DataClient {
     channels: Channels,
     meta: Arc<MetaClient>,
     cache: Option<BlockCache>,
+    /// Replicas that failed a read without answering (down, hung, cut off),
+    /// and until when reads try them last.
+    suspects: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a replica that failed to answer is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// A placement group's replicas as addresses, head first.
 struct Chain {
@@ -44,6 +53,7 @@ impl DataClient {
             channels,
             meta,
             cache,
+            suspects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -205,12 +215,29 @@ impl DataClient {
         Ok(block.slice(start..end))
     }
 
+    /// `addrs` with the replicas that recently failed to answer moved last
+    /// (in their order), so one hung replica costs one timeout, not one per read.
+    fn healthy_first(&self, mut addrs: Vec<String>) -> Vec<String> {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        suspects.retain(|_, until| *until > now);
+        addrs.sort_by_key(|a| suspects.contains_key(a));
+        addrs
+    }
+
+    fn suspect(&self, addr: &str) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
     /// Reads a block range from the first replica that has it intact.
     async fn fetch(&self, slice_id: u64, index: u32, offset: u32, len: u32) -> Result<Bytes> {
         let mut last_err = ClientError::Unavailable("no replica tried".into());
         for refresh in [false, true] {
             let chain = self.chain(slice_id, index, refresh).await?;
-            for addr in &chain.addrs {
+            for addr in &self.healthy_first(chain.addrs) {
                 let mut client = self.grpc(addr)?;
                 let reply = client
                     .get_block(pb::GetBlockRequest {
@@ -234,6 +261,9 @@ impl DataClient {
                     Err(s) => {
                         tracing::debug!(addr, "block {slice_id}/{index}: {}", s.message());
                         last_err = from_status(&s);
+                        if last_err.is_transient() {
+                            self.suspect(addr);
+                        }
                     }
                 }
             }
