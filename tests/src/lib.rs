@@ -550,6 +550,12 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 impl Mount {
+    /// SIGSTOP: the mount stops answering (its kernel requests and its session
+    /// renewals wait); [`Mount::kill`] ends it.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
     /// SIGKILL, as a crash: the mount point is left behind (lazily unmounted).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

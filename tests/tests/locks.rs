@@ -332,6 +332,33 @@ async fn locks_of_a_killed_mount_expire_with_its_session() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client that hangs (SIGSTOP) while holding locks: its session stops being
+/// renewed, and its locks go with the lease (3 s in the harness) as a killed
+/// client's do; the other mount's waits are granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_of_a_hung_mount_expire_with_its_session() -> anyhow::Result<()> {
+    let (_cluster, mut a, b) = two_mounts().await?;
+    tokio::fs::write(a.path.join("f"), b"hang").await?;
+    tokio::fs::write(a.path.join("g"), b"hang").await?;
+    let mut pa = Owner::open(&a.path.join("f")).await?;
+    let mut fa = Owner::open(&a.path.join("g")).await?;
+    let mut pb = Owner::open(&b.path.join("f")).await?;
+    let mut fb = Owner::open(&b.path.join("g")).await?;
+    assert_eq!(pa.run("set w 0 0").await?, "ok");
+    assert_eq!(fa.run("flock ex nb").await?, "ok");
+    pb.send("wait r 0 1").await?;
+    fb.send("flock sh").await?;
+    pb.blocked_in(SYS_FCNTL).await?;
+    fb.blocked_in(SYS_FLOCK).await?;
+    a.pause();
+    assert_eq!(pb.answer().await?, "ok");
+    assert_eq!(fb.answer().await?, "ok");
+    // The hung mount ends; its owners' closes then fail fast.
+    a.kill();
+    drop((pa, fa));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_survive_a_metad_leader_failover() -> anyhow::Result<()> {
     let (mut cluster, a, b) = two_mounts().await?;
