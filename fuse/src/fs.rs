@@ -4,26 +4,44 @@
 //!
 //! Inode numbers are Cairn's, except that the kernel's root (1) is Cairn's root.
 //! Open files hold a writer (buffered, parallel block uploads, committed on
-//! flush/fsync/close) and a reader (created at open, so a mount sees what was
-//! committed when the file was opened: close-to-open consistency; the kernel's
-//! page cache is kept across opens only while the file's mtime and size are
-//! unchanged). A read
-//! through a handle with unflushed writes flushes them first, so a process
-//! reads its own writes; so does asking for a file's attributes (getattr,
-//! lookup), so `stat` after `write` shows the new size and times. Opening
-//! reads the file's attributes and layout in one request and tracks the open
-//! in the client (registered with metad only if it lasts; see
-//! `MetaClient::track_open`), so an unlinked open file stays readable until
-//! release.
+//! flush/fsync/close) and a reader. Opening reads the file's attributes and
+//! layout in one request and tracks the open in the client (registered with
+//! metad only if it lasts; see `MetaClient::track_open`), so an unlinked open
+//! file stays readable until release.
+//!
+//! Consistency, and what keeps it:
+//! - Within the mount, writes are visible at once to every reader and to
+//!   `stat`: a read or an attribute request first commits what any handle of
+//!   the same inode has buffered (handles flag buffered writes in `dirty`, so
+//!   clean ones are not locked), with write-back waits for the inode's logs
+//!   to be uploaded before reading, and every commit through the mount marks
+//!   the inode's other handles `stale`, so their readers are rebuilt.
+//!   Attributes count what is staged and not yet uploaded
+//!   (`Staging::staged_end`), so `stat` does not wait for the upload.
+//! - Between mounts, close-to-open: every open reads the attributes and
+//!   layout from metad. The kernel keeps its page cache across the open
+//!   (`FOPEN_KEEP_CACHE`) only if the file's (mtime, size) is what this mount
+//!   saw when it last opened it (`seen`); otherwise the page cache is dropped,
+//!   the mount's other handles of the file are marked stale (their older view
+//!   must not refill the cache), and, unless the kernel was last answered these
+//!   very attributes (`told`), its cached attributes are invalidated before the
+//!   open is answered, so `fstat` and the read's end-of-file check after the
+//!   open see the new size.
+//! - An fd kept open sees appends made elsewhere: the kernel asks for bytes
+//!   past the reader's end of file only once it has learnt a larger size (its
+//!   attributes expire), and such a read rebuilds the reader if metad's size
+//!   differs from the reader's.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Duration;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
@@ -70,6 +88,10 @@ pub struct Timeouts {
     pub attr: Duration,
 }
 
+/// Bytes the kernel reads at a time from the page cache: it never asks for a
+/// page past the last one of the size it knows.
+const PAGE: u64 = 4096;
+
 /// An open file.
 struct OpenFile {
     ino: u64,
@@ -80,35 +102,67 @@ struct OpenFile {
     /// Write-back: the mount's staging area, and this handle's log.
     staging: Option<Arc<Staging>>,
     stage: Option<StageLog>,
+    /// What other requests see of this handle without its lock.
+    shared: Arc<Shared>,
+    /// The mount's open files, to mark the inode's other handles stale after
+    /// a commit (weak: the table holds this handle).
+    files: std::sync::Weak<Mutex<HashMap<u64, Entry>>>,
+}
+
+/// The part of a handle other requests read and set without taking its lock
+/// (which a long read or write holds).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Writes are buffered (or staged, not yet committed) in the handle.
+    dirty: AtomicBool,
+    /// The file changed through this mount, or at an open, since the
+    /// handle's reader was built: rebuild it before the next read.
+    stale: AtomicBool,
 }
 
 impl OpenFile {
     /// Commits buffered writes; answers whether there were any. After a commit
-    /// the reader is rebuilt on the next read.
+    /// every handle of the inode rebuilds its reader on its next read.
     /// With write-back, a staged log is made durable and handed to the uploader
-    /// instead (see [`OpenFile::settle`] to wait for it).
+    /// instead (see [`settle`] to wait for it).
     async fn flush(&mut self) -> Result<bool, ClientError> {
+        let committed = self.commit().await?;
+        self.shared.dirty.store(false, Ordering::Release);
+        if committed {
+            self.reader = None;
+            if let Some(files) = self.files.upgrade() {
+                mark_stale(&files, self.ino, None);
+            }
+        }
+        Ok(committed)
+    }
+
+    async fn commit(&mut self) -> Result<bool, ClientError> {
         if let (Some(staging), Some(log)) = (&self.staging, self.stage.take()) {
             if log.is_empty() {
                 return Ok(false);
             }
             tokio::task::block_in_place(|| staging.commit(log))
                 .map_err(|e| ClientError::Data(format!("staging: {e}")))?;
-            self.reader = None;
             return Ok(true);
         }
         let Some(w) = self.writer.as_mut() else {
             return Ok(false);
         };
-        let committed = w.flush().await?.is_some();
-        if committed {
-            self.reader = None;
-        }
-        Ok(committed)
+        Ok(w.flush().await?.is_some())
     }
 }
 
 type Handle = Arc<tokio::sync::Mutex<OpenFile>>;
+
+/// An open file in the mount's table.
+#[derive(Clone)]
+struct Entry {
+    /// The (Cairn) inode it is open on.
+    ino: u64,
+    handle: Handle,
+    shared: Arc<Shared>,
+}
 
 /// Waits for write-back uploads of `ino`, so what this mount wrote is what the
 /// cluster answers next.
@@ -118,8 +172,21 @@ async fn settle(staging: &Option<Arc<Staging>>, ino: u64) {
     }
 }
 
-/// Open files by file handle, each with the (Cairn) inode it is open on.
-type Files = Arc<Mutex<HashMap<u64, (u64, Handle)>>>;
+/// Open files by file handle.
+type Files = Arc<Mutex<HashMap<u64, Entry>>>;
+
+/// Puts a new handle in the table.
+fn insert_file(files: &Files, fh: u64, file: OpenFile) {
+    let entry = Entry {
+        ino: file.ino,
+        shared: file.shared.clone(),
+        handle: Arc::new(tokio::sync::Mutex::new(file)),
+    };
+    files
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(fh, entry);
+}
 
 /// Whether this mount has `ino` open.
 fn is_open(files: &Files, ino: u64) -> bool {
@@ -127,25 +194,70 @@ fn is_open(files: &Files, ino: u64) -> bool {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
-        .any(|(i, _)| *i == ino)
+        .any(|e| e.ino == ino)
 }
 
-/// Commits what the handles open on `ino` have buffered, so that attributes
-/// read next show every write made through this mount (POSIX: `stat` after
-/// `write` sees the new size). Answers whether anything was committed.
+/// Marks the handles open on `ino` (but `except`) to rebuild their readers.
+fn mark_stale(files: &Mutex<HashMap<u64, Entry>>, ino: u64, except: Option<u64>) {
+    for (fh, e) in files.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if e.ino == ino && Some(*fh) != except {
+            e.shared.stale.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Commits what the handles open on `ino` have buffered, so that what is
+/// read next shows every write made through this mount (POSIX: a read or a
+/// `stat` after `write` sees it, whichever descriptor it goes through).
+/// Handles with nothing buffered are not waited for. Answers whether anything
+/// was committed.
 async fn flush_open(files: &Files, ino: u64) -> Result<bool, ClientError> {
-    let open: Vec<Handle> = files
+    let dirty: Vec<Handle> = files
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
-        .filter(|(i, _)| *i == ino)
-        .map(|(_, h)| h.clone())
+        .filter(|e| e.ino == ino && e.shared.dirty.load(Ordering::Acquire))
+        .map(|e| e.handle.clone())
         .collect();
     let mut committed = false;
-    for h in open {
+    for h in dirty {
         committed |= h.lock().await.flush().await?;
     }
     Ok(committed)
+}
+
+/// The attributes of `ino` as this mount sees them: what its handles have
+/// buffered is committed first, and with write-back what is staged and not
+/// yet uploaded counts in the size (not waited for: the data servers may be
+/// away, and the upload changes nothing this mount reads).
+async fn current_attr(
+    c: &Client,
+    files: &Files,
+    staging: &Option<Arc<Staging>>,
+    ino: u64,
+) -> Result<pb::Attr, ClientError> {
+    flush_open(files, ino).await?;
+    let mut a = c.meta.getattr(ino).await?;
+    if let Some(staging) = staging {
+        a.size = a.size.max(staging.staged_end(ino));
+    }
+    Ok(a)
+}
+
+/// A file's version, as far as caches go: (mtime, size).
+type Version = (i64, u64);
+
+fn version(a: &pb::Attr) -> Version {
+    (a.mtime_ns, a.size)
+}
+
+/// Versions by (Cairn) inode: see [`CairnFs`]'s `seen` and `told`.
+type Versions = Arc<Mutex<HashMap<u64, Version>>>;
+
+fn remember(map: &Versions, a: &pb::Attr) -> Option<Version> {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(a.ino, version(a))
 }
 
 /// One entry of a directory listing.
@@ -168,8 +280,14 @@ pub struct CairnFs {
     timeouts: Timeouts,
     files: Files,
     staging: Option<Arc<Staging>>,
-    /// (mtime, size) of each file when this mount last opened it.
-    seen: Arc<Mutex<HashMap<u64, (i64, u64)>>>,
+    /// The version of each file the kernel's page cache holds, as of this
+    /// mount's last open of it (dropped when a reader finds another, or the
+    /// kernel forgets the inode).
+    seen: Versions,
+    /// The version of each file in the attributes last answered to the kernel.
+    told: Versions,
+    /// Sends the kernel invalidations; set once the session exists.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Directory listings taken at opendir, read by offset.
     dirs: Arc<Mutex<HashMap<u64, Listing>>>,
     next_fh: AtomicU64,
@@ -197,12 +315,19 @@ impl CairnFs {
             files: Arc::default(),
             staging,
             seen: Arc::default(),
+            told: Arc::default(),
+            notifier: Arc::default(),
             dirs: Arc::default(),
             next_fh: AtomicU64::new(1),
             guard: access::Guard::new(permissions),
             metrics,
             locks: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier (see `crate::mount`).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     fn fh(&self) -> u64 {
@@ -219,11 +344,15 @@ impl CairnFs {
     }
 
     fn handle(&self, fh: u64) -> Option<Handle> {
+        self.entry(fh).map(|e| e.handle)
+    }
+
+    fn entry(&self, fh: u64) -> Option<Entry> {
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh)
-            .map(|(_, h)| h.clone())
+            .cloned()
     }
 
     /// The permission checks for one request.
@@ -434,28 +563,40 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.entry;
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let told = self.told.clone();
         self.spawn("lookup", reply, move |c, reply| async move {
             tri!(reply, gate.lookup(&c, cairn_ino(parent)).await);
             let mut a = tri!(reply, c.meta.lookup(cairn_ino(parent), &name).await);
-            let flushed = tri!(reply, flush_open(&files, a.ino).await);
-            if flushed || staging.as_ref().is_some_and(|s| s.is_pending(a.ino)) {
-                settle(&staging, a.ino).await;
-                a = tri!(reply, c.meta.getattr(a.ino).await);
+            let busy =
+                is_open(&files, a.ino) || staging.as_ref().is_some_and(|s| s.is_pending(a.ino));
+            if busy {
+                a = tri!(reply, current_attr(&c, &files, &staging, a.ino).await);
             }
+            remember(&told, &a);
             reply.entry(&ttl, &file_attr(&a), 0);
             Ok(())
         });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, _nlookup: u64) {
+        // The kernel dropped the inode, its attributes and its page cache.
+        let ino = cairn_ino(ino);
+        for map in [&self.seen, &self.told] {
+            map.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+        }
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let told = self.told.clone();
         self.spawn("getattr", reply, move |c, reply| async move {
-            let ino = cairn_ino(ino);
-            tri!(reply, flush_open(&files, ino).await);
-            settle(&staging, ino).await;
-            let a = tri!(reply, c.meta.getattr(ino).await);
+            let a = tri!(
+                reply,
+                current_attr(&c, &files, &staging, cairn_ino(ino)).await
+            );
+            remember(&told, &a);
             reply.attr(&ttl, &file_attr(&a));
             Ok(())
         });
@@ -484,6 +625,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.attr;
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let told = self.told.clone();
         self.spawn("setattr", reply, move |c, reply| async move {
             let mode = tri!(reply, gate.setattr(&c, cairn_ino(ino), change).await);
             if size.is_some() {
@@ -501,6 +643,10 @@ impl Filesystem for CairnFs {
                 mtime_ns: mtime.map(ns),
             };
             let a = tri!(reply, c.meta.setattr(cairn_ino(ino), set).await);
+            if size.is_some() {
+                mark_stale(&files, a.ino, None);
+            }
+            remember(&told, &a);
             reply.attr(&ttl, &file_attr(&a));
             Ok(())
         });
@@ -668,6 +814,7 @@ impl Filesystem for CairnFs {
     ) {
         let gate = self.gate(req);
         let (name, ttl) = (name_bytes(newname), self.timeouts.entry);
+        let told = self.told.clone();
         self.spawn("link", reply, move |c, reply| async move {
             tri!(reply, gate.add(&c, cairn_ino(newparent)).await);
             let a = tri!(
@@ -676,6 +823,7 @@ impl Filesystem for CairnFs {
                     .link(cairn_ino(ino), cairn_ino(newparent), &name)
                     .await
             );
+            remember(&told, &a);
             reply.entry(&ttl, &file_attr(&a), 0);
             Ok(())
         });
@@ -686,14 +834,23 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
-        let seen = self.seen.clone();
+        let (seen, told) = (self.seen.clone(), self.told.clone());
+        let notifier = self.notifier.clone();
         self.spawn("open", reply, move |c, reply| async move {
-            tri!(reply, gate.open(&c, cairn_ino(ino), flags, fh).await);
-            settle(&staging, cairn_ino(ino)).await;
+            let ino = cairn_ino(ino);
+            tri!(reply, gate.open(&c, ino, flags, fh).await);
+            // Logs of this mount still uploading: the layout read now may
+            // predate them, so the first read rebuilds the reader once they
+            // are in (not waited for here: opening to write needs no upload).
+            let pending = staging.as_ref().is_some_and(|s| s.is_pending(ino));
             // One metadata round trip: the file's attributes and layout (and a
             // small file's inline data); tracking the open costs no write.
-            let (attr, reader) = tri!(reply, c.open_reader(cairn_ino(ino)).await);
+            let (attr, reader) = tri!(reply, c.open_reader(ino).await);
             let token = tri!(reply, c.meta.track_open(attr.ino).await);
+            let shared = Arc::new(Shared {
+                dirty: AtomicBool::new(false),
+                stale: AtomicBool::new(pending),
+            });
             let file = OpenFile {
                 ino: attr.ino,
                 token,
@@ -701,19 +858,41 @@ impl Filesystem for CairnFs {
                 reader: Some(reader),
                 staging,
                 stage: None,
+                shared,
+                files: Arc::downgrade(&files),
             };
-            files
+            insert_file(&files, fh, file);
+            // The kernel keeps its page cache for a file unchanged (same mtime
+            // and size) since this mount last opened it, and drops it otherwise.
+            let now = version(&attr);
+            let keep = if pending {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino);
+                false
+            } else {
+                remember(&seen, &attr) == Some(now)
+            };
+            if !keep {
+                // The mount's other handles of the file must not refill the
+                // page cache with what they saw before.
+                mark_stale(&files, ino, Some(fh));
+            }
+            let told_now = told
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
-            // The kernel keeps its page cache for a file unchanged (same mtime and
-            // size) since this mount last opened it, and drops it otherwise.
-            let version = (attr.mtime_ns, attr.size);
-            let previous = seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(attr.ino, version);
-            let flags = if previous == Some(version) {
+                .get(&ino)
+                .is_some_and(|v| *v == now);
+            if !told_now {
+                // The kernel's attributes may be older than this open (they
+                // live for the attribute timeout): invalidate them before
+                // answering, so fstat and the end-of-file check of the first
+                // read ask again.
+                if let Some(n) = notifier.get() {
+                    if let Err(e) = n.inval_inode(kernel_ino(ino), -1, 0) {
+                        tracing::debug!(ino, "invalidating the kernel's attributes: {e}");
+                    }
+                }
+            }
+            let flags = if keep {
                 fuser::consts::FOPEN_KEEP_CACHE
             } else {
                 0
@@ -734,26 +913,47 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<u64>,
         reply: ReplyData,
     ) {
-        let Some(handle) = self.handle(fh) else {
+        let Some(entry) = self.entry(fh) else {
             return reply.error(libc::EBADF);
         };
+        let files = self.files.clone();
+        let staging = self.staging.clone();
+        let seen = self.seen.clone();
         self.spawn("read", reply, move |c, reply| async move {
-            let mut h = handle.lock().await;
-            tri!(reply, h.flush().await);
-            settle(&h.staging, h.ino).await;
-            if h.reader.is_none() {
-                let attr = tri!(reply, c.meta.getattr(h.ino).await);
-                h.reader = Some(tri!(reply, c.reader(&attr).await));
+            let ino = entry.ino;
+            // What any handle of this mount wrote to the file is read back:
+            // committed (marking every handle stale) and uploaded first.
+            tri!(reply, flush_open(&files, ino).await);
+            settle(&staging, ino).await;
+            let mut h = entry.handle.lock().await;
+            let offset = u64::try_from(offset).unwrap_or(0);
+            let mut rebuild = entry.shared.stale.swap(false, Ordering::AcqRel);
+            // Through the page cache, the kernel asks past the last page of
+            // the size this reader knows only when it has learnt a larger one
+            // (appended on another mount, say); direct I/O asks past the end
+            // anyway. Either way, look again, and keep the reader (and what
+            // it read ahead) if the size is the same.
+            let beyond = h.reader.as_ref().map(|r| {
+                let past = offset.saturating_add(u64::from(size)) > r.size().next_multiple_of(PAGE);
+                (past, r.size())
+            });
+            if let Some((true, known)) = beyond {
+                rebuild |= tri!(reply, c.meta.getattr(ino).await).size != known;
+            }
+            if rebuild || h.reader.is_none() {
+                let (attr, reader) = tri!(reply, c.open_reader(ino).await);
+                h.reader = Some(reader);
+                // The page cache may hold bytes of the version the last open
+                // saw: the next open must not keep it unless it is that one.
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.get(&ino).is_some_and(|v| *v != version(&attr)) {
+                    seen.remove(&ino);
+                }
             }
             let Some(reader) = h.reader.as_mut() else {
                 return Err((reply, ClientError::Invalid("no reader".into())));
             };
-            let data = tri!(
-                reply,
-                reader
-                    .read_at(u64::try_from(offset).unwrap_or(0), size as usize)
-                    .await
-            );
+            let data = tri!(reply, reader.read_at(offset, size as usize).await);
             reply.data(&data);
             Ok(Io::Read(data.len() as u64))
         });
@@ -796,6 +996,7 @@ impl Filesystem for CairnFs {
                             .map_err(|e| ClientError::Data(format!("staging: {e}")))
                     );
                 }
+                h.shared.dirty.store(true, Ordering::Release);
                 reply.written(data.len() as u32);
                 return Ok(Io::Written(data.len() as u64));
             }
@@ -803,6 +1004,9 @@ impl Filesystem for CairnFs {
                 let ino = h.ino;
                 h.writer = Some(tri!(reply, c.writer(ino).await));
             }
+            // Dirty even if the write fails half-way: what it buffered is
+            // committed by the next flush.
+            h.shared.dirty.store(true, Ordering::Release);
             let Some(writer) = h.writer.as_mut() else {
                 return Err((reply, ClientError::Invalid("no writer".into())));
             };
@@ -843,7 +1047,7 @@ impl Filesystem for CairnFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
-        let Some((_, handle)) = handle else {
+        let Some(Entry { handle, .. }) = handle else {
             return reply.error(libc::EBADF);
         };
         self.spawn("release", reply, move |c, reply| async move {
@@ -931,6 +1135,7 @@ impl Filesystem for CairnFs {
         let ttl = self.timeouts.entry.min(self.timeouts.attr);
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let told = self.told.clone();
         let start = usize::try_from(offset).unwrap_or(0);
         self.spawn("readdirplus", reply, move |c, mut reply| async move {
             // A kernel buffer holds a few dozen entries: fetch the attributes
@@ -948,9 +1153,7 @@ impl Filesystem for CairnFs {
                     if e.attr.is_some() && !busy {
                         return Ok(e.attr);
                     }
-                    flush_open(&files, ino).await?;
-                    settle(&staging, ino).await;
-                    match c.meta.getattr(ino).await {
+                    match current_attr(&c, &files, &staging, ino).await {
                         Ok(a) => Ok(Some(a)),
                         Err(err) if err.errno() == libc::ENOENT => Ok(None),
                         Err(err) => Err(err),
@@ -963,6 +1166,7 @@ impl Filesystem for CairnFs {
                 let Some(attr) = tri!(reply, attr) else {
                     continue;
                 };
+                remember(&told, &attr);
                 let full = reply.add(
                     e.ino,
                     (i + 1) as i64,
@@ -1135,6 +1339,7 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let files = self.files.clone();
         let staging = self.staging.clone();
+        let told = self.told.clone();
         self.spawn("create", reply, move |c, reply| async move {
             tri!(
                 reply,
@@ -1154,11 +1359,11 @@ impl Filesystem for CairnFs {
                 reader: None,
                 staging,
                 stage: None,
+                shared: Arc::default(),
+                files: Arc::downgrade(&files),
             };
-            files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(fh, (attr.ino, Arc::new(tokio::sync::Mutex::new(file))));
+            insert_file(&files, fh, file);
+            remember(&told, &attr);
             reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
             Ok(())
         });
@@ -1241,6 +1446,7 @@ impl Filesystem for CairnFs {
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
+        let files = self.files.clone();
         self.spawn("fallocate", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
             let a = tri!(reply, c.meta.getattr(ino).await);
@@ -1252,6 +1458,7 @@ impl Filesystem for CairnFs {
                     ..Default::default()
                 };
                 tri!(reply, c.meta.setattr(ino, set).await);
+                mark_stale(&files, ino, None);
             }
             reply.ok();
             Ok(())

@@ -103,7 +103,12 @@ pub fn mount(client: Arc<Client>, mountpoint: &Path, options: MountOptions) -> i
         options.permissions,
         metrics.clone(),
     );
-    let session = fuser::spawn_mount2(fs, mountpoint, &opts)?;
+    // The file system invalidates the kernel's attributes at open (see
+    // `fs`), through the session's notifier: it exists once the session does.
+    let notifier = fs.notifier_slot();
+    let session = fuser::Session::new(fs, mountpoint, &opts)?;
+    let _ = notifier.set(session.notifier());
+    let session = session.spawn()?;
     Ok(Mounted {
         session,
         staging,

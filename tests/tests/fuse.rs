@@ -10,11 +10,14 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
+use anyhow::Context;
 use sha2::Digest;
 use sha2::Sha256;
 
 use cairn_tests::random_bytes;
+use cairn_tests::wait_for;
 use cairn_tests::Cluster;
 use cairn_tests::Mount;
 use cairn_tests::Spec;
@@ -214,4 +217,153 @@ async fn scrape(addr: &str) -> anyhow::Result<std::collections::HashMap<String, 
     let (status, body) = cairn_tests::http_get(addr, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
     cairn_tests::parse_metrics(&body)
+}
+
+/// Kernel caches on, as `cairn mount` has them by default (the harness turns
+/// them off): what the kernel cached must not hide a change.
+const KERNEL_CACHES: [&str; 4] = ["--entry-timeout-ms", "2000", "--attr-timeout-ms", "2000"];
+
+/// Reads `f` to its end with plain read(2) calls (`read_to_end` would fstat
+/// first, which refreshes the kernel's size).
+fn read_raw(f: &mut fs::File) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Writes through one descriptor, not flushed, then reads through another
+/// descriptor of the same mount, and stats.
+async fn own_unflushed_writes_are_read_through_another_fd(extra: &[&str]) -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let cache = cluster.dir.path().join("cache");
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = KERNEL_CACHES.to_vec();
+    args.extend_from_slice(extra);
+    if extra.contains(&"--writeback") {
+        args.extend_from_slice(&["--cache-dir", cache_arg.as_str()]);
+    }
+    let mount = Mount::start_with(&cluster, "mnt", &args).await?;
+    let root = mount.path.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let path = root.join("f");
+        let mut w = fs::File::create(&path)?;
+        let mut r = fs::File::open(&path)?;
+        w.write_all(b"hello")?;
+        assert_eq!(read_raw(&mut r)?, b"hello", "fd2 reads fd1's write");
+        assert_eq!(fs::metadata(&path)?.len(), 5, "stat sees fd1's write");
+        assert_eq!(r.metadata()?.len(), 5, "fstat of fd2 sees fd1's write");
+        // More, past a block and into the middle: fd2 reads it all from
+        // the start, and so does a descriptor opened after the writes.
+        let big = random_bytes(5 << 20, 11);
+        w.write_all(&big)?;
+        w.seek(SeekFrom::Start(3))?;
+        w.write_all(b"LLO")?;
+        let mut want = b"helLLO".to_vec();
+        want.extend_from_slice(&big[1..]);
+        r.seek(SeekFrom::Start(0))?;
+        assert!(read_raw(&mut r)? == want, "fd2 reads the later writes");
+        assert_eq!(fs::metadata(&path)?.len(), want.len() as u64);
+        assert!(fs::read(&path)? == want, "a new descriptor reads them");
+        // A write after fd2 has read is read too (fd2's reader was built).
+        w.write_all(b"!")?;
+        want[6] = b'!';
+        let mut at = [0u8; 7];
+        std::os::unix::fs::FileExt::read_exact_at(&r, &mut at, 0)?;
+        assert_eq!(&at, &want[..7]);
+        drop(w);
+        drop(r);
+        assert!(fs::read(&path)? == want);
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn own_unflushed_writes_are_read_through_another_fd_write_through() -> anyhow::Result<()> {
+    own_unflushed_writes_are_read_through_another_fd(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn own_unflushed_writes_are_read_through_another_fd_writeback() -> anyhow::Result<()> {
+    own_unflushed_writes_are_read_through_another_fd(&["--writeback"]).await
+}
+
+/// One direction of close-to-open between mounts `x` (writer) and `y`.
+fn close_to_open_one_way(
+    rt: &tokio::runtime::Handle,
+    x: &Path,
+    y: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
+    let (px, py) = (x.join(name), y.join(name));
+    // y knows the file small: its page cache and attributes hold 4 KiB.
+    let small = random_bytes(4 << 10, 1);
+    fs::write(&px, &small)?;
+    assert!(fs::read(&py)? == small);
+    assert_eq!(fs::metadata(&py)?.len(), 4 << 10);
+    // Rewritten larger and closed on x: an open on y reads all of it
+    // (plain reads, no fstat to refresh the size first).
+    let large = random_bytes(1 << 20, 2);
+    fs::write(&px, &large)?;
+    let got = read_raw(&mut fs::File::open(&py)?)?;
+    assert_eq!(got.len(), large.len(), "open+read on the other mount");
+    assert!(got == large);
+    // Again, larger still: fstat right after the open shows the new size.
+    let larger = random_bytes(2 << 20, 3);
+    fs::write(&px, &larger)?;
+    let mut f = fs::File::open(&py)?;
+    assert_eq!(f.metadata()?.len(), larger.len() as u64, "open+fstat");
+    assert!(read_raw(&mut f)? == larger);
+    // f stays open at the end of the file; x appends and closes: f reads
+    // the new bytes (as `tail -f` would) once the kernel's attributes expire.
+    let appended = random_bytes(64 << 10, 4);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&px)?
+        .write_all(&appended)?;
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut failed = None;
+    let waited = rt.block_on(wait_for(
+        "an fd kept open to read what the other mount appended",
+        Duration::from_secs(15),
+        || {
+            // A blocking read, on this blocking thread.
+            match f.read(&mut buf) {
+                Ok(n) => tail.extend_from_slice(&buf[..n]),
+                Err(e) => failed = Some(e),
+            }
+            let done = failed.is_some() || tail.len() >= appended.len();
+            async move { done }
+        },
+    ));
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    waited.with_context(|| format!("read {} of {} bytes", tail.len(), appended.len()))?;
+    assert!(tail == appended, "the appended bytes, exactly");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_to_open_sees_new_size_and_data_with_kernel_caches() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let a = Mount::start_with(&cluster, "a", &KERNEL_CACHES).await?;
+    let b = Mount::start_with(&cluster, "b", &KERNEL_CACHES).await?;
+    let (pa, pb) = (a.path.clone(), b.path.clone());
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        close_to_open_one_way(&rt, &pa, &pb, "a-to-b")?;
+        close_to_open_one_way(&rt, &pb, &pa, "b-to-a")?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
 }
