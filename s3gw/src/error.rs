@@ -1,4 +1,5 @@
-//! The one place client-library errors become S3 errors.
+//! The one place errors become S3 errors: client-library errors and failures
+//! of a streaming request body.
 
 use cairn_client::ClientError;
 use cairn_proto::status::*;
@@ -37,4 +38,24 @@ pub fn conflict(why: &str) -> S3Error {
 /// Whether a client error is the given errno.
 pub fn is_errno(e: &ClientError, errno: i32) -> bool {
     matches!(e, ClientError::Fs { errno: x, .. } if *x == errno)
+}
+
+/// A request body that failed while streaming in. A chunk (or trailer) of an
+/// `aws-chunked` body whose signature does not verify is a forged request:
+/// 403 `SignatureDoesNotMatch`; anything else (a cut connection, a malformed
+/// chunk) is 400 `IncompleteBody`.
+///
+/// s3s does not export its chunk-stream error type, so the mismatch is known
+/// by its name in the error's text (`AwsChunkedStreamError: SignatureMismatch`
+/// in s3s 0.14.1; the integration test `s3_forged_chunk_signature_*` pins it).
+pub fn body_error(e: &dyn std::fmt::Display) -> S3Error {
+    let text = e.to_string();
+    if text.contains("SignatureMismatch") {
+        s3_error!(
+            SignatureDoesNotMatch,
+            "a chunk signature of the body does not match"
+        )
+    } else {
+        s3_error!(IncompleteBody, "reading the request body: {text}")
+    }
 }

@@ -24,6 +24,8 @@ use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
 use cairn_proto::status::ENOENT;
 
+use crate::digest::Announced;
+use crate::digest::Computed;
 use crate::error::is_errno;
 use crate::error::s3_err;
 use crate::names::parse_key;
@@ -201,50 +203,49 @@ impl Store {
         })
     }
 
-    /// Stores a part's bytes and publishes it under its number.
+    /// Stores a part's bytes, checks the digests the request `announced`,
+    /// and publishes it under its number.
     async fn store_part<S, E>(
         &self,
         upload: &Upload,
         number: i32,
         body: S,
-        content_md5: Option<&str>,
-    ) -> S3Result<(String, pb::Attr)>
+        announced: &Announced,
+    ) -> S3Result<(String, pb::Attr, Computed)>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let w = self.write_temp(upload.dir, &[], body, true).await?;
-        if let Some(want) = content_md5 {
-            let ok = base64_simd::STANDARD
-                .decode_to_vec(want)
-                .is_ok_and(|m| m == w.md5);
-            if !ok {
-                self.discard(w.parent, &w.temp).await;
-                return Err(s3_error!(BadDigest));
-            }
-        }
-        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, Headers::default());
+        let w = self
+            .write_temp(upload.dir, &[], body, true, announced)
+            .await?;
+        let meta = ObjectMeta::new(hex(&w.digests.md5), &w.attr, Headers::default());
         self.publish(&w, &meta, upload.dir, &part_name(number), false)
             .await?;
-        Ok((meta.etag, w.attr))
+        Ok((meta.etag, w.attr, w.digests))
     }
 
-    pub async fn upload_part(&self, input: UploadPartInput) -> S3Result<UploadPartOutput> {
+    pub async fn upload_part(
+        &self,
+        input: UploadPartInput,
+        announced: Announced,
+    ) -> S3Result<UploadPartOutput> {
         check_part_number(input.part_number)?;
         let upload = self
             .upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let body = body_or_empty(input.body);
-        let (etag, _) = self
-            .store_part(
-                &upload,
-                input.part_number,
-                body,
-                input.content_md5.as_deref(),
-            )
+        let (etag, _, digests) = self
+            .store_part(&upload, input.part_number, body, &announced)
             .await?;
+        let sums = announced.answered(&digests);
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         })
     }
@@ -265,8 +266,8 @@ impl Store {
             Some(r) => parse_copy_range(r, d.size)?,
         };
         let body = self.read_stream(src.attr, range).await?;
-        let (etag, attr) = self
-            .store_part(&upload, input.part_number, body, None)
+        let (etag, attr, _) = self
+            .store_part(&upload, input.part_number, body, &Announced::default())
             .await?;
         Ok(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
@@ -371,6 +372,7 @@ impl Store {
                 &[],
                 futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
                 true,
+                &Announced::default(),
             )
             .await?;
         let attr = match self.client.meta.concat(w.attr.ino, chosen).await {

@@ -16,6 +16,8 @@ use cairn_proto::status::ENOENT;
 use cairn_proto::status::ENOTDIR;
 use cairn_proto::status::EPERM;
 
+use crate::digest::Announced;
+use crate::error::body_error;
 use crate::error::is_errno;
 use crate::error::s3_err;
 use crate::names::parse_key;
@@ -134,7 +136,13 @@ fn matches_etag(c: &ETagCondition, e: &ETag) -> bool {
 }
 
 impl Store {
-    pub async fn put_object(&self, input: PutObjectInput) -> S3Result<PutObjectOutput> {
+    /// Stores an object; `announced` holds the digests the request gave for
+    /// its body, checked before the object is published.
+    pub async fn put_object(
+        &self,
+        input: PutObjectInput,
+        announced: Announced,
+    ) -> S3Result<PutObjectOutput> {
         let dir = self.bucket(&input.bucket).await?;
         let key = parse_key(&input.key)?;
         let exclusive = match &input.if_none_match {
@@ -152,8 +160,8 @@ impl Store {
         let Some(name) = key.name else {
             // A folder object: the directory, marked.
             let mut body = body;
-            if let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| body_error(&e))?;
                 if !chunk.is_empty() {
                     return Err(s3_error!(
                         InvalidArgument,
@@ -161,6 +169,7 @@ impl Store {
                     ));
                 }
             }
+            announced.verify(&announced.digester().finalize())?;
             let ino = self.make_dirs(dir.ino, &key.dirs).await?;
             let attr = self.client.meta.getattr(ino).await.map_err(s3_err)?;
             let meta = ObjectMeta::new(EMPTY_MD5.into(), &attr, headers);
@@ -182,20 +191,19 @@ impl Store {
                 return Err(s3_error!(PreconditionFailed));
             }
         }
-        let w = self.write_temp(dir.ino, &key.dirs, body, false).await?;
-        if let Some(want) = &input.content_md5 {
-            let want = base64_simd::STANDARD
-                .decode_to_vec(want)
-                .map_err(|_| s3_error!(InvalidDigest))?;
-            if want != w.md5 {
-                self.discard(w.parent, &w.temp).await;
-                return Err(s3_error!(BadDigest));
-            }
-        }
-        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, headers);
+        let w = self
+            .write_temp(dir.ino, &key.dirs, body, false, &announced)
+            .await?;
+        let meta = ObjectMeta::new(hex(&w.digests.md5), &w.attr, headers);
         self.publish(&w, &meta, w.parent, name, exclusive).await?;
+        let sums = announced.answered(&w.digests);
         Ok(PutObjectOutput {
             e_tag: Some(ETag::Strong(meta.etag)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         })
     }
@@ -443,7 +451,9 @@ impl Store {
             src.attr
         } else {
             let body = self.read_stream(src.attr, 0..d.size).await?;
-            let w = self.write_temp(dir.ino, &key.dirs, body, false).await?;
+            let w = self
+                .write_temp(dir.ino, &key.dirs, body, false, &Announced::default())
+                .await?;
             let meta = ObjectMeta::new(etag.clone(), &w.attr, headers);
             self.publish(&w, &meta, w.parent, name, false).await?;
             w.attr

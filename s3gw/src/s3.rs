@@ -8,6 +8,8 @@ use s3s::S3Response;
 use s3s::S3Result;
 use s3s::S3;
 
+use crate::digest::checksums_of;
+use crate::digest::Announced;
 use crate::list::Item;
 use crate::list::Listing;
 use crate::list::Query;
@@ -70,7 +72,13 @@ impl S3 for Store {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        ok(Store::put_object(self, req.input).await?)
+        let announced = Announced::new(
+            req.input.content_md5.as_deref(),
+            checksums_of!(req.input),
+            &req.headers,
+            req.trailing_headers.clone(),
+        )?;
+        ok(Store::put_object(self, req.input, announced).await?)
     }
 
     async fn get_object(
@@ -208,7 +216,13 @@ impl S3 for Store {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        ok(Store::upload_part(self, req.input).await?)
+        let announced = Announced::new(
+            req.input.content_md5.as_deref(),
+            checksums_of!(req.input),
+            &req.headers,
+            req.trailing_headers.clone(),
+        )?;
+        ok(Store::upload_part(self, req.input, announced).await?)
     }
 
     async fn upload_part_copy(

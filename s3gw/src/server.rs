@@ -295,6 +295,7 @@ impl Shared {
             Ok(_permit) => {
                 self.metrics.in_flight.inc();
                 let mut req = req.map(Body::from);
+                join_repeated(req.headers_mut(), header::CONTENT_ENCODING);
                 req.extensions_mut().insert(slot.clone());
                 let answer = self.service.call(req).await;
                 self.metrics.in_flight.dec();
@@ -362,6 +363,25 @@ fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Joins a header sent several times into one comma-separated value (RFC
+/// 9110 section 5.3). SDKs send a streaming body's `Content-Encoding: gzip`
+/// and `Content-Encoding: aws-chunked` as two headers, which s3s refuses as
+/// duplicates; SigV4 canonicalizes repeated headers the same way (trimmed
+/// values joined by `,`), so the signature still verifies.
+fn join_repeated(headers: &mut hyper::HeaderMap, name: header::HeaderName) {
+    if headers.get_all(&name).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .collect();
+    if let Ok(value) = header::HeaderValue::from_bytes(&joined.join(&b","[..])) {
+        headers.insert(name, value);
+    }
+}
+
 /// An S3 error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> hyper::Response<Body> {
     let xml = format!(
@@ -374,4 +394,23 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> hyper::Respo
         header::HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_content_encodings_become_one() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        h.append(header::CONTENT_ENCODING, " aws-chunked".parse().unwrap());
+        join_repeated(&mut h, header::CONTENT_ENCODING);
+        let all: Vec<_> = h.get_all(header::CONTENT_ENCODING).iter().collect();
+        assert_eq!(all, ["gzip,aws-chunked"]);
+        let mut one = hyper::HeaderMap::new();
+        one.append(header::CONTENT_ENCODING, "br".parse().unwrap());
+        join_repeated(&mut one, header::CONTENT_ENCODING);
+        assert_eq!(one.get_all(header::CONTENT_ENCODING).iter().count(), 1);
+    }
 }

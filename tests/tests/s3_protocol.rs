@@ -1,0 +1,271 @@
+//! What S3 clients rely on beyond the happy path, each through a real S3
+//! client (aws-sdk-s3) or, where the SDK cannot produce the bad input, a
+//! request signed by the harness: body checksums (trailers and headers) are
+//! verified before anything is published, and `aws-chunked` framing never
+//! becomes an object's Content-Encoding.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::CompletedMultipartUpload;
+use aws_sdk_s3::types::CompletedPart;
+use s3s::crypto::Checksum;
+
+use cairn_tests::random_bytes;
+use cairn_tests::sigv4::base64;
+use cairn_tests::sigv4::Request;
+use cairn_tests::Cluster;
+use cairn_tests::S3Gateway;
+use cairn_tests::Spec;
+
+const READY: Duration = Duration::from_secs(60);
+
+async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+    let out = s3.get_object().bucket(bucket).key(key).send().await?;
+    Ok(out.body.collect().await?.into_bytes().to_vec())
+}
+
+async fn exists(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<bool> {
+    match s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Each flexible checksum: its header name and the base64 digest of `data`.
+fn checksums(data: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "x-amz-checksum-crc32",
+            base64(&s3s::crypto::Crc32::checksum(data)),
+        ),
+        (
+            "x-amz-checksum-crc32c",
+            base64(&s3s::crypto::Crc32c::checksum(data)),
+        ),
+        (
+            "x-amz-checksum-crc64nvme",
+            base64(&s3s::crypto::Crc64Nvme::checksum(data)),
+        ),
+        (
+            "x-amz-checksum-sha1",
+            base64(s3s::crypto::Sha1::checksum(data).as_ref()),
+        ),
+        (
+            "x-amz-checksum-sha256",
+            base64(s3s::crypto::Sha256::checksum(data).as_ref()),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn s3_a_wrong_trailing_checksum_is_bad_digest_and_stores_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    let (host, key, secret) = (
+        gw.addr.as_str(),
+        gw.access_key.as_str(),
+        gw.secret_key.as_str(),
+    );
+    s3.create_bucket().bucket("sums").send().await?;
+    s3.put_object()
+        .bucket("sums")
+        .key("kept")
+        .body(ByteStream::from_static(b"old content"))
+        .send()
+        .await?;
+    let up = s3
+        .create_multipart_upload()
+        .bucket("sums")
+        .key("mp")
+        .send()
+        .await?;
+    let upload_id = up.upload_id().unwrap_or_default().to_owned();
+    let data = random_bytes(200_000, 1);
+    let wrong = checksums(b"some other body");
+    let before = cairn_tests::check_tree(&cluster.client().meta).await?;
+
+    let mut refused = 0;
+    for (name, value) in &wrong {
+        let trailer = [(*name, value.as_str())];
+        // A new key, an existing key, and a part: each refused, nothing stored.
+        for path in ["/sums/new", "/sums/kept"] {
+            let r = Request::new("PUT", host, path, data.clone())
+                .streaming_unsigned_trailer(key, secret, 64 << 10, &trailer)
+                .send()
+                .await?;
+            assert_eq!(r.0, 400, "{name} trailer on {path}: {}", r.1);
+            assert!(r.1.contains("<Code>BadDigest</Code>"), "{}", r.1);
+            refused += 1;
+        }
+        let r = Request::new("PUT", host, "/sums/mp", data.clone())
+            .query("partNumber", "1")
+            .query("uploadId", &upload_id)
+            .streaming_unsigned_trailer(key, secret, 64 << 10, &trailer)
+            .send()
+            .await?;
+        assert_eq!(r.0, 400, "{name} trailer on a part: {}", r.1);
+        assert!(r.1.contains("<Code>BadDigest</Code>"), "{}", r.1);
+        // The same checksum as a header of a plain signed PUT.
+        let r = Request::new("PUT", host, "/sums/kept", data.clone())
+            .header(name, value)
+            .signed(key, secret)
+            .send()
+            .await?;
+        assert_eq!(r.0, 400, "{name} header: {}", r.1);
+        assert!(r.1.contains("<Code>BadDigest</Code>"), "{}", r.1);
+        refused += 3;
+    }
+    assert_eq!(refused, 5 * wrong.len());
+    // An announced trailer that never comes is refused as well.
+    let r = Request::new("PUT", host, "/sums/new", data.clone())
+        .header("x-amz-trailer", "x-amz-checksum-crc32")
+        .streaming_unsigned_trailer(key, secret, 64 << 10, &[])
+        .send()
+        .await?;
+    assert_eq!(r.0, 400, "a missing trailer: {}", r.1);
+
+    assert!(
+        !exists(&s3, "sums", "new").await?,
+        "a refused PUT was stored"
+    );
+    assert_eq!(get_bytes(&s3, "sums", "kept").await?, b"old content");
+    let parts = s3
+        .list_parts()
+        .bucket("sums")
+        .key("mp")
+        .upload_id(&upload_id)
+        .send()
+        .await?;
+    assert!(parts.parts().is_empty(), "a refused part was stored");
+    let after = cairn_tests::check_tree(&cluster.client().meta).await?;
+    assert_eq!(
+        (after.dirs, after.files),
+        (before.dirs, before.files),
+        "a refused upload left a file behind"
+    );
+
+    // The right trailers are accepted, and the checksum is answered.
+    for (i, (name, value)) in checksums(&data).iter().enumerate() {
+        let path = format!("/sums/ok-{i}");
+        let r = Request::new("PUT", host, &path, data.clone())
+            .streaming_unsigned_trailer(key, secret, 64 << 10, &[(name, value)])
+            .send_full()
+            .await?;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+        assert_eq!(r.header(name), Some(value.as_str()), "{name}");
+        assert_eq!(get_bytes(&s3, "sums", &format!("ok-{i}")).await?, data);
+    }
+    let r = Request::new("PUT", host, "/sums/mp", data.clone())
+        .query("partNumber", "1")
+        .query("uploadId", &upload_id)
+        .streaming_unsigned_trailer(
+            key,
+            secret,
+            64 << 10,
+            &[("x-amz-checksum-crc32c", &checksums(&data)[1].1)],
+        )
+        .send()
+        .await?;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let parts = s3
+        .list_parts()
+        .bucket("sums")
+        .key("mp")
+        .upload_id(&upload_id)
+        .send()
+        .await?;
+    assert_eq!(parts.parts().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_aws_chunked_is_not_stored_as_content_encoding() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("enc").send().await?;
+    let data = random_bytes(300_000, 2);
+    let file = cluster.dir.path().join("body");
+    std::fs::write(&file, &data)?;
+
+    // The SDK streams a file body as aws-chunked with a CRC32 trailer.
+    s3.put_object()
+        .bucket("enc")
+        .key("plain")
+        .body(ByteStream::from_path(&file).await?)
+        .send()
+        .await?;
+    s3.put_object()
+        .bucket("enc")
+        .key("gz")
+        .content_encoding("gzip")
+        .body(ByteStream::from_path(&file).await?)
+        .send()
+        .await?;
+    // A hand-signed streaming PUT (signed chunks) with gzip as well.
+    let r = Request::new("PUT", &gw.addr, "/enc/signed-gz", data.clone())
+        .header("content-encoding", "gzip")
+        .streaming_signed(&gw.access_key, &gw.secret_key, 64 << 10, None)
+        .send()
+        .await?;
+    assert_eq!(r.0, 200, "{}", r.1);
+
+    for (key, want) in [
+        ("plain", None),
+        ("gz", Some("gzip")),
+        ("signed-gz", Some("gzip")),
+    ] {
+        let head = s3.head_object().bucket("enc").key(key).send().await?;
+        assert_eq!(head.content_encoding(), want, "HEAD {key}");
+        let got = s3.get_object().bucket("enc").key(key).send().await?;
+        assert_eq!(got.content_encoding(), want, "GET {key}");
+        assert_eq!(
+            got.body.collect().await?.into_bytes().as_ref(),
+            data,
+            "{key}"
+        );
+    }
+    // Multipart: the encoding is given at creation.
+    let up = s3
+        .create_multipart_upload()
+        .bucket("enc")
+        .key("mp")
+        .content_encoding("aws-chunked,gzip")
+        .send()
+        .await?;
+    let id = up.upload_id().unwrap_or_default();
+    let part = s3
+        .upload_part()
+        .bucket("enc")
+        .key("mp")
+        .upload_id(id)
+        .part_number(1)
+        .body(ByteStream::from_path(&file).await?)
+        .send()
+        .await?;
+    s3.complete_multipart_upload()
+        .bucket("enc")
+        .key("mp")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(
+                    CompletedPart::builder()
+                        .part_number(1)
+                        .e_tag(part.e_tag().unwrap_or_default())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await?;
+    let head = s3.head_object().bucket("enc").key("mp").send().await?;
+    assert_eq!(head.content_encoding(), Some("gzip"));
+    assert_eq!(get_bytes(&s3, "enc", "mp").await?, data);
+    Ok(())
+}
