@@ -462,3 +462,41 @@ async fn s3_a_forged_chunk_signature_is_403_signature_does_not_match_and_stores_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn s3_an_unknown_access_key_is_403_invalid_access_key_id() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    gw.sdk().create_bucket().bucket("keys").send().await?;
+    let stranger = cairn_tests::sdk_client(&gw.endpoint(), "AKIDNOSUCHKEY0000000", &gw.secret_key);
+    let code = |e: &dyn aws_sdk_s3::error::ProvideErrorMetadata| e.code().map(str::to_owned);
+    let listed = stranger.list_buckets().send().await;
+    let e = listed.expect_err("an unknown key listed buckets");
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(403));
+    assert_eq!(code(&e).as_deref(), Some("InvalidAccessKeyId"));
+    let put = stranger
+        .put_object()
+        .bucket("keys")
+        .key("k")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    let e = put.expect_err("an unknown key wrote");
+    assert_eq!(code(&e).as_deref(), Some("InvalidAccessKeyId"));
+    // A presigned URL of an unknown key as well.
+    let (status, body) = Request::new("GET", &gw.addr, "/keys", Vec::new())
+        .presigned(
+            "AKIDNOSUCHKEY0000000",
+            &gw.secret_key,
+            SystemTime::now(),
+            60,
+        )
+        .send()
+        .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>InvalidAccessKeyId</Code>"), "{body}");
+    let listed = gw.sdk().list_objects_v2().bucket("keys").send().await?;
+    assert_eq!(listed.key_count(), Some(0));
+    Ok(())
+}

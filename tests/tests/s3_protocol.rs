@@ -1,11 +1,12 @@
 //! What S3 clients rely on beyond the happy path, each through a real S3
 //! client (aws-sdk-s3) or, where the SDK cannot produce the bad input, a
 //! request signed by the harness: body checksums (trailers and headers) are
-//! verified before anything is published, and `aws-chunked` framing never
-//! becomes an object's Content-Encoding.
+//! verified before anything is published, `aws-chunked` framing never
+//! becomes an object's Content-Encoding, and error answers have S3's shape.
 
 use std::time::Duration;
 
+use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedMultipartUpload;
 use aws_sdk_s3::types::CompletedPart;
@@ -19,6 +20,22 @@ use cairn_tests::S3Gateway;
 use cairn_tests::Spec;
 
 const READY: Duration = Duration::from_secs(60);
+
+/// The S3 error code of a failed call ("ok" for none).
+fn code<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug, R>(
+    r: &Result<R, aws_sdk_s3::error::SdkError<E>>,
+) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => match e.as_service_error().and_then(|s| s.code()) {
+            Some(c) => c.to_owned(),
+            None => match e.raw_response() {
+                Some(raw) => format!("http {}", raw.status().as_u16()),
+                None => format!("{e:?}"),
+            },
+        },
+    }
+}
 
 async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
     let out = s3.get_object().bucket(bucket).key(key).send().await?;
@@ -267,5 +284,78 @@ async fn s3_aws_chunked_is_not_stored_as_content_encoding() -> anyhow::Result<()
     let head = s3.head_object().bucket("enc").key("mp").send().await?;
     assert_eq!(head.content_encoding(), Some("gzip"));
     assert_eq!(get_bytes(&s3, "enc", "mp").await?, data);
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_error_answers_carry_message_resource_and_request_id() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("errs").send().await?;
+
+    // Through the SDK: what a user sees.
+    let r = s3.get_object().bucket("errs").key("missing").send().await;
+    assert_eq!(code(&r), "NoSuchKey");
+    let e = r.expect_err("a missing key").into_service_error();
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    assert_eq!(e.message(), Some("The specified key does not exist."));
+    assert!(
+        e.request_id().is_some_and(|id| !id.is_empty()),
+        "no request id: {e:?}"
+    );
+
+    // On the wire, for errors of each layer: the store (NoSuchKey), s3s's
+    // parsing and auth (SignatureDoesNotMatch, NoSuchBucket).
+    let (host, key, secret) = (
+        gw.addr.as_str(),
+        gw.access_key.as_str(),
+        gw.secret_key.as_str(),
+    );
+    let cases = [
+        (
+            Request::new("GET", host, "/errs/a%26b", Vec::new()).signed(key, secret),
+            404,
+            "NoSuchKey",
+            "/errs/a&amp;b",
+        ),
+        (
+            Request::new("GET", host, "/errs/x", Vec::new()).signed(key, "a-wrong-secret-key"),
+            403,
+            "SignatureDoesNotMatch",
+            "/errs/x",
+        ),
+        (
+            Request::new("GET", host, "/nobucket", Vec::new()).signed(key, secret),
+            404,
+            "NoSuchBucket",
+            "/nobucket",
+        ),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for (req, status, want, resource) in cases {
+        let r = req.send_full().await?;
+        assert_eq!(r.status, status, "{want}: {}", r.body);
+        let id = r.header("x-amz-request-id").unwrap_or_default().to_owned();
+        assert!(!id.is_empty(), "{want}: no x-amz-request-id");
+        assert!(ids.insert(id.clone()), "request id {id} answered twice");
+        for part in [
+            format!("<Code>{want}</Code>"),
+            "<Message>".to_owned(),
+            format!("<Resource>{resource}</Resource>"),
+            format!("<RequestId>{id}</RequestId>"),
+        ] {
+            assert!(r.body.contains(&part), "{want}: no {part} in {}", r.body);
+        }
+        assert!(!r.body.contains("<Message></Message>"), "{}", r.body);
+    }
+    // Successful answers carry a request id too.
+    let r = Request::new("GET", host, "/errs", Vec::new())
+        .signed(key, secret)
+        .send_full()
+        .await?;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-amz-request-id").is_some());
     Ok(())
 }
