@@ -40,4 +40,6 @@ pub struct Store {
     pub client: Arc<Client>,
     /// Largest object one PUT (or one part) may carry.
     pub max_object_bytes: u64,
+    /// The owner listings name (`Config::owner`).
+    pub owner: s3s::dto::Owner,
 }

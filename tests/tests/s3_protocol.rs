@@ -2,7 +2,8 @@
 //! client (aws-sdk-s3) or, where the SDK cannot produce the bad input, a
 //! request signed by the harness: body checksums (trailers and headers) are
 //! verified before anything is published, `aws-chunked` framing never
-//! becomes an object's Content-Encoding, and error answers have S3's shape.
+//! becomes an object's Content-Encoding, error answers have S3's shape, and
+//! listings name an owner.
 
 use std::time::Duration;
 
@@ -357,5 +358,58 @@ async fn s3_error_answers_carry_message_resource_and_request_id() -> anyhow::Res
         .await?;
     assert_eq!(r.status, 200);
     assert!(r.header("x-amz-request-id").is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_listings_name_the_owner() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let id = "79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be";
+    let gw = S3Gateway::start(
+        &cluster,
+        "s3",
+        &format!("[owner]\nid = \"{id}\"\ndisplay_name = \"team-a\""),
+    )
+    .await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("owned").send().await?;
+    for k in ["a", "dir/b"] {
+        s3.put_object()
+            .bucket("owned")
+            .key(k)
+            .body(ByteStream::from_static(b"x"))
+            .send()
+            .await?;
+    }
+    let buckets = s3.list_buckets().send().await?;
+    let owner = buckets.owner().expect("ListBuckets names an owner");
+    assert_eq!(
+        (owner.id(), owner.display_name()),
+        (Some(id), Some("team-a"))
+    );
+
+    let v2 = s3
+        .list_objects_v2()
+        .bucket("owned")
+        .fetch_owner(true)
+        .send()
+        .await?;
+    assert_eq!(v2.contents().len(), 2);
+    for o in v2.contents() {
+        let owner = o.owner().expect("FetchOwner=true names the owner");
+        assert_eq!(
+            (owner.id(), owner.display_name()),
+            (Some(id), Some("team-a"))
+        );
+    }
+    let plain = s3.list_objects_v2().bucket("owned").send().await?;
+    assert!(plain.contents().iter().all(|o| o.owner().is_none()));
+    let v1 = s3.list_objects().bucket("owned").send().await?;
+    assert_eq!(v1.contents().len(), 2);
+    for o in v1.contents() {
+        let owner = o.owner().expect("ListObjects names the owner");
+        assert_eq!(owner.id(), Some(id));
+    }
     Ok(())
 }
