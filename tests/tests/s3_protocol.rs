@@ -2,15 +2,20 @@
 //! client (aws-sdk-s3) or, where the SDK cannot produce the bad input, a
 //! request signed by the harness: body checksums (trailers and headers) are
 //! verified before anything is published, `aws-chunked` framing never
-//! becomes an object's Content-Encoding, error answers have S3's shape, and
-//! listings name an owner.
+//! becomes an object's Content-Encoding, error answers have S3's shape,
+//! listings name an owner, and DeleteObjects of 1,000 keys deletes them all.
 
 use std::time::Duration;
+use std::time::Instant;
 
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::CompletedMultipartUpload;
 use aws_sdk_s3::types::CompletedPart;
+use aws_sdk_s3::types::Delete;
+use aws_sdk_s3::types::ObjectIdentifier;
+use futures::stream::StreamExt;
+use futures::stream::TryStreamExt;
 use s3s::crypto::Checksum;
 
 use cairn_tests::random_bytes;
@@ -411,5 +416,79 @@ async fn s3_listings_name_the_owner() -> anyhow::Result<()> {
         let owner = o.owner().expect("ListObjects names the owner");
         assert_eq!(owner.id(), Some(id));
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_delete_objects_of_1000_keys_deletes_every_one() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("many").send().await?;
+    // Flat keys and keys in ten directories, which the delete must prune.
+    let keys: Vec<String> = (0..1000)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("k{i:04}")
+            } else {
+                format!("d{}/k{i:04}", i % 10)
+            }
+        })
+        .collect();
+    futures::stream::iter(keys.clone())
+        .map(|k| {
+            let s3 = s3.clone();
+            async move {
+                s3.put_object()
+                    .bucket("many")
+                    .key(&k)
+                    .body(ByteStream::from(k.clone().into_bytes()))
+                    .send()
+                    .await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let listed = s3.list_objects_v2().bucket("many").send().await?;
+    assert_eq!(listed.key_count(), Some(1000));
+
+    let mut delete = Delete::builder();
+    for k in &keys {
+        delete = delete.objects(ObjectIdentifier::builder().key(k).build()?);
+    }
+    let started = Instant::now();
+    let out = s3
+        .delete_objects()
+        .bucket("many")
+        .delete(delete.build()?)
+        .send()
+        .await?;
+    eprintln!("DeleteObjects of 1000 keys: {:?}", started.elapsed());
+    assert!(out.errors().is_empty(), "{:?}", out.errors());
+    let mut deleted: Vec<String> = out
+        .deleted()
+        .iter()
+        .filter_map(|d| d.key().map(str::to_owned))
+        .collect();
+    deleted.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(deleted, want);
+    let left = s3.list_objects_v2().bucket("many").send().await?;
+    assert_eq!(left.key_count(), Some(0), "{:?}", left.contents());
+    let with_prefixes = s3
+        .list_objects_v2()
+        .bucket("many")
+        .delimiter("/")
+        .send()
+        .await?;
+    assert!(
+        with_prefixes.common_prefixes().is_empty(),
+        "emptied directories were left: {:?}",
+        with_prefixes.common_prefixes()
+    );
+    s3.delete_bucket().bucket("many").send().await?;
     Ok(())
 }
