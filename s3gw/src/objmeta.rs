@@ -100,6 +100,10 @@ pub struct ObjectMeta {
     pub mtime_ns: i64,
     #[serde(flatten)]
     pub headers: Headers,
+    /// The multipart upload that made the object: a CompleteMultipartUpload
+    /// retried after it succeeded answers from this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 impl ObjectMeta {
@@ -110,6 +114,7 @@ impl ObjectMeta {
             size: attr.size,
             mtime_ns: attr.mtime_ns,
             headers,
+            upload_id: None,
         }
     }
 

@@ -3,7 +3,8 @@
 //! request signed by the harness: body checksums (trailers and headers) are
 //! verified before anything is published, `aws-chunked` framing never
 //! becomes an object's Content-Encoding, error answers have S3's shape,
-//! listings name an owner, and DeleteObjects of 1,000 keys deletes them all.
+//! listings name an owner, DeleteObjects of 1,000 keys deletes them all, and
+//! CompleteMultipartUpload is exclusive and idempotent.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -26,6 +27,15 @@ use cairn_tests::S3Gateway;
 use cairn_tests::Spec;
 
 const READY: Duration = Duration::from_secs(60);
+
+fn md5(data: &[u8]) -> Vec<u8> {
+    use md5::Digest;
+    md5::Md5::digest(data).to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The S3 error code of a failed call ("ok" for none).
 fn code<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug, R>(
@@ -490,5 +500,139 @@ async fn s3_delete_objects_of_1000_keys_deletes_every_one() -> anyhow::Result<()
         with_prefixes.common_prefixes()
     );
     s3.delete_bucket().bucket("many").send().await?;
+    Ok(())
+}
+
+/// An upload of two parts (5 MiB and 1 MiB): its id, the parts to complete
+/// it with, the object's bytes and its ETag.
+async fn two_part_upload(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    seed: u64,
+) -> anyhow::Result<(String, CompletedMultipartUpload, Vec<u8>, String)> {
+    let up = s3
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await?;
+    let id = up.upload_id().unwrap_or_default().to_owned();
+    let parts = [random_bytes(5 << 20, seed), random_bytes(1 << 20, seed + 1)];
+    let mut done = CompletedMultipartUpload::builder();
+    let mut md5s = Vec::new();
+    for (i, data) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let out = s3
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await?;
+        done = done.parts(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(out.e_tag().unwrap_or_default())
+                .build(),
+        );
+        md5s.extend(md5(data));
+    }
+    let etag = format!("{}-2", hex(&md5(&md5s)));
+    Ok((id, done.build(), parts.concat(), etag))
+}
+
+#[tokio::test]
+async fn s3_concurrent_completes_publish_the_parts_exactly_once() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("race").send().await?;
+    for round in 0..4u64 {
+        let key = format!("obj-{round}");
+        let (id, parts, data, etag) = two_part_upload(&s3, "race", &key, round * 10).await?;
+        let answers = futures::future::join_all((0..8).map(|_| {
+            s3.complete_multipart_upload()
+                .bucket("race")
+                .key(&key)
+                .upload_id(&id)
+                .multipart_upload(parts.clone())
+                .send()
+        }))
+        .await;
+        let mut won = 0;
+        for a in &answers {
+            match a {
+                Ok(out) => {
+                    assert_eq!(
+                        out.e_tag().map(|e| e.trim_matches('"')),
+                        Some(etag.as_str()),
+                        "round {round}"
+                    );
+                    won += 1;
+                }
+                Err(_) => assert_eq!(code(a), "NoSuchUpload", "round {round}"),
+            }
+        }
+        assert!(won >= 1, "round {round}: no completion succeeded");
+        let head = s3.head_object().bucket("race").key(&key).send().await?;
+        assert_eq!(
+            head.e_tag().map(|e| e.trim_matches('"')),
+            Some(etag.as_str())
+        );
+        assert_eq!(
+            head.content_length(),
+            Some(data.len() as i64),
+            "round {round}"
+        );
+        assert!(
+            get_bytes(&s3, "race", &key).await? == data,
+            "round {round}: other bytes"
+        );
+    }
+    let uploads = s3.list_multipart_uploads().bucket("race").send().await?;
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+    cairn_tests::check_tree(&cluster.client().meta).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_a_complete_retried_after_success_answers_the_same_etag() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    s3.create_bucket().bucket("retry").send().await?;
+    let (id, parts, data, etag) = two_part_upload(&s3, "retry", "obj", 7).await?;
+    let complete = || {
+        s3.complete_multipart_upload()
+            .bucket("retry")
+            .key("obj")
+            .upload_id(&id)
+            .multipart_upload(parts.clone())
+            .send()
+    };
+    let first = complete().await?;
+    assert_eq!(
+        first.e_tag().map(|e| e.trim_matches('"')),
+        Some(etag.as_str())
+    );
+    let again = complete().await?;
+    assert_eq!(again.e_tag(), first.e_tag());
+    assert!(get_bytes(&s3, "retry", "obj").await? == data);
+    let head = s3.head_object().bucket("retry").key("obj").send().await?;
+    assert_eq!(head.e_tag(), first.e_tag());
+    // Once the key holds another object, the upload is gone for good.
+    s3.put_object()
+        .bucket("retry")
+        .key("obj")
+        .body(ByteStream::from_static(b"replaced"))
+        .send()
+        .await?;
+    assert_eq!(code(&complete().await), "NoSuchUpload");
+    assert_eq!(get_bytes(&s3, "retry", "obj").await?, b"replaced");
     Ok(())
 }
