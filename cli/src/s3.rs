@@ -74,6 +74,7 @@ pub async fn start(
     let store = Store {
         client: cairn_client::Client::new(seeds),
         max_object_bytes: config.max_object_bytes,
+        owner: config.owner.to_dto(),
     };
     let mut registry = Registry::with_prefix("cairn");
     let gateway = Gateway::bind(&config, store, &mut registry).await?;

@@ -9,6 +9,10 @@
 //! max_concurrent_requests = 512      # more are answered 503 SlowDown
 //! access_log = "/var/log/cairn/s3-access.log"
 //!
+//! [owner]                            # who listings name as owner
+//! display_name = "cairn"
+//! id = "…"                           # default: hex SHA-256 of display_name
+//!
 //! [[keys]]
 //! access_key = "AKIA..."
 //! secret_key = "..."
@@ -28,6 +32,43 @@ pub struct AccessKey {
     pub secret_key: String,
 }
 
+/// The account the gateway serves: every configured key acts for it, so it
+/// owns every bucket and object (the namespace records no other owner).
+/// ListBuckets and the object listings (v1 always, v2 with `fetch-owner`)
+/// name it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Owner {
+    /// S3's canonical user id (64 hex digits there; any string here).
+    pub id: String,
+    pub display_name: String,
+}
+
+impl Owner {
+    /// The owner called `display_name`, with the id derived from the name.
+    pub fn named(display_name: &str) -> Owner {
+        use s3s::crypto::Checksum as _;
+        let digest = s3s::crypto::Sha256::checksum(display_name.as_bytes());
+        Owner {
+            id: crate::objmeta::hex(digest.as_ref()),
+            display_name: display_name.to_owned(),
+        }
+    }
+
+    pub fn to_dto(&self) -> s3s::dto::Owner {
+        s3s::dto::Owner {
+            id: Some(self.id.clone()),
+            display_name: Some(self.display_name.clone()),
+        }
+    }
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner::named("cairn")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -39,6 +80,7 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub max_concurrent_requests: usize,
     pub access_log: Option<PathBuf>,
+    pub owner: Owner,
 }
 
 impl Default for Config {
@@ -52,6 +94,7 @@ impl Default for Config {
             max_header_bytes: 64 << 10,
             max_concurrent_requests: 512,
             access_log: None,
+            owner: Owner::default(),
         }
     }
 }
@@ -78,6 +121,9 @@ impl Config {
         }
         if self.max_header_bytes < 8192 {
             bail!("max_header_bytes must be at least 8192");
+        }
+        if self.owner.id.is_empty() || self.owner.display_name.is_empty() {
+            bail!("owner.id and owner.display_name must not be empty");
         }
         if self.max_concurrent_requests == 0 {
             bail!("max_concurrent_requests must be at least 1");

@@ -4,6 +4,8 @@
 //! - `names`: how bucket names and object keys map to paths, and which are refused;
 //! - `objmeta`: what an object carries beyond its bytes (ETag, Content-Type,
 //!   x-amz-meta-*), kept in one xattr of its file;
+//! - `digest`: the digests a request announces for its body (Content-MD5,
+//!   checksum headers and trailers), checked before the body is published;
 //! - `namespace`: lookups, directory creation, temporary files, and writing a
 //!   request body into a new file that a rename then publishes atomically;
 //! - `bucket`, `object`, `list`, `multipart`: the S3 operations, and `s3` the
@@ -14,6 +16,7 @@
 
 pub mod bucket;
 pub mod config;
+pub mod digest;
 pub mod error;
 pub mod list;
 pub mod multipart;
@@ -37,4 +40,6 @@ pub struct Store {
     pub client: Arc<Client>,
     /// Largest object one PUT (or one part) may carry.
     pub max_object_bytes: u64,
+    /// The owner listings name (`Config::owner`).
+    pub owner: s3s::dto::Owner,
 }

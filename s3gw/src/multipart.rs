@@ -9,6 +9,16 @@
 //! the parts and it share the directory's shard), gets the object record
 //! (ETag = MD5 of the parts' MD5s, `-N`) and is renamed to the key; then the
 //! emptied parts and the directory go.
+//!
+//! Completion is exclusive and idempotent without a lock: `Concat` is atomic
+//! and leaves its sources empty, so of overlapping completions only the first
+//! to concatenate receives the parts' bytes. Each completion checks that its
+//! new file has exactly the size of the parts it listed and publishes nothing
+//! otherwise; an emptied part (size 0, its record stale) also says another
+//! completion took it. Such a loser, and a Complete retried after success,
+//! answers from the published object's record, which names the upload it
+//! came from: the same ETag, or `NoSuchUpload` when the key now holds
+//! something else (or the other completion failed).
 
 use futures::stream::StreamExt;
 use futures::stream::TryStreamExt;
@@ -16,17 +26,24 @@ use s3s::crypto::Checksum;
 use s3s::crypto::Md5;
 use s3s::dto::*;
 use s3s::s3_error;
+use s3s::S3ErrorCode;
 use s3s::S3Result;
 use serde::Deserialize;
 use serde::Serialize;
 
 use cairn_proto::ids::ROOT_INO;
 use cairn_proto::pb;
+use cairn_proto::retry::retry;
+use cairn_proto::retry::Backoff;
 use cairn_proto::status::ENOENT;
+use cairn_proto::status::ENOTEMPTY;
 
+use crate::digest::Announced;
+use crate::digest::Computed;
 use crate::error::is_errno;
 use crate::error::s3_err;
 use crate::names::parse_key;
+use crate::names::KeyPath;
 use crate::names::SYSTEM_DIR;
 use crate::names::UPLOADS_DIR;
 use crate::object::body_or_empty;
@@ -64,6 +81,17 @@ struct StoredPart {
     size: u64,
     etag: String,
     mtime_ns: i64,
+}
+
+/// How long a completion that lost the race to another waits for the
+/// winner to publish before answering `NoSuchUpload`.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a completion did not publish: it did not get the parts' bytes.
+enum Lost {
+    /// The upload was completed by another request (or is being).
+    ToAnother,
+    Failed(s3s::S3Error),
 }
 
 fn check_upload_id(id: &str) -> S3Result<()> {
@@ -120,9 +148,11 @@ impl Store {
         Ok(Upload { dir, record })
     }
 
-    /// The parts stored in an upload's directory, by number.
-    async fn parts(&self, dir: u64) -> S3Result<Vec<StoredPart>> {
+    /// The parts stored in an upload's directory, by number, and whether a
+    /// part was emptied by a completion (size 0, its record stale).
+    async fn parts(&self, dir: u64) -> S3Result<(Vec<StoredPart>, bool)> {
         let mut parts = Vec::new();
+        let mut emptied = false;
         let mut after = Vec::new();
         loop {
             let (page, more) = self
@@ -144,18 +174,19 @@ impl Store {
                 let (Some(attr), Some(raw)) = (e.attr, e.xattr) else {
                     continue;
                 };
-                if let Some(meta) = ObjectMeta::decode_valid(&raw, &attr) {
-                    parts.push(StoredPart {
+                match ObjectMeta::decode_valid(&raw, &attr) {
+                    Some(meta) => parts.push(StoredPart {
                         number,
                         ino: attr.ino,
                         size: attr.size,
                         etag: meta.etag,
                         mtime_ns: attr.mtime_ns,
-                    });
+                    }),
+                    None => emptied |= attr.size == 0,
                 }
             }
             if !more {
-                return Ok(parts);
+                return Ok((parts, emptied));
             }
         }
     }
@@ -201,50 +232,49 @@ impl Store {
         })
     }
 
-    /// Stores a part's bytes and publishes it under its number.
+    /// Stores a part's bytes, checks the digests the request `announced`,
+    /// and publishes it under its number.
     async fn store_part<S, E>(
         &self,
         upload: &Upload,
         number: i32,
         body: S,
-        content_md5: Option<&str>,
-    ) -> S3Result<(String, pb::Attr)>
+        announced: &Announced,
+    ) -> S3Result<(String, pb::Attr, Computed)>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let w = self.write_temp(upload.dir, &[], body, true).await?;
-        if let Some(want) = content_md5 {
-            let ok = base64_simd::STANDARD
-                .decode_to_vec(want)
-                .is_ok_and(|m| m == w.md5);
-            if !ok {
-                self.discard(w.parent, &w.temp).await;
-                return Err(s3_error!(BadDigest));
-            }
-        }
-        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, Headers::default());
+        let w = self
+            .write_temp(upload.dir, &[], body, true, announced)
+            .await?;
+        let meta = ObjectMeta::new(hex(&w.digests.md5), &w.attr, Headers::default());
         self.publish(&w, &meta, upload.dir, &part_name(number), false)
             .await?;
-        Ok((meta.etag, w.attr))
+        Ok((meta.etag, w.attr, w.digests))
     }
 
-    pub async fn upload_part(&self, input: UploadPartInput) -> S3Result<UploadPartOutput> {
+    pub async fn upload_part(
+        &self,
+        input: UploadPartInput,
+        announced: Announced,
+    ) -> S3Result<UploadPartOutput> {
         check_part_number(input.part_number)?;
         let upload = self
             .upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let body = body_or_empty(input.body);
-        let (etag, _) = self
-            .store_part(
-                &upload,
-                input.part_number,
-                body,
-                input.content_md5.as_deref(),
-            )
+        let (etag, _, digests) = self
+            .store_part(&upload, input.part_number, body, &announced)
             .await?;
+        let sums = announced.answered(&digests);
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         })
     }
@@ -265,8 +295,8 @@ impl Store {
             Some(r) => parse_copy_range(r, d.size)?,
         };
         let body = self.read_stream(src.attr, range).await?;
-        let (etag, attr) = self
-            .store_part(&upload, input.part_number, body, None)
+        let (etag, attr, _) = self
+            .store_part(&upload, input.part_number, body, &Announced::default())
             .await?;
         Ok(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
@@ -287,6 +317,7 @@ impl Store {
         let mut parts: Vec<StoredPart> = self
             .parts(upload.dir)
             .await?
+            .0
             .into_iter()
             .filter(|p| p.number > marker)
             .collect();
@@ -329,68 +360,181 @@ impl Store {
             ));
         };
         let exclusive = input.if_none_match.as_ref().is_some_and(|c| c.is_any());
-        let upload = self
-            .upload(&input.bucket, &input.key, &input.upload_id)
-            .await?;
         let asked = input
             .multipart_upload
             .and_then(|m| m.parts)
             .filter(|p| !p.is_empty())
             .ok_or_else(|| s3_error!(MalformedXML, "the upload lists no parts"))?;
-        let stored = self.parts(upload.dir).await?;
-        let mut chosen = Vec::with_capacity(asked.len());
-        let mut md5s = Md5::new();
-        let mut last = 0;
-        for (i, p) in asked.iter().enumerate() {
-            let number = p
-                .part_number
-                .ok_or_else(|| s3_error!(InvalidPart, "a part has no number"))?;
-            if number <= last {
-                return Err(s3_error!(InvalidPartOrder));
+        let answer = |etag: String| CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        };
+        let upload = match self
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+        {
+            Ok(u) => u,
+            // Perhaps completed already: a retry answers as the first did.
+            Err(e) if *e.code() == S3ErrorCode::NoSuchUpload => {
+                return self
+                    .completed_as(&input.bucket, dir.ino, &key, &input.upload_id)
+                    .await
+                    .map(answer)
             }
-            last = number;
-            let part = stored
-                .iter()
-                .find(|s| s.number == number)
-                .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded"))?;
-            if p.e_tag.as_ref().is_some_and(|e| e.value() != part.etag) {
-                return Err(s3_error!(InvalidPart, "part {number} has another ETag"));
+            Err(e) => return Err(e),
+        };
+        let (stored, emptied) = self.parts(upload.dir).await?;
+        let chosen = match choose_parts(&asked, &stored) {
+            Ok(c) => c,
+            // A part was taken by another completion of this upload.
+            Err(_) if emptied => {
+                return self
+                    .completed_as(&input.bucket, dir.ino, &key, &input.upload_id)
+                    .await
+                    .map(answer)
             }
-            if i + 1 < asked.len() && part.size < MIN_PART_BYTES {
-                return Err(s3_error!(EntityTooSmall, "part {number} is under 5 MiB"));
+            Err(e) => {
+                // Completed already, but its directory not yet removed.
+                return match self.published_etag(dir.ino, &key, &input.upload_id).await {
+                    Some(etag) => Ok(answer(etag)),
+                    None => Err(e),
+                };
             }
-            md5s.update(
-                &unhex(&part.etag).ok_or_else(|| s3_error!(InternalError, "bad part record"))?,
-            );
-            chosen.push(part.ino);
+        };
+        let (w, mut meta) = match self.concat_parts(&upload, &chosen).await {
+            Ok(done) => done,
+            Err(Lost::ToAnother) => {
+                return self
+                    .completed_as(&input.bucket, dir.ino, &key, &input.upload_id)
+                    .await
+                    .map(answer)
+            }
+            Err(Lost::Failed(e)) => return Err(e),
+        };
+        meta.upload_id = Some(input.upload_id.clone());
+        let parent = match self.make_dirs(dir.ino, &key.dirs).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.discard(w.parent, &w.temp).await;
+                return Err(e);
+            }
+        };
+        self.publish(&w, &meta, parent, name, exclusive).await?;
+        // The object is published: what is left of the upload is litter, and a
+        // retry of this request answers from the object's record.
+        if let Err(e) = self
+            .remove_upload(&input.bucket, &input.upload_id, upload.dir)
+            .await
+        {
+            tracing::warn!(upload = %input.upload_id, "removing a completed upload: {e}");
         }
-        let etag = format!("{}-{}", hex(&md5s.finalize()), chosen.len());
+        Ok(answer(meta.etag))
+    }
+
+    /// Moves the chosen parts' bytes into a new temporary file of the upload
+    /// and stamps its record; `Lost::ToAnother` when the file did not get
+    /// exactly the parts' bytes (a concurrent completion took them first), and
+    /// then nothing is left behind.
+    async fn concat_parts(
+        &self,
+        upload: &Upload,
+        chosen: &Chosen,
+    ) -> Result<(crate::namespace::Written, ObjectMeta), Lost> {
         let w = self
             .write_temp(
                 upload.dir,
                 &[],
                 futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
                 true,
+                &Announced::default(),
             )
-            .await?;
-        let attr = match self.client.meta.concat(w.attr.ino, chosen).await {
+            .await
+            .map_err(|e| {
+                // The upload's directory went: completed meanwhile.
+                if *e.code() == S3ErrorCode::NoSuchKey {
+                    Lost::ToAnother
+                } else {
+                    Lost::Failed(e)
+                }
+            })?;
+        let attr = match self
+            .client
+            .meta
+            .concat(w.attr.ino, chosen.inos.clone())
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 self.discard(w.parent, &w.temp).await;
-                return Err(s3_err(e));
+                // A part gone: the upload was completed (and removed) meanwhile.
+                return Err(if is_errno(&e, ENOENT) {
+                    Lost::ToAnother
+                } else {
+                    Lost::Failed(s3_err(e))
+                });
             }
         };
-        let meta = ObjectMeta::new(etag.clone(), &attr, upload.record.headers.clone());
-        let parent = self.make_dirs(dir.ino, &key.dirs).await?;
-        self.publish(&w, &meta, parent, name, exclusive).await?;
-        self.remove_upload(&input.bucket, &input.upload_id, upload.dir)
-            .await?;
-        Ok(CompleteMultipartUploadOutput {
-            bucket: Some(input.bucket),
-            key: Some(input.key),
-            e_tag: Some(ETag::Strong(etag)),
-            ..Default::default()
-        })
+        if attr.size != chosen.size {
+            self.discard(w.parent, &w.temp).await;
+            return Err(Lost::ToAnother);
+        }
+        let meta = ObjectMeta::new(chosen.etag.clone(), &attr, upload.record.headers.clone());
+        Ok((w, meta))
+    }
+
+    /// The ETag of the object a completion of `upload_id` published at `key`,
+    /// waiting (up to `JOIN_WAIT`) while the upload is still being completed;
+    /// `NoSuchUpload` if the key holds no object of that upload.
+    async fn completed_as(
+        &self,
+        bucket_name: &str,
+        bucket: u64,
+        key: &KeyPath<'_>,
+        upload_id: &str,
+    ) -> S3Result<String> {
+        let backoff = Backoff {
+            first: std::time::Duration::from_millis(10),
+            max: std::time::Duration::from_millis(200),
+            deadline: JOIN_WAIT,
+        };
+        // Err(true): not published yet, the upload still there; Err(false): settled.
+        let settled = retry(
+            backoff,
+            |in_progress: &bool| *in_progress,
+            |_| async move {
+                match self.published_etag(bucket, key, upload_id).await {
+                    Some(etag) => Ok(etag),
+                    None => Err(self.upload_dir_exists(bucket_name, upload_id).await),
+                }
+            },
+        )
+        .await;
+        settled.map_err(|_| s3_error!(NoSuchUpload))
+    }
+
+    /// The ETag of the object at `key`, if a completion of `upload_id` made it.
+    async fn published_etag(
+        &self,
+        bucket: u64,
+        key: &KeyPath<'_>,
+        upload_id: &str,
+    ) -> Option<String> {
+        let meta = self.find(bucket, key).await.ok()?.meta?;
+        (meta.upload_id.as_deref() == Some(upload_id)).then_some(meta.etag)
+    }
+
+    /// Whether the upload's directory is still there (on doubt: yes).
+    async fn upload_dir_exists(&self, bucket: &str, upload_id: &str) -> bool {
+        match self.uploads_of(bucket, false).await {
+            Ok(Some(uploads)) => !matches!(
+                self.client.meta.lookup(uploads, upload_id.as_bytes()).await,
+                Err(e) if is_errno(&e, ENOENT)
+            ),
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 
     pub async fn abort_multipart_upload(&self, input: AbortMultipartUploadInput) -> S3Result<()> {
@@ -401,23 +545,35 @@ impl Store {
             .await
     }
 
-    /// Removes an upload's directory with what is left in it.
+    /// Removes an upload's directory with what is left in it. A concurrent
+    /// completion that lost may add a temporary file meanwhile (and remove
+    /// it again): then the directory is emptied again.
     async fn remove_upload(&self, bucket: &str, upload_id: &str, dir: u64) -> S3Result<()> {
-        let entries = self.client.meta.readdir(dir).await.map_err(s3_err)?;
-        futures::stream::iter(entries)
-            .map(|e| async move {
-                match self.client.meta.unlink(dir, &e.name).await {
-                    Err(err) if !is_errno(&err, ENOENT) => Err(s3_err(err)),
-                    _ => Ok(()),
-                }
-            })
-            .buffer_unordered(16)
-            .try_collect::<Vec<()>>()
-            .await?;
         let Some(uploads) = self.uploads_of(bucket, false).await? else {
             return Ok(());
         };
-        match self.client.meta.rmdir(uploads, upload_id.as_bytes()).await {
+        let backoff = Backoff {
+            first: std::time::Duration::from_millis(5),
+            max: std::time::Duration::from_millis(100),
+            deadline: std::time::Duration::from_secs(5),
+        };
+        let not_empty = |e: &cairn_client::ClientError| is_errno(e, ENOTEMPTY);
+        let removed = retry(backoff, not_empty, |_| async move {
+            let entries = self.client.meta.readdir(dir).await?;
+            futures::stream::iter(entries)
+                .map(|e| async move {
+                    match self.client.meta.unlink(dir, &e.name).await {
+                        Err(err) if !is_errno(&err, ENOENT) => Err(err),
+                        _ => Ok(()),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>()
+                .await?;
+            self.client.meta.rmdir(uploads, upload_id.as_bytes()).await
+        })
+        .await;
+        match removed {
             Err(e) if !is_errno(&e, ENOENT) => Err(s3_err(e)),
             _ => Ok(()),
         }
@@ -500,6 +656,53 @@ impl Store {
             ..Default::default()
         })
     }
+}
+
+/// The stored parts a completion lists, checked, with what it will publish.
+struct Chosen {
+    /// The parts' inodes, in order.
+    inos: Vec<u64>,
+    /// Their total size: what the completed object must hold.
+    size: u64,
+    /// MD5 of the parts' MD5s, `-N`.
+    etag: String,
+}
+
+/// Checks the parts a completion asks for against the stored ones: numbers
+/// ascending, each uploaded with the ETag given, all but the last at least
+/// 5 MiB.
+fn choose_parts(asked: &[CompletedPart], stored: &[StoredPart]) -> S3Result<Chosen> {
+    let mut inos = Vec::with_capacity(asked.len());
+    let mut size = 0;
+    let mut md5s = Md5::new();
+    let mut last = 0;
+    for (i, p) in asked.iter().enumerate() {
+        let number = p
+            .part_number
+            .ok_or_else(|| s3_error!(InvalidPart, "a part has no number"))?;
+        if number <= last {
+            return Err(s3_error!(InvalidPartOrder));
+        }
+        last = number;
+        let part = stored
+            .iter()
+            .find(|s| s.number == number)
+            .ok_or_else(|| s3_error!(InvalidPart, "part {number} was not uploaded"))?;
+        if p.e_tag.as_ref().is_some_and(|e| e.value() != part.etag) {
+            return Err(s3_error!(InvalidPart, "part {number} has another ETag"));
+        }
+        if i + 1 < asked.len() && part.size < MIN_PART_BYTES {
+            return Err(s3_error!(EntityTooSmall, "part {number} is under 5 MiB"));
+        }
+        md5s.update(&unhex(&part.etag).ok_or_else(|| s3_error!(InternalError, "bad part record"))?);
+        inos.push(part.ino);
+        size += part.size;
+    }
+    Ok(Chosen {
+        etag: format!("{}-{}", hex(&md5s.finalize()), inos.len()),
+        inos,
+        size,
+    })
 }
 
 /// `bytes=first-last` of a copy source of `size` bytes.

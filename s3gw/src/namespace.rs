@@ -7,8 +7,6 @@
 use bytes::Bytes;
 use futures::Stream;
 use futures::StreamExt;
-use s3s::crypto::Checksum;
-use s3s::crypto::Md5;
 use s3s::s3_error;
 use s3s::S3Result;
 
@@ -19,6 +17,9 @@ use cairn_proto::status::ENODATA;
 use cairn_proto::status::ENOENT;
 use cairn_proto::status::ENOTEMPTY;
 
+use crate::digest::Announced;
+use crate::digest::Computed;
+use crate::error::body_error;
 use crate::error::conflict;
 use crate::error::is_errno;
 use crate::error::s3_err;
@@ -42,7 +43,8 @@ pub struct Written {
     pub parent: u64,
     pub temp: String,
     pub attr: pb::Attr,
-    pub md5: [u8; 16],
+    /// Its MD5 (the ETag) and the checksums the request announced.
+    pub digests: Computed,
 }
 
 impl Store {
@@ -147,15 +149,18 @@ impl Store {
     }
 
     /// Stores `body` in a new temporary file of the directory `dirs` below
-    /// `from` (created as needed), computing its MD5; `blocks_only` keeps even
-    /// a small body out of the inode (for parts, whose slices a multipart
-    /// completion moves). Nothing is left behind on failure.
+    /// `from` (created as needed), computing its MD5 and checking the digests
+    /// the request `announced` once the body has ended; `blocks_only` keeps
+    /// even a small body out of the inode (for parts, whose slices a multipart
+    /// completion moves). Nothing is left behind on failure, a digest
+    /// mismatch included.
     pub async fn write_temp<S, E>(
         &self,
         from: u64,
         dirs: &[&str],
         body: S,
         blocks_only: bool,
+        announced: &Announced,
     ) -> S3Result<Written>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -178,12 +183,12 @@ impl Store {
                 Err(e) => return Err(s3_err(e)),
             }
         };
-        match self.fill(attr, body, blocks_only).await {
-            Ok((attr, md5)) => Ok(Written {
+        match self.fill(attr, body, blocks_only, announced).await {
+            Ok((attr, digests)) => Ok(Written {
                 parent,
                 temp,
                 attr,
-                md5,
+                digests,
             }),
             Err(e) => {
                 self.discard(parent, &temp).await;
@@ -197,7 +202,8 @@ impl Store {
         attr: pb::Attr,
         mut body: S,
         blocks_only: bool,
-    ) -> S3Result<(pb::Attr, [u8; 16])>
+        announced: &Announced,
+    ) -> S3Result<(pb::Attr, Computed)>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -206,23 +212,24 @@ impl Store {
         if blocks_only {
             writer = writer.without_inline();
         }
-        let mut md5 = Md5::new();
+        let mut digester = announced.digester();
         let mut offset = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| s3_error!(IncompleteBody, "reading the request body: {e}"))?;
+            let chunk = chunk.map_err(|e| body_error(&e))?;
             offset += chunk.len() as u64;
             if offset > self.max_object_bytes {
                 return Err(s3_error!(EntityTooLarge));
             }
-            md5.update(&chunk);
+            digester.update(&chunk);
             writer
                 .write_at(offset - chunk.len() as u64, &chunk)
                 .await
                 .map_err(s3_err)?;
         }
         let attr = writer.close().await.map_err(s3_err)?.unwrap_or(attr);
-        Ok((attr, md5.finalize()))
+        let digests = digester.finalize();
+        announced.verify(&digests)?;
+        Ok((attr, digests))
     }
 
     /// Stores `meta` on a temporary file and moves it to `name` in `parent`,

@@ -1,6 +1,8 @@
 //! Object operations: PUT (plain and conditional), GET and HEAD (ranges,
 //! conditional requests), DELETE (one or many) and COPY.
 
+use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -16,9 +18,12 @@ use cairn_proto::status::ENOENT;
 use cairn_proto::status::ENOTDIR;
 use cairn_proto::status::EPERM;
 
+use crate::digest::Announced;
+use crate::error::body_error;
 use crate::error::is_errno;
 use crate::error::s3_err;
 use crate::names::parse_key;
+use crate::names::KeyPath;
 use crate::namespace::Found;
 use crate::objmeta::etag;
 use crate::objmeta::headers_from;
@@ -31,7 +36,7 @@ use crate::Store;
 /// Bytes a GET reads from the cluster at once (and buffers per request, twice).
 const READ_PIECE: usize = 4 << 20;
 const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
-/// DeleteObjects runs this many deletes at once.
+/// DeleteObjects runs this many lookups or deletes at once.
 const DELETE_PARALLEL: usize = 16;
 
 /// The representation headers of a found object.
@@ -134,7 +139,13 @@ fn matches_etag(c: &ETagCondition, e: &ETag) -> bool {
 }
 
 impl Store {
-    pub async fn put_object(&self, input: PutObjectInput) -> S3Result<PutObjectOutput> {
+    /// Stores an object; `announced` holds the digests the request gave for
+    /// its body, checked before the object is published.
+    pub async fn put_object(
+        &self,
+        input: PutObjectInput,
+        announced: Announced,
+    ) -> S3Result<PutObjectOutput> {
         let dir = self.bucket(&input.bucket).await?;
         let key = parse_key(&input.key)?;
         let exclusive = match &input.if_none_match {
@@ -152,8 +163,8 @@ impl Store {
         let Some(name) = key.name else {
             // A folder object: the directory, marked.
             let mut body = body;
-            if let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| body_error(&e))?;
                 if !chunk.is_empty() {
                     return Err(s3_error!(
                         InvalidArgument,
@@ -161,6 +172,7 @@ impl Store {
                     ));
                 }
             }
+            announced.verify(&announced.digester().finalize())?;
             let ino = self.make_dirs(dir.ino, &key.dirs).await?;
             let attr = self.client.meta.getattr(ino).await.map_err(s3_err)?;
             let meta = ObjectMeta::new(EMPTY_MD5.into(), &attr, headers);
@@ -182,20 +194,19 @@ impl Store {
                 return Err(s3_error!(PreconditionFailed));
             }
         }
-        let w = self.write_temp(dir.ino, &key.dirs, body, false).await?;
-        if let Some(want) = &input.content_md5 {
-            let want = base64_simd::STANDARD
-                .decode_to_vec(want)
-                .map_err(|_| s3_error!(InvalidDigest))?;
-            if want != w.md5 {
-                self.discard(w.parent, &w.temp).await;
-                return Err(s3_error!(BadDigest));
-            }
-        }
-        let meta = ObjectMeta::new(hex(&w.md5), &w.attr, headers);
+        let w = self
+            .write_temp(dir.ino, &key.dirs, body, false, &announced)
+            .await?;
+        let meta = ObjectMeta::new(hex(&w.digests.md5), &w.attr, headers);
         self.publish(&w, &meta, w.parent, name, exclusive).await?;
+        let sums = announced.answered(&w.digests);
         Ok(PutObjectOutput {
             e_tag: Some(ETag::Strong(meta.etag)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         })
     }
@@ -315,61 +326,107 @@ impl Store {
         let Some(parent) = self.find_dir(dir.ino, &key.dirs).await? else {
             return Ok(());
         };
-        match key.name {
-            Some(name) => match self.client.meta.unlink(parent.ino, name.as_bytes()).await {
-                Ok(()) => {}
-                Err(e)
-                    if is_errno(&e, ENOENT)
-                        || is_errno(&e, EISDIR)
-                        || is_errno(&e, EPERM)
-                        || is_errno(&e, ENOTDIR) => {}
-                Err(e) => return Err(s3_err(e)),
-            },
-            None => {
-                if key.dirs.is_empty() {
-                    return Ok(());
-                }
-                match self
-                    .client
-                    .meta
-                    .removexattr(parent.ino, crate::objmeta::XATTR)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if is_errno(&e, cairn_proto::status::ENODATA) => return Ok(()),
-                    Err(e) => return Err(s3_err(e)),
-                }
-            }
-        }
+        self.delete_in(parent.ino, &key).await?;
         self.prune_dirs(dir.ino, &key.dirs).await;
         Ok(())
     }
 
+    /// Deletes `key` from its directory `parent` (already looked up), leaving
+    /// the directories above it.
+    async fn delete_in(&self, parent: u64, key: &KeyPath<'_>) -> S3Result<()> {
+        match key.name {
+            Some(name) => match self.client.meta.unlink(parent, name.as_bytes()).await {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if is_errno(&e, ENOENT)
+                        || is_errno(&e, EISDIR)
+                        || is_errno(&e, EPERM)
+                        || is_errno(&e, ENOTDIR) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(s3_err(e)),
+            },
+            None if key.dirs.is_empty() => Ok(()),
+            None => match self
+                .client
+                .meta
+                .removexattr(parent, crate::objmeta::XATTR)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if is_errno(&e, cairn_proto::status::ENODATA) => Ok(()),
+                Err(e) => Err(s3_err(e)),
+            },
+        }
+    }
+
+    /// DeleteObjects as one batch: the bucket and each distinct directory of
+    /// the keys are looked up once, the deletes run `DELETE_PARALLEL` at a
+    /// time (one metadata mutation each), and each directory that may have
+    /// emptied is pruned once at the end. Errors are per key.
     pub async fn delete_objects(&self, input: DeleteObjectsInput) -> S3Result<DeleteObjectsOutput> {
-        self.bucket(&input.bucket).await?;
+        let bucket = self.bucket(&input.bucket).await?.ino;
         let quiet = input.delete.quiet.unwrap_or(false);
-        let bucket = &input.bucket;
-        let results: Vec<(ObjectIdentifier, S3Result<()>)> =
-            futures::stream::iter(input.delete.objects)
-                .map(|o| async move {
-                    let r = self.delete_key(bucket, &o.key).await;
-                    (o, r)
-                })
-                .buffered(DELETE_PARALLEL)
-                .collect()
-                .await;
+        let objects = input.delete.objects;
+        let keys: Vec<S3Result<KeyPath<'_>>> = objects.iter().map(|o| parse_key(&o.key)).collect();
+        // Streams below map indices, not references: a closure taking a
+        // reference trips the Send check of the async trait.
+        let dirs: Vec<&[&str]> = keys
+            .iter()
+            .filter_map(|k| k.as_ref().ok())
+            .map(|k| k.dirs.as_slice())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found: Vec<S3Result<Option<u64>>> = futures::stream::iter(0..dirs.len())
+            .map(|i| {
+                let d = dirs[i];
+                async move { self.find_dir(bucket, d).await.map(|a| a.map(|a| a.ino)) }
+            })
+            .buffered(DELETE_PARALLEL)
+            .collect()
+            .await;
+        let dir_of: HashMap<&[&str], usize> =
+            dirs.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+        let results: Vec<S3Result<()>> = futures::stream::iter(0..keys.len())
+            .map(|i| {
+                let (key, found, dir_of) = (&keys[i], &found, &dir_of);
+                async move {
+                    let k = key.as_ref().map_err(copy_error)?;
+                    match &found[dir_of[k.dirs.as_slice()]] {
+                        Err(e) => Err(copy_error(e)),
+                        // No such directory: no such key, which is no error.
+                        Ok(None) => Ok(()),
+                        Ok(Some(parent)) => self.delete_in(*parent, k).await,
+                    }
+                }
+            })
+            .buffered(DELETE_PARALLEL)
+            .collect()
+            .await;
+        futures::stream::iter(0..dirs.len())
+            .for_each_concurrent(DELETE_PARALLEL, |i| {
+                let d = dirs[i];
+                async move {
+                    if !d.is_empty() {
+                        self.prune_dirs(bucket, d).await;
+                    }
+                }
+            })
+            .await;
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for (o, r) in results {
+        for (o, r) in objects.iter().zip(results) {
             match r {
                 Ok(()) if !quiet => deleted.push(DeletedObject {
-                    key: Some(o.key),
+                    key: Some(o.key.clone()),
                     ..Default::default()
                 }),
                 Ok(()) => {}
                 Err(e) => errors.push(Error {
                     code: Some(e.code().as_str().to_owned()),
-                    key: Some(o.key),
+                    key: Some(o.key.clone()),
                     message: e.message().map(str::to_owned),
                     version_id: None,
                 }),
@@ -443,7 +500,9 @@ impl Store {
             src.attr
         } else {
             let body = self.read_stream(src.attr, 0..d.size).await?;
-            let w = self.write_temp(dir.ino, &key.dirs, body, false).await?;
+            let w = self
+                .write_temp(dir.ino, &key.dirs, body, false, &Announced::default())
+                .await?;
             let meta = ObjectMeta::new(etag.clone(), &w.attr, headers);
             self.publish(&w, &meta, w.parent, name, false).await?;
             w.attr
@@ -456,6 +515,14 @@ impl Store {
             }),
             ..Default::default()
         })
+    }
+}
+
+/// The same error again, for each key that shares it (S3Error is not Clone).
+fn copy_error(e: &s3s::S3Error) -> s3s::S3Error {
+    match e.message() {
+        Some(m) => s3s::S3Error::with_message(e.code().clone(), m.to_owned()),
+        None => s3s::S3Error::new(e.code().clone()),
     }
 }
 

@@ -68,7 +68,7 @@ macro_rules! headers_from {
     ($input:expr) => {
         $crate::objmeta::Headers {
             content_type: $input.content_type,
-            content_encoding: $input.content_encoding,
+            content_encoding: $crate::objmeta::stored_encoding($input.content_encoding),
             content_disposition: $input.content_disposition,
             content_language: $input.content_language,
             cache_control: $input.cache_control,
@@ -79,6 +79,19 @@ macro_rules! headers_from {
 }
 pub(crate) use headers_from;
 
+/// The Content-Encoding an object keeps: the request's without `aws-chunked`,
+/// which says how that request's body was framed, not what the object is (S3
+/// drops it the same way); `gzip` and the like stay, in order.
+pub fn stored_encoding(encoding: Option<String>) -> Option<String> {
+    let encoding = encoding?;
+    let kept: Vec<&str> = encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ObjectMeta {
     /// Without quotes: hex MD5, or hex MD5-of-MD5s `-N` for multipart.
@@ -87,6 +100,10 @@ pub struct ObjectMeta {
     pub mtime_ns: i64,
     #[serde(flatten)]
     pub headers: Headers,
+    /// The multipart upload that made the object: a CompleteMultipartUpload
+    /// retried after it succeeded answers from this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 impl ObjectMeta {
@@ -97,6 +114,7 @@ impl ObjectMeta {
             size: attr.size,
             mtime_ns: attr.mtime_ns,
             headers,
+            upload_id: None,
         }
     }
 
@@ -136,4 +154,20 @@ pub fn timestamp(ns: i64) -> Timestamp {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_stored_as_an_encoding() {
+        let enc = |s: &str| stored_encoding(Some(s.to_owned()));
+        assert_eq!(enc("aws-chunked"), None);
+        assert_eq!(enc("aws-chunked,gzip"), Some("gzip".into()));
+        assert_eq!(enc("gzip, aws-chunked"), Some("gzip".into()));
+        assert_eq!(enc("gzip,br"), Some("gzip,br".into()));
+        assert_eq!(enc("AWS-Chunked"), None);
+        assert_eq!(stored_encoding(None), None);
+    }
 }

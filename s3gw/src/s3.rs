@@ -8,6 +8,8 @@ use s3s::S3Response;
 use s3s::S3Result;
 use s3s::S3;
 
+use crate::digest::checksums_of;
+use crate::digest::Announced;
 use crate::list::Item;
 use crate::list::Listing;
 use crate::list::Query;
@@ -28,6 +30,7 @@ impl S3 for Store {
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         ok(ListBucketsOutput {
             buckets: Some(Store::list_buckets(self).await?),
+            owner: Some(self.owner.clone()),
             ..Default::default()
         })
     }
@@ -70,7 +73,13 @@ impl S3 for Store {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        ok(Store::put_object(self, req.input).await?)
+        let announced = Announced::new(
+            req.input.content_md5.as_deref(),
+            checksums_of!(req.input),
+            &req.headers,
+            req.trailing_headers.clone(),
+        )?;
+        ok(Store::put_object(self, req.input, announced).await?)
     }
 
     async fn get_object(
@@ -132,7 +141,8 @@ impl S3 for Store {
             .truncated
             .then(|| listing.items.last().map(|it| enc(url, it.key())))
             .flatten();
-        let (contents, common_prefixes) = split(&listing, url);
+        // ListObjects (v1) names every object's owner.
+        let (contents, common_prefixes) = split(&listing, url, Some(&self.owner));
         ok(ListObjectsOutput {
             name: Some(i.bucket),
             prefix: Some(enc(url, i.prefix.as_deref().unwrap_or(""))),
@@ -179,7 +189,8 @@ impl S3 for Store {
             .truncated
             .then(|| listing.items.last().map(|it| encode_token(it.key())))
             .flatten();
-        let (contents, common_prefixes) = split(&listing, url);
+        let owner = i.fetch_owner.unwrap_or(false).then_some(&self.owner);
+        let (contents, common_prefixes) = split(&listing, url, owner);
         ok(ListObjectsV2Output {
             name: Some(i.bucket),
             prefix: Some(enc(url, i.prefix.as_deref().unwrap_or(""))),
@@ -208,7 +219,13 @@ impl S3 for Store {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        ok(Store::upload_part(self, req.input).await?)
+        let announced = Announced::new(
+            req.input.content_md5.as_deref(),
+            checksums_of!(req.input),
+            &req.headers,
+            req.trailing_headers.clone(),
+        )?;
+        ok(Store::upload_part(self, req.input, announced).await?)
     }
 
     async fn upload_part_copy(
@@ -256,7 +273,7 @@ fn max_keys(asked: Option<i32>) -> S3Result<usize> {
     }
 }
 
-fn split(listing: &Listing, url: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
+fn split(listing: &Listing, url: bool, owner: Option<&Owner>) -> (Vec<Object>, Vec<CommonPrefix>) {
     let mut contents = Vec::new();
     let mut prefixes = Vec::new();
     for item in &listing.items {
@@ -274,6 +291,7 @@ fn split(listing: &Listing, url: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
                 storage_class: Some(ObjectStorageClass::from_static(
                     ObjectStorageClass::STANDARD,
                 )),
+                owner: owner.cloned(),
                 ..Default::default()
             }),
             Item::Prefix(p) => prefixes.push(CommonPrefix {

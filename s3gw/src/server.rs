@@ -4,6 +4,9 @@
 //! on concurrent requests (503 SlowDown), header size (431) and body size
 //! (400 EntityTooLarge, also enforced while a body streams in). Every request
 //! is counted by operation and status, timed, and written to the access log.
+//! Every answer carries an `x-amz-request-id`; every error answer is completed
+//! to S3's shape (Code, Message, Resource, RequestId) here, whichever layer
+//! produced it.
 //!
 //! Metrics (prefixed by the registry's `cairn_`): `s3_requests_total{op,status}`,
 //! `s3_request_duration_seconds{op}`, `s3_received_bytes_total`,
@@ -31,7 +34,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use s3s::access::S3Access;
 use s3s::access::S3AccessContext;
-use s3s::auth::SimpleAuth;
+use s3s::auth::S3Auth;
+use s3s::auth::SecretKey;
 use s3s::service::S3Service;
 use s3s::service::S3ServiceBuilder;
 use s3s::Body;
@@ -63,6 +67,22 @@ struct Seen {
 
 #[derive(Clone, Default)]
 struct SeenSlot(Arc<Mutex<Seen>>);
+
+/// The configured access keys. An unknown key is 403 `InvalidAccessKeyId`, as
+/// in S3 (s3s's `SimpleAuth` answers `NotSignedUp`, which SDKs do not know).
+struct Keys(std::collections::HashMap<String, SecretKey>);
+
+#[async_trait::async_trait]
+impl S3Auth for Keys {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        self.0.get(access_key).cloned().ok_or_else(|| {
+            s3s::s3_error!(
+                InvalidAccessKeyId,
+                "the access key id you provided does not exist in our records"
+            )
+        })
+    }
+}
 
 struct Access {
     public: HashSet<String>,
@@ -183,10 +203,13 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for S3 on {}: {e}", config.listen))?;
-        let mut auth = SimpleAuth::new();
-        for k in &config.keys {
-            auth.register(k.access_key.clone(), k.secret_key.clone().into());
-        }
+        let auth = Keys(
+            config
+                .keys
+                .iter()
+                .map(|k| (k.access_key.clone(), k.secret_key.clone().into()))
+                .collect(),
+        );
         let max_object_bytes = store.max_object_bytes;
         let mut builder = S3ServiceBuilder::new(store);
         builder.set_auth(auth);
@@ -277,6 +300,7 @@ impl Shared {
         peer: SocketAddr,
     ) -> hyper::Response<Body> {
         let start = Instant::now();
+        let request_id = format!("{:016X}", rand::random::<u64>());
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let received = content_length(req.headers());
@@ -295,6 +319,7 @@ impl Shared {
             Ok(_permit) => {
                 self.metrics.in_flight.inc();
                 let mut req = req.map(Body::from);
+                join_repeated(req.headers_mut(), header::CONTENT_ENCODING);
                 req.extensions_mut().insert(slot.clone());
                 let answer = self.service.call(req).await;
                 self.metrics.in_flight.dec();
@@ -311,6 +336,7 @@ impl Shared {
                 }
             }
         };
+        let response = with_request_id(response, &percent_decoded(&path), &request_id);
         let seen = std::mem::take(&mut *slot.0.lock().expect("seen lock"));
         let op = seen.op.unwrap_or_else(|| "unknown".into());
         let status = response.status().as_u16();
@@ -343,6 +369,7 @@ impl Shared {
                 "bytes_in": received.unwrap_or(0),
                 "bytes_out": sent.unwrap_or(0),
                 "ms": elapsed.as_secs_f64() * 1e3,
+                "request_id": request_id,
             });
             let mut w = log.lock().expect("access log lock");
             if let Err(e) = writeln!(w, "{line}") {
@@ -362,6 +389,73 @@ fn content_length(headers: &hyper::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// Joins a header sent several times into one comma-separated value (RFC
+/// 9110 section 5.3). SDKs send a streaming body's `Content-Encoding: gzip`
+/// and `Content-Encoding: aws-chunked` as two headers, which s3s refuses as
+/// duplicates; SigV4 canonicalizes repeated headers the same way (trimmed
+/// values joined by `,`), so the signature still verifies.
+fn join_repeated(headers: &mut hyper::HeaderMap, name: header::HeaderName) {
+    if headers.get_all(&name).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .collect();
+    if let Ok(value) = header::HeaderValue::from_bytes(&joined.join(&b","[..])) {
+        headers.insert(name, value);
+    }
+}
+
+/// A request path with its percent-escapes decoded (for `<Resource>`).
+fn percent_decoded(path: &str) -> String {
+    let raw = path.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], escaped) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Stamps an answer with its request id, and completes an error answer's
+/// document (see `error::complete_error_body`).
+fn with_request_id(
+    mut resp: hyper::Response<Body>,
+    path: &str,
+    request_id: &str,
+) -> hyper::Response<Body> {
+    if resp.status().as_u16() >= 400 {
+        let completed = resp
+            .body()
+            .bytes()
+            .and_then(|xml| crate::error::complete_error_body(&xml, path, request_id));
+        if let Some(xml) = completed {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, header::HeaderValue::from(xml.len()));
+            *resp.body_mut() = Body::from(xml);
+        }
+    }
+    if let Ok(v) = header::HeaderValue::from_str(request_id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    resp
+}
+
 /// An S3 error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> hyper::Response<Body> {
     let xml = format!(
@@ -374,4 +468,30 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> hyper::Respo
         header::HeaderValue::from_static("application/xml"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_content_encodings_become_one() {
+        let mut h = hyper::HeaderMap::new();
+        h.append(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        h.append(header::CONTENT_ENCODING, " aws-chunked".parse().unwrap());
+        join_repeated(&mut h, header::CONTENT_ENCODING);
+        let all: Vec<_> = h.get_all(header::CONTENT_ENCODING).iter().collect();
+        assert_eq!(all, ["gzip,aws-chunked"]);
+        let mut one = hyper::HeaderMap::new();
+        one.append(header::CONTENT_ENCODING, "br".parse().unwrap());
+        join_repeated(&mut one, header::CONTENT_ENCODING);
+        assert_eq!(one.get_all(header::CONTENT_ENCODING).iter().count(), 1);
+    }
+
+    #[test]
+    fn resources_are_decoded_paths() {
+        assert_eq!(percent_decoded("/b/a%26b%2Fc"), "/b/a&b/c");
+        assert_eq!(percent_decoded("/b/100%"), "/b/100%");
+        assert_eq!(percent_decoded("/b/%e2%82%ac"), "/b/€");
+    }
 }

@@ -1,7 +1,8 @@
 //! A small AWS Signature V4 signer for raw requests the SDK will not send:
 //! forged signatures, unknown keys, expired presigned URLs, tampered payload
-//! hashes, paths with percent-encoded dots. Paths and query values are taken
-//! as already encoded.
+//! hashes, paths with percent-encoded dots, `aws-chunked` bodies with forged
+//! chunk signatures or wrong checksum trailers. Paths and query values are
+//! taken as already encoded.
 
 use std::time::SystemTime;
 
@@ -48,20 +49,133 @@ impl Request {
         self.signed_at(access_key, secret_key, SystemTime::now())
     }
 
-    pub fn signed_at(mut self, access_key: &str, secret_key: &str, at: SystemTime) -> Request {
-        let (date, stamp) = amz_date(at);
+    pub fn signed_at(self, access_key: &str, secret_key: &str, at: SystemTime) -> Request {
         let payload = hex(&Sha256::digest(&self.body));
+        self.sign_as(access_key, secret_key, at, &payload).0
+    }
+
+    /// Signs in the Authorization header with `payload` as the
+    /// x-amz-content-sha256 value; answers the request and its signature
+    /// (the seed of a streaming body's chunk signatures).
+    fn sign_as(
+        mut self,
+        access_key: &str,
+        secret_key: &str,
+        at: SystemTime,
+        payload: &str,
+    ) -> (Request, String) {
+        let (date, stamp) = amz_date(at);
         self.headers
             .retain(|(k, _)| k != "x-amz-date" && k != "x-amz-content-sha256");
         self = self
             .header("x-amz-date", &stamp)
-            .header("x-amz-content-sha256", &payload);
-        let (signed_headers, signature) = self.signature(secret_key, &date, &stamp, &payload);
+            .header("x-amz-content-sha256", payload);
+        let (signed_headers, signature) = self.signature(secret_key, &date, &stamp, payload);
         let auth = format!(
             "AWS4-HMAC-SHA256 Credential={access_key}/{date}/{REGION}/s3/aws4_request, \
              SignedHeaders={signed_headers}, Signature={signature}"
         );
-        self.header("authorization", &auth)
+        (self.header("authorization", &auth), signature)
+    }
+
+    /// Frames the body as `aws-chunked` (Content-Encoding gets the token
+    /// appended) with its decoded length announced.
+    fn chunked_headers(mut self) -> Request {
+        let encoding = match self
+            .headers
+            .iter()
+            .position(|(k, _)| k == "content-encoding")
+        {
+            Some(i) => format!("{},aws-chunked", self.headers.remove(i).1),
+            None => "aws-chunked".to_owned(),
+        };
+        let len = self.body.len().to_string();
+        self.header("content-encoding", &encoding)
+            .header("x-amz-decoded-content-length", &len)
+    }
+
+    /// Signs as a streaming upload (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD`): the
+    /// body is sent in chunks of `chunk` bytes, each signed with the previous
+    /// signature; chunk number `forge` (from 0; the final empty chunk counts)
+    /// gets a signature made with another secret.
+    pub fn streaming_signed(
+        self,
+        access_key: &str,
+        secret_key: &str,
+        chunk: usize,
+        forge: Option<usize>,
+    ) -> Request {
+        let at = SystemTime::now();
+        let (date, stamp) = amz_date(at);
+        let data = self.body.clone();
+        let (mut req, mut prev) = self.chunked_headers().sign_as(
+            access_key,
+            secret_key,
+            at,
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        );
+        let scope = format!("{date}/{REGION}/s3/aws4_request");
+        let empty = sha256_hex(b"");
+        let mut body = Vec::new();
+        let pieces: Vec<&[u8]> = data.chunks(chunk.max(1)).chain([&[][..]]).collect();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let to_sign = format!(
+                "AWS4-HMAC-SHA256-PAYLOAD\n{stamp}\n{scope}\n{prev}\n{empty}\n{}",
+                sha256_hex(piece)
+            );
+            let secret = if forge == Some(i) {
+                "a-forger-does-not-know-the-secret"
+            } else {
+                secret_key
+            };
+            let signature = hex(&hmac(&signing_key(secret, &date), to_sign.as_bytes()));
+            body.extend_from_slice(
+                format!("{:x};chunk-signature={signature}\r\n", piece.len()).as_bytes(),
+            );
+            body.extend_from_slice(piece);
+            body.extend_from_slice(b"\r\n");
+            prev = signature;
+        }
+        req.body = body;
+        req
+    }
+
+    /// Signs as a streaming upload with unsigned chunks and trailers
+    /// (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`), as SDKs send a body with its
+    /// checksum: `trailers` (name, value) follow the last chunk and are named
+    /// in `x-amz-trailer`.
+    pub fn streaming_unsigned_trailer(
+        self,
+        access_key: &str,
+        secret_key: &str,
+        chunk: usize,
+        trailers: &[(&str, &str)],
+    ) -> Request {
+        let names: Vec<&str> = trailers.iter().map(|t| t.0).collect();
+        let data = self.body.clone();
+        let mut req = self.chunked_headers();
+        if !names.is_empty() {
+            req = req.header("x-amz-trailer", &names.join(","));
+        }
+        let (mut req, _) = req.sign_as(
+            access_key,
+            secret_key,
+            SystemTime::now(),
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        );
+        let mut body = Vec::new();
+        for piece in data.chunks(chunk.max(1)) {
+            body.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            body.extend_from_slice(piece);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            body.extend_from_slice(format!("{name}:{value}\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        req.body = body;
+        req
     }
 
     /// Signs as a presigned URL made at `at`, valid for `expires` seconds.
@@ -133,15 +247,18 @@ impl Request {
             "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
             hex(&Sha256::digest(canonical.as_bytes()))
         );
-        let mut key = hmac(format!("AWS4{secret_key}").as_bytes(), date.as_bytes());
-        for part in [REGION, "s3", "aws4_request"] {
-            key = hmac(&key, part.as_bytes());
-        }
+        let key = signing_key(secret_key, date);
         (signed_headers, hex(&hmac(&key, to_sign.as_bytes())))
     }
 
     /// Sends the request on a fresh connection: (status, body).
     pub async fn send(&self) -> anyhow::Result<(u16, String)> {
+        let r = self.send_full().await?;
+        Ok((r.status, r.body))
+    }
+
+    /// Sends the request on a fresh connection: status, headers and body.
+    pub async fn send_full(&self) -> anyhow::Result<Response> {
         use tokio::io::AsyncReadExt;
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(&self.host).await?;
@@ -170,8 +287,45 @@ impl Request {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("no status in {head:?}"))?;
-        Ok((status, body.to_owned()))
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(Response {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
     }
+}
+
+/// An answer to a raw request.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// SigV4's signing key of a secret on a date (YYYYMMDD).
+fn signing_key(secret_key: &str, date: &str) -> Vec<u8> {
+    let mut key = hmac(format!("AWS4{secret_key}").as_bytes(), date.as_bytes());
+    for part in [REGION, "s3", "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    key
 }
 
 /// A path as SigV4 signs it: decoded, then every byte but the unreserved
@@ -205,6 +359,28 @@ fn canonical_path(path: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Standard base64 with padding (checksum values).
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -266,6 +442,9 @@ mod tests {
     fn dates_and_hmac() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_369_353_600);
         assert_eq!(amz_date(t).1, "20130524T000000Z");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fooba"), "Zm9vYmE=");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
         // RFC 4231 test case 2.
         assert_eq!(
             hex(&hmac(b"Jefe", b"what do ya want for nothing?")),

@@ -369,3 +369,134 @@ async fn s3_request_limits_are_enforced() -> anyhow::Result<()> {
     assert!(!listing.contains("big"), "{listing}");
     Ok(())
 }
+
+#[tokio::test]
+async fn s3_a_forged_chunk_signature_is_403_signature_does_not_match_and_stores_nothing(
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    let (host, key, secret) = (
+        gw.addr.as_str(),
+        gw.access_key.as_str(),
+        gw.secret_key.as_str(),
+    );
+    s3.create_bucket().bucket("chunks").send().await?;
+    s3.put_object()
+        .bucket("chunks")
+        .key("kept")
+        .body(ByteStream::from_static(b"old content"))
+        .send()
+        .await?;
+    let data = cairn_tests::random_bytes(300_000, 3);
+    // The signer is right: every chunk signed correctly is stored.
+    let (status, body) = Request::new("PUT", host, "/chunks/streamed", data.clone())
+        .streaming_signed(key, secret, 64 << 10, None)
+        .send()
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let got = s3
+        .get_object()
+        .bucket("chunks")
+        .key("streamed")
+        .send()
+        .await?;
+    assert!(got.body.collect().await?.into_bytes().as_ref() == data.as_slice());
+    let up = s3
+        .create_multipart_upload()
+        .bucket("chunks")
+        .key("mp")
+        .send()
+        .await?;
+    let id = up.upload_id().unwrap_or_default().to_owned();
+    let before = cairn_tests::check_tree(&cluster.client().meta).await?;
+
+    // A forged first chunk, a forged chunk after good ones (bytes already
+    // written), a forged final empty chunk; on a new key and an existing one.
+    for forge in [0, 2, 5] {
+        for path in ["/chunks/new", "/chunks/kept"] {
+            let (status, body) = Request::new("PUT", host, path, data.clone())
+                .streaming_signed(key, secret, 64 << 10, Some(forge))
+                .send()
+                .await?;
+            assert_eq!(status, 403, "chunk {forge} forged on {path}: {body}");
+            assert!(
+                body.contains("<Code>SignatureDoesNotMatch</Code>"),
+                "chunk {forge} forged on {path}: {body}"
+            );
+        }
+    }
+    // The same for a part.
+    let (status, body) = Request::new("PUT", host, "/chunks/mp", data.clone())
+        .query("partNumber", "1")
+        .query("uploadId", &id)
+        .streaming_signed(key, secret, 64 << 10, Some(1))
+        .send()
+        .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{body}"
+    );
+    let parts = s3
+        .list_parts()
+        .bucket("chunks")
+        .key("mp")
+        .upload_id(&id)
+        .send()
+        .await?;
+    assert!(parts.parts().is_empty());
+    let head = s3.head_object().bucket("chunks").key("new").send().await;
+    assert!(head.is_err(), "a forged upload was stored");
+    let kept = s3.get_object().bucket("chunks").key("kept").send().await?;
+    assert_eq!(
+        kept.body.collect().await?.into_bytes().as_ref(),
+        b"old content"
+    );
+    let after = cairn_tests::check_tree(&cluster.client().meta).await?;
+    assert_eq!(
+        (after.dirs, after.files),
+        (before.dirs, before.files),
+        "a refused upload left something behind"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn s3_an_unknown_access_key_is_403_invalid_access_key_id() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    gw.sdk().create_bucket().bucket("keys").send().await?;
+    let stranger = cairn_tests::sdk_client(&gw.endpoint(), "AKIDNOSUCHKEY0000000", &gw.secret_key);
+    let code = |e: &dyn aws_sdk_s3::error::ProvideErrorMetadata| e.code().map(str::to_owned);
+    let listed = stranger.list_buckets().send().await;
+    let e = listed.expect_err("an unknown key listed buckets");
+    assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(403));
+    assert_eq!(code(&e).as_deref(), Some("InvalidAccessKeyId"));
+    let put = stranger
+        .put_object()
+        .bucket("keys")
+        .key("k")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await;
+    let e = put.expect_err("an unknown key wrote");
+    assert_eq!(code(&e).as_deref(), Some("InvalidAccessKeyId"));
+    // A presigned URL of an unknown key as well.
+    let (status, body) = Request::new("GET", &gw.addr, "/keys", Vec::new())
+        .presigned(
+            "AKIDNOSUCHKEY0000000",
+            &gw.secret_key,
+            SystemTime::now(),
+            60,
+        )
+        .send()
+        .await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>InvalidAccessKeyId</Code>"), "{body}");
+    let listed = gw.sdk().list_objects_v2().bucket("keys").send().await?;
+    assert_eq!(listed.key_count(), Some(0));
+    Ok(())
+}
