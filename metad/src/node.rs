@@ -134,7 +134,11 @@ impl MetaNode {
                     channels: node.channels.clone(),
                 },
                 LogStore::new(node.db.clone(), shard),
-                StateMachine::new(node.db.clone(), shard),
+                StateMachine::new(
+                    node.db.clone(),
+                    shard,
+                    node.config.data_dir.join("snapshots"),
+                ),
             )
             .await
             .map_err(|e| MetaError::Raft(e.to_string()))?;

@@ -7,11 +7,25 @@
 //! separates them; replay after a crash re-applies from the durable log.
 //! Exactly-once: a request whose (client, seq, step) was applied before answers
 //! the remembered reply without running again.
+//!
+//! Snapshots are files, never one value in memory: a snapshot is built by
+//! streaming a consistent RocksDB view of the shard into
+//! `<snapshots dir>/<shard>.snap` (length-prefixed keys and values, in key
+//! order), openraft sends it in chunks read from that file and the receiver
+//! writes the chunks to `<shard>.recv`; installing streams that file into one
+//! write batch (atomic, synced) and makes it the shard's current snapshot. The
+//! snapshot's meta lives in the `raft` column family.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Seek;
+use std::io::Write;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::LogFlushed;
@@ -37,6 +51,7 @@ use rocksdb::WriteOptions;
 use rocksdb::DB;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 
 use crate::error::MetaError;
 use crate::keys;
@@ -280,22 +295,93 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A snapshot as stored: its meta and every state-machine key of the shard.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, openraft::BasicNode>,
-    data: Vec<u8>,
+type Meta = SnapshotMeta<u64, openraft::BasicNode>;
+
+/// The longest key or value a snapshot file may hold (a damaged or hostile
+/// file cannot make the reader allocate more).
+const MAX_SNAPSHOT_ITEM: usize = 64 << 20;
+
+fn write_item(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+fn read_item(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        r => r?,
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_SNAPSHOT_ITEM {
+        return Err(std::io::Error::other(format!(
+            "snapshot item of {len} bytes"
+        )));
+    }
+    let mut item = vec![0; len];
+    input.read_exact(&mut item)?;
+    Ok(Some(item))
+}
+
+/// Where a shard keeps its snapshot files.
+struct SnapshotFiles {
+    dir: PathBuf,
+    shard: ShardId,
+}
+
+impl SnapshotFiles {
+    fn current(&self) -> PathBuf {
+        self.dir.join(format!("{}.snap", self.shard))
+    }
+    fn building(&self) -> PathBuf {
+        self.dir.join(format!("{}.snap.tmp", self.shard))
+    }
+    fn receiving(&self) -> PathBuf {
+        self.dir.join(format!("{}.recv", self.shard))
+    }
+
+    /// Renames `from` to the current snapshot, durably.
+    fn publish(&self, from: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, self.current())?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+fn meta_key(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, b"snapshot-meta")
+}
+
+fn write_meta(db: &DB, shard: ShardId, meta: &Meta) -> StorageResult<()> {
+    let cf = kv::cf(db, kv::CF_RAFT).map_err(io_err)?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(
+        cf,
+        meta_key(shard),
+        kv::encode(meta).map_err(io_err)?,
+        &opts,
+    )
+    .map_err(io_err)
 }
 
 /// The state machine of one shard.
 pub struct StateMachine {
     db: Arc<DB>,
     shard: ShardId,
+    snapshots: Arc<SnapshotFiles>,
 }
 
 impl StateMachine {
-    pub fn new(db: Arc<DB>, shard: ShardId) -> Self {
-        StateMachine { db, shard }
+    /// The state machine of `shard`, keeping its snapshot files in `snapshot_dir`.
+    pub fn new(db: Arc<DB>, shard: ShardId, snapshot_dir: PathBuf) -> Self {
+        StateMachine {
+            db,
+            shard,
+            snapshots: Arc::new(SnapshotFiles {
+                dir: snapshot_dir,
+                shard,
+            }),
+        }
     }
 
     /// Applies one request (at log `index`) inside `txn`, honouring
@@ -345,23 +431,12 @@ impl StateMachine {
         Ok(resp)
     }
 
-    fn read_snapshot(&self) -> StorageResult<Option<StoredSnapshot>> {
+    fn read_meta(&self) -> StorageResult<Option<Meta>> {
         let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(read_err)?;
-        match self
-            .db
-            .get_cf(cf, shard_key(self.shard, b"snapshot"))
-            .map_err(read_err)?
-        {
+        match self.db.get_cf(cf, meta_key(self.shard)).map_err(read_err)? {
             Some(v) => Ok(Some(kv::decode(&v).map_err(read_err)?)),
             None => Ok(None),
         }
-    }
-
-    fn write_snapshot(db: &DB, shard: ShardId, snap: &StoredSnapshot) -> StorageResult<()> {
-        let cf = kv::cf(db, kv::CF_RAFT).map_err(io_err)?;
-        let bytes = kv::encode(snap).map_err(io_err)?;
-        db.put_cf(cf, shard_key(shard, b"snapshot"), bytes)
-            .map_err(io_err)
     }
 }
 
@@ -369,55 +444,104 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     shard: ShardId,
+    files: Arc<SnapshotFiles>,
+}
+
+impl SnapshotBuilder {
+    /// Streams the shard's keys into the building file, then publishes it.
+    fn build(&self) -> StorageResult<Meta> {
+        let files = &self.files;
+        std::fs::create_dir_all(&files.dir).map_err(io_err)?;
+        let mut out = BufWriter::new(std::fs::File::create(files.building()).map_err(io_err)?);
+        let view = self.db.snapshot();
+        let cf = kv::cf(&self.db, kv::CF_SM).map_err(read_err)?;
+        let prefix = self.shard.to_be_bytes();
+        let mut last_applied: Option<LogId<u64>> = None;
+        let mut membership = StoredMembership::default();
+        let mut count = 0u64;
+        for item in view.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(read_err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let k = &k[4..];
+            if k == keys::APPLIED {
+                last_applied = Some(kv::decode(&v).map_err(read_err)?);
+            } else if k == keys::MEMBERSHIP {
+                membership = kv::decode(&v).map_err(read_err)?;
+            }
+            write_item(&mut out, k).map_err(io_err)?;
+            write_item(&mut out, &v).map_err(io_err)?;
+            count += 1;
+        }
+        let file = out.into_inner().map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        files.publish(&files.building()).map_err(io_err)?;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{count}", id.leader_id, id.index),
+            None => format!("empty-{count}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        write_meta(&self.db, self.shard, &meta)?;
+        Ok(meta)
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let db = self.db.clone();
-        let shard = self.shard;
-        let snap = tokio::task::spawn_blocking(move || -> StorageResult<StoredSnapshot> {
-            let view = db.snapshot();
-            let cf = kv::cf(&db, kv::CF_SM).map_err(read_err)?;
-            let prefix = shard.to_be_bytes();
-            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-            for item in view.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, v) = item.map_err(read_err)?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                pairs.push((k[4..].to_vec(), v.to_vec()));
-            }
-            let find = |name: &[u8]| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-            let last_applied: Option<LogId<u64>> = match find(keys::APPLIED) {
-                Some(v) => Some(kv::decode(v).map_err(read_err)?),
-                None => None,
-            };
-            let membership: StoredMembership<u64, openraft::BasicNode> =
-                match find(keys::MEMBERSHIP) {
-                    Some(v) => kv::decode(v).map_err(read_err)?,
-                    None => StoredMembership::default(),
-                };
-            let snapshot_id = match last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, pairs.len()),
-                None => format!("empty-{}", pairs.len()),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership: membership,
-                snapshot_id,
-            };
-            let data = kv::encode(&pairs).map_err(read_err)?;
-            let snap = StoredSnapshot { meta, data };
-            StateMachine::write_snapshot(&db, shard, &snap)?;
-            Ok(snap)
-        })
-        .await
-        .map_err(read_err)??;
+        let builder = SnapshotBuilder {
+            db: self.db.clone(),
+            shard: self.shard,
+            files: self.files.clone(),
+        };
+        let meta = tokio::task::spawn_blocking(move || builder.build())
+            .await
+            .map_err(read_err)??;
+        let file = tokio::fs::File::open(self.files.current())
+            .await
+            .map_err(read_err)?;
         Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(Cursor::new(snap.data)),
+            meta,
+            snapshot: Box::new(file),
         })
     }
+}
+
+/// Installs the snapshot file at `path` as the whole state of `shard`: one
+/// synced batch that drops every key of the shard, puts the file's, and sets
+/// the applied id and membership from `meta`.
+fn install_file(db: &DB, shard: ShardId, path: &Path, meta: &Meta) -> StorageResult<()> {
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    let mut input = BufReader::new(file);
+    let cf = kv::cf(db, kv::CF_SM).map_err(io_err)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, shard.to_be_bytes(), (shard + 1).to_be_bytes());
+    while let Some(k) = read_item(&mut input).map_err(io_err)? {
+        let v = read_item(&mut input)
+            .map_err(io_err)?
+            .ok_or_else(|| io_err("snapshot file ends after a key"))?;
+        batch.put_cf(cf, shard_key(shard, &k), v);
+    }
+    if let Some(applied) = &meta.last_log_id {
+        batch.put_cf(
+            cf,
+            shard_key(shard, keys::APPLIED),
+            kv::encode(applied).map_err(io_err)?,
+        );
+    }
+    batch.put_cf(
+        cf,
+        shard_key(shard, keys::MEMBERSHIP),
+        kv::encode(&meta.last_membership).map_err(io_err)?,
+    );
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(io_err)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -473,54 +597,64 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             shard: self.shard,
+            files: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        tokio::fs::create_dir_all(&self.snapshots.dir)
+            .await
+            .map_err(io_err)?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.snapshots.receiving())
+            .await
+            .map_err(io_err)?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = kv::decode(&data).map_err(io_err)?;
-        let cf = kv::cf(&self.db, kv::CF_SM).map_err(io_err)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, self.shard.to_be_bytes(), (self.shard + 1).to_be_bytes());
-        for (k, v) in &pairs {
-            batch.put_cf(cf, shard_key(self.shard, k), v);
-        }
-        if let Some(applied) = &meta.last_log_id {
-            batch.put_cf(
-                cf,
-                shard_key(self.shard, keys::APPLIED),
-                kv::encode(applied).map_err(io_err)?,
-            );
-        }
-        batch.put_cf(
-            cf,
-            shard_key(self.shard, keys::MEMBERSHIP),
-            kv::encode(&meta.last_membership).map_err(io_err)?,
-        );
-        self.db.write(batch).map_err(io_err)?;
-        StateMachine::write_snapshot(
-            &self.db,
+        // Everything openraft wrote into the receiving file is on disk before
+        // it is read back and installed.
+        let mut file = *snapshot;
+        file.flush().await.map_err(io_err)?;
+        file.sync_all().await.map_err(io_err)?;
+        drop(file);
+        let (db, shard, files, meta) = (
+            self.db.clone(),
             self.shard,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )
+            self.snapshots.clone(),
+            meta.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> StorageResult<()> {
+            let received = files.receiving();
+            install_file(&db, shard, &received, &meta)?;
+            files.publish(&received).map_err(io_err)?;
+            write_meta(&db, shard, &meta)
+        })
+        .await
+        .map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_snapshot()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let Some(meta) = self.read_meta()? else {
+            return Ok(None);
+        };
+        match tokio::fs::File::open(self.snapshots.current()).await {
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_err(e)),
+        }
     }
 }
 
@@ -535,12 +669,17 @@ mod tests {
     impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine> for Builder {
         async fn build(&self) -> StorageResult<((), LogStore, StateMachine)> {
             let dir = tempfile::tempdir().map_err(io_err)?;
-            let db = kv::open_db(dir.path()).map_err(io_err)?;
+            let db = kv::open_db(&dir.path().join("db")).map_err(io_err)?;
+            // Use a shard other than 0 so key prefixes are exercised.
+            let snapshots = dir.path().join("snapshots");
             if let Ok(mut dirs) = self.dirs.lock() {
                 dirs.push(dir);
             }
-            // Use a shard other than 0 so key prefixes are exercised.
-            Ok(((), LogStore::new(db.clone(), 3), StateMachine::new(db, 3)))
+            Ok((
+                (),
+                LogStore::new(db.clone(), 3),
+                StateMachine::new(db, 3, snapshots),
+            ))
         }
     }
 
@@ -649,5 +788,71 @@ mod tests {
         );
         let txn = Txn::new(&db, 1);
         assert!(remembered(&txn, &decide.key.unwrap()).unwrap().is_none());
+    }
+
+    /// A shard of 20,000 keys goes through the snapshot files (built from one
+    /// store, received and installed into another) and arrives whole; keys of
+    /// the receiver that the snapshot lacks are gone.
+    #[test]
+    fn snapshots_stream_through_files() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let open = |name: &str| {
+                let db = kv::open_db(&dir.path().join(name)).unwrap();
+                let sm = StateMachine::new(db.clone(), 2, dir.path().join(format!("{name}-snap")));
+                (db, sm)
+            };
+            let (db1, mut sm1) = open("a");
+            let (db2, mut sm2) = open("b");
+            let mut txn = Txn::new(&db1, 2);
+            for i in 0..20_000u32 {
+                txn.put(keys::inode(u64::from(i)), vec![7; 100]);
+            }
+            txn.put(
+                keys::APPLIED.to_vec(),
+                kv::encode(&LogId::<u64>::new(
+                    openraft::CommittedLeaderId::new(1, 1),
+                    20_001,
+                ))
+                .unwrap(),
+            );
+            db1.write(txn.into_batch().unwrap()).unwrap();
+            let mut stale = Txn::new(&db2, 2);
+            stale.put(keys::dentry(1, b"stale"), vec![1]);
+            db2.write(stale.into_batch().unwrap()).unwrap();
+
+            let mut built = sm1
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(20_001));
+            let mut recv = sm2.begin_receiving_snapshot().await.unwrap();
+            tokio::io::copy(&mut built.snapshot, &mut *recv)
+                .await
+                .unwrap();
+            sm2.install_snapshot(&built.meta, recv).await.unwrap();
+
+            // Everything but the membership (which the install records).
+            let all = |db: &DB| {
+                let mut pairs = Txn::new(db, 2).scan(b"", b"", usize::MAX).unwrap();
+                pairs.retain(|(k, _)| k != keys::MEMBERSHIP);
+                pairs
+            };
+            let (sent, got) = (all(&db1), all(&db2));
+            assert_eq!(sent.len(), 20_001);
+            assert!(
+                sent == got,
+                "{} keys sent, {} installed",
+                sent.len(),
+                got.len()
+            );
+            let current = sm2.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta, built.meta);
+            let (applied, _) = sm2.applied_state().await.unwrap();
+            assert_eq!(applied.map(|l| l.index), Some(20_001));
+        });
     }
 }

@@ -4,8 +4,6 @@
 //! (client, sequence, step) that makes it exactly-once. Every command carries the
 //! time it was issued, so applying it is deterministic on every replica.
 
-use std::io::Cursor;
-
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -21,6 +19,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Request,
         R = Response,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A Raft group of one shard.
