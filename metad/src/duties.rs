@@ -44,6 +44,13 @@ fn unkeyed(cmd: Command) -> Request {
     Request { key: None, cmd }
 }
 
+/// The namespace shards (all but shard 0) this node leads now.
+fn led_namespace_shards(node: &MetaNode) -> Vec<ShardId> {
+    node.shards()
+        .filter(|&s| s != MAP_SHARD && node.leader_of(s) == Some(node.id))
+        .collect()
+}
+
 /// Creates the data layout (shard 0) and the root directory once.
 struct Setup;
 
@@ -159,11 +166,9 @@ impl Worker for Sessions {
 
     async fn run(&self, node: &MetaNode) -> Result<(), MetaError> {
         let mut result = Ok(());
-        for shard in node.shards().filter(|&s| s != MAP_SHARD) {
-            if node.leader_of(shard) == Some(node.id) {
-                if let Err(e) = node.expire_sessions(shard).await {
-                    result = Err(e);
-                }
+        for shard in led_namespace_shards(node) {
+            if let Err(e) = node.expire_sessions(shard).await {
+                result = Err(e);
             }
         }
         result
@@ -184,11 +189,9 @@ impl Worker for Gc {
 
     async fn run(&self, node: &MetaNode) -> Result<(), MetaError> {
         let mut result = Ok(());
-        for shard in node.shards().filter(|&s| s != MAP_SHARD) {
-            if node.leader_of(shard) == Some(node.id) {
-                if let Err(e) = crate::gc::collect(node, shard).await {
-                    result = Err(e);
-                }
+        for shard in led_namespace_shards(node) {
+            if let Err(e) = crate::gc::collect(node, shard).await {
+                result = Err(e);
             }
         }
         result

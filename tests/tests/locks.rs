@@ -306,6 +306,20 @@ async fn flock_across_mounts() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_of_a_killed_mount_expire_with_its_session() -> anyhow::Result<()> {
+    locks_of_a_lost_mount_expire(false).await
+}
+
+/// A client that hangs (SIGSTOP) while holding locks: its session stops being
+/// renewed, and its locks go with the lease as a killed client's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_of_a_hung_mount_expire_with_its_session() -> anyhow::Result<()> {
+    locks_of_a_lost_mount_expire(true).await
+}
+
+/// Mount A holds locks and is SIGKILLed, or hung with SIGSTOP: nobody releases
+/// its locks but the session lease (3 s in the harness), after which B's waits
+/// are granted.
+async fn locks_of_a_lost_mount_expire(hang: bool) -> anyhow::Result<()> {
     let (_cluster, mut a, b) = two_mounts().await?;
     // fcntl locks on f, flock on g: through FUSE a flock is a whole-file
     // POSIX lock (see fuse/src/locks.rs), so the two would conflict on one file.
@@ -319,41 +333,18 @@ async fn locks_of_a_killed_mount_expire_with_its_session() -> anyhow::Result<()>
     assert_eq!(fa.run("flock ex nb").await?, "ok");
     assert_eq!(pb.run("set r 0 1").await?, EAGAIN);
     assert_eq!(fb.run("flock sh nb").await?, EAGAIN);
-    // SIGKILL mount A: nobody releases its locks but the session lease
-    // (3 s in the harness), after which B's waits are granted.
     pb.send("wait r 0 1").await?;
     fb.send("flock sh").await?;
     pb.blocked_in(SYS_FCNTL).await?;
     fb.blocked_in(SYS_FLOCK).await?;
-    a.kill();
+    if hang {
+        a.pause();
+    } else {
+        a.kill();
+    }
     assert_eq!(pb.answer().await?, "ok");
     assert_eq!(fb.answer().await?, "ok");
-    drop((pa, fa));
-    Ok(())
-}
-
-/// A client that hangs (SIGSTOP) while holding locks: its session stops being
-/// renewed, and its locks go with the lease (3 s in the harness) as a killed
-/// client's do; the other mount's waits are granted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn locks_of_a_hung_mount_expire_with_its_session() -> anyhow::Result<()> {
-    let (_cluster, mut a, b) = two_mounts().await?;
-    tokio::fs::write(a.path.join("f"), b"hang").await?;
-    tokio::fs::write(a.path.join("g"), b"hang").await?;
-    let mut pa = Owner::open(&a.path.join("f")).await?;
-    let mut fa = Owner::open(&a.path.join("g")).await?;
-    let mut pb = Owner::open(&b.path.join("f")).await?;
-    let mut fb = Owner::open(&b.path.join("g")).await?;
-    assert_eq!(pa.run("set w 0 0").await?, "ok");
-    assert_eq!(fa.run("flock ex nb").await?, "ok");
-    pb.send("wait r 0 1").await?;
-    fb.send("flock sh").await?;
-    pb.blocked_in(SYS_FCNTL).await?;
-    fb.blocked_in(SYS_FLOCK).await?;
-    a.pause();
-    assert_eq!(pb.answer().await?, "ok");
-    assert_eq!(fb.answer().await?, "ok");
-    // The hung mount ends; its owners' closes then fail fast.
+    // A hung mount ends here, so its owners' closes fail fast.
     a.kill();
     drop((pa, fa));
     Ok(())
