@@ -29,13 +29,21 @@ use crate::meta::MetaClient;
 use crate::meta::Result;
 
 pub struct DataClient {
+    /// Block transfers: each call bounded by the channels' timeout.
     channels: Channels,
+    /// Tiering batches (up to 1,024 blocks moved to or from the
+    /// cold store in one call): minutes, not seconds. A hung data server is
+    /// still noticed in seconds by the HTTP/2 keepalive.
+    bulk: Channels,
     meta: Arc<MetaClient>,
     cache: Option<BlockCache>,
     /// Replicas that failed a read without answering (down, hung, cut off),
     /// and until when reads try them last.
     suspects: Mutex<HashMap<String, Instant>>,
 }
+
+/// The longest one tiering batch may take.
+const BULK_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// How long a replica that failed to answer is tried last.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
@@ -51,6 +59,7 @@ impl DataClient {
     pub fn new(meta: Arc<MetaClient>, channels: Channels, cache: Option<BlockCache>) -> Self {
         DataClient {
             channels,
+            bulk: Channels::with_timeouts(Duration::from_secs(1), BULK_CALL_TIMEOUT),
             meta,
             cache,
             suspects: Mutex::new(HashMap::new()),
@@ -120,7 +129,9 @@ impl DataClient {
                 .collect(),
         };
         let reply = self
-            .grpc(addr)?
+            .bulk
+            .data(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?
             .tier_blocks(request)
             .await
             .map_err(|s| from_status(&s))?;

@@ -20,8 +20,9 @@ use crate::error::MetaError;
 use crate::node::MetaNode;
 
 /// The longest one run of any worker may take before it is abandoned (and its
-/// work picked up again by the next run).
-pub const RUN_DEADLINE: Duration = Duration::from_secs(30);
+/// work picked up again by the next run). Workers run on their own tasks, so
+/// a long run delays only its own next run.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 /// One periodic background job.
 pub trait Worker: Send + Sync + 'static {

@@ -26,9 +26,11 @@ use crate::MAX_MESSAGE_BYTES;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// How long an unanswered ping waits before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
-/// The longest any one call may take (a block transfer or a tiering batch
-/// included); callers that need a tighter bound set their own.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest any one call may take: a last resort (a peer that hangs is
+/// noticed by the keepalive in seconds); a GC or tiering batch against a slow
+/// object store may legitimately take minutes. Callers that need a tighter
+/// bound set their own.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Clone)]
 pub struct Channels {
