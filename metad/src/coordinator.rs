@@ -262,6 +262,10 @@ impl MetaNode {
                     })
                     .await;
                 }
+                // The directory inode is made on another shard, away from its
+                // parent: it inherits a setgid parent's group here.
+                let dir = self.getattr_anywhere(parent).await?;
+                let (perm, gid) = fs::inherit(&dir, Kind::Dir, perm, caller.gid);
                 let alloc = step.req(1, Command::Fs(FsCommand::AllocIno));
                 let Reply::Ino(ino) = self.propose(target, alloc).await? else {
                     return Err(MetaError::Storage("AllocIno answered no inode".into()));
@@ -271,7 +275,7 @@ impl MetaNode {
                     parent,
                     perm,
                     uid: caller.uid,
-                    gid: caller.gid,
+                    gid,
                     now,
                 };
                 let put = FsCommand::PutEntry {
@@ -286,7 +290,7 @@ impl MetaNode {
                 };
                 self.run_txn(home, &step, vec![(target, make), (home, put)])
                     .await?;
-                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, caller.gid, parent, now);
+                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, gid, parent, now);
                 Ok(Reply::Attr { ino, inode })
             }
             Op::Unlink { parent, name } => {

@@ -427,6 +427,22 @@ fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
     Ok(make_ino(txn.shard(), next))
 }
 
+/// The (perm, gid) of a new `kind` inode made in directory `dir`: in a setgid
+/// directory it takes the directory's group instead of the caller's, and a new
+/// subdirectory keeps the setgid bit (as Linux does), so every front end and
+/// both mkdir paths (same-shard and cross-shard) agree.
+pub fn inherit(dir: &Inode, kind: Kind, perm: u32, gid: u32) -> (u32, u32) {
+    if dir.perm & 0o2000 == 0 {
+        return (perm, gid);
+    }
+    let perm = if kind == Kind::Dir {
+        perm | 0o2000
+    } else {
+        perm
+    };
+    (perm, dir.gid)
+}
+
 pub fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -> Inode {
     Inode {
         kind,
@@ -554,7 +570,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now,
         } => {
             validate_name(name)?;
-            parent_dir(txn, *parent)?;
+            let dir = parent_dir(txn, *parent)?;
             if let Some(existing) = get_entry(txn, *parent, name)? {
                 if *exclusive || *kind != Kind::File || existing.kind != Kind::File {
                     return Err(err(EEXIST, "file exists"));
@@ -566,7 +582,8 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 });
             }
             let ino = alloc_ino(txn)?;
-            let mut inode = new_inode(*kind, *perm, *uid, *gid, *parent, *now);
+            let (perm, gid) = inherit(&dir, *kind, *perm, *gid);
+            let mut inode = new_inode(*kind, perm, *uid, gid, *parent, *now);
             inode.rdev = *rdev;
             if let Some(target) = target {
                 if target.is_empty() || target.len() > PATH_MAX || target.contains(&0) {

@@ -1,0 +1,98 @@
+//! POSIX details through a real mount that the broad scenario in `fuse.rs`
+//! does not pin down: setgid directories, times before 1970, st_blocks of
+//! sparse files, listing a removed directory and flock per open file
+//! description. Each test is named after the behaviour it defends and
+//! compares with what Linux's local file systems answer.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::ensure;
+use anyhow::Context;
+
+use cairn_proto::ids::ino_shard;
+use cairn_tests::Cluster;
+use cairn_tests::Mount;
+use cairn_tests::Spec;
+
+/// A group root is not in by default, so inheriting it cannot be a fluke.
+const STAFF: u32 = 4242;
+
+/// Starts a cluster and a mount, then runs the blocking `body` on the mount's
+/// root off the runtime's threads.
+async fn on_mount(
+    body: impl FnOnce(PathBuf) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let mount = Mount::start(&cluster, "mnt").await?;
+    let root = mount.path.clone();
+    tokio::task::spawn_blocking(move || body(root)).await??;
+    drop(mount);
+    Ok(())
+}
+
+/// Runs `program` with `args` (C locale) and answers its stdout, failing on
+/// a non-zero exit.
+fn run(program: &str, args: &[&str], dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setgid_directory_passes_its_group_and_bit_to_new_entries() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let shared = root.join("shared");
+        fs::create_dir(&shared)?;
+        std::os::unix::fs::chown(&shared, Some(0), Some(STAFF))?;
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o2775))?;
+        assert_eq!(fs::metadata(&shared)?.mode() & 0o7777, 0o2775);
+
+        fs::write(shared.join("file"), b"x")?;
+        run("mkfifo", &["fifo"], &shared)?;
+        std::os::unix::fs::symlink("file", shared.join("link"))?;
+        for name in ["file", "fifo", "link"] {
+            let m = fs::symlink_metadata(shared.join(name))?;
+            assert_eq!(m.gid(), STAFF, "{name} took the caller's group");
+            assert_eq!(m.mode() & 0o2000, 0, "{name} must not gain setgid");
+        }
+        // Subdirectories land on several shards (same-shard create and
+        // cross-shard mkdir): both inherit the group and the setgid bit, and
+        // so do their own children.
+        let parent_shard = ino_shard(fs::metadata(&shared)?.ino());
+        let mut shards = std::collections::BTreeSet::new();
+        for i in 0..12 {
+            let d = shared.join(format!("d{i}"));
+            fs::create_dir(&d)?;
+            let m = fs::metadata(&d)?;
+            shards.insert(ino_shard(m.ino()) == parent_shard);
+            assert_eq!(m.gid(), STAFF, "d{i} took the caller's group");
+            assert_eq!(m.mode() & 0o7777, 0o2755, "d{i} mode (umask 022)");
+            fs::write(d.join("nested"), b"y")?;
+            assert_eq!(fs::metadata(d.join("nested"))?.gid(), STAFF);
+        }
+        assert_eq!(shards.len(), 2, "no subdirectory on the other side");
+
+        // Without setgid the caller's group applies again.
+        let plain = root.join("plain");
+        fs::create_dir(&plain)?;
+        std::os::unix::fs::chown(&plain, Some(0), Some(STAFF))?;
+        fs::write(plain.join("file"), b"z")?;
+        assert_eq!(fs::metadata(plain.join("file"))?.gid(), 0);
+        Ok(())
+    })
+    .await
+}
