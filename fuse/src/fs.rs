@@ -262,18 +262,27 @@ fn file_type(kind: i32) -> FileType {
     }
 }
 
+/// Nanoseconds since the epoch (negative before 1970) as a SystemTime.
 fn time(ns: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns < 0 {
+        UNIX_EPOCH - d
+    } else {
+        UNIX_EPOCH + d
+    }
 }
 
+/// A SystemTime as nanoseconds since the epoch, negative before 1970 (and
+/// clamped to what an i64 holds: years 1678 to 2262).
 fn ns(t: TimeOrNow) -> i64 {
     let t = match t {
         TimeOrNow::SpecificTime(t) => t,
         TimeOrNow::Now => SystemTime::now(),
     };
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
 }
 
 fn file_attr(a: &pb::Attr) -> FileAttr {

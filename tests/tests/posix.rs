@@ -5,11 +5,15 @@
 //! compares with what Linux's local file systems answer.
 
 use std::fs;
+use std::fs::FileTimes;
+use std::fs::OpenOptions;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+use std::time::UNIX_EPOCH;
 
 use anyhow::ensure;
 use anyhow::Context;
@@ -92,6 +96,42 @@ async fn setgid_directory_passes_its_group_and_bit_to_new_entries() -> anyhow::R
         std::os::unix::fs::chown(&plain, Some(0), Some(STAFF))?;
         fs::write(plain.join("file"), b"z")?;
         assert_eq!(fs::metadata(plain.join("file"))?.gid(), 0);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn times_before_1970_read_back_unchanged() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // 1960-01-01T00:00:00Z and 1955-06-15T12:00:00Z.
+        const Y1960: i64 = -315_619_200;
+        const Y1955: i64 = -459_086_400;
+        let f = root.join("old");
+        fs::write(&f, b"history")?;
+        // futimens through an open file.
+        let times = FileTimes::new()
+            .set_modified(UNIX_EPOCH - Duration::from_secs(Y1960.unsigned_abs()))
+            .set_accessed(UNIX_EPOCH - Duration::from_secs(Y1955.unsigned_abs()));
+        OpenOptions::new().write(true).open(&f)?.set_times(times)?;
+        let m = fs::metadata(&f)?;
+        assert_eq!((m.mtime(), m.mtime_nsec()), (Y1960, 0));
+        assert_eq!((m.atime(), m.atime_nsec()), (Y1955, 0));
+        // utimensat by path, as touch -d does.
+        run(
+            "touch",
+            &["-m", "-d", "1955-06-15 12:00:00 UTC", "old"],
+            &root,
+        )?;
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.mtime(), Y1955);
+        assert_eq!(m.atime(), Y1955);
+        // Still readable after a remount-free second look (listing path).
+        let listed = fs::read_dir(&root)?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name() == "old")
+            .context("old not listed")?;
+        assert_eq!(listed.metadata()?.mtime(), Y1955);
         Ok(())
     })
     .await
