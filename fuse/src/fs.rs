@@ -289,7 +289,9 @@ fn file_attr(a: &pb::Attr) -> FileAttr {
     FileAttr {
         ino: kernel_ino(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        // 512-byte units of stored data: the holes of a sparse file do not
+        // count (du, cp --sparse=auto and backup tools read this).
+        blocks: a.stored_bytes.unwrap_or(a.size).min(a.size).div_ceil(512),
         atime: time(a.atime_ns),
         mtime: time(a.mtime_ns),
         ctime: time(a.ctime_ns),

@@ -5,8 +5,12 @@
 //! compares with what Linux's local file systems answer.
 
 use std::fs;
+use std::fs::File;
 use std::fs::FileTimes;
 use std::fs::OpenOptions;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -132,6 +136,45 @@ async fn times_before_1970_read_back_unchanged() -> anyhow::Result<()> {
             .find(|e| e.file_name() == "old")
             .context("old not listed")?;
         assert_eq!(listed.metadata()?.mtime(), Y1955);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sparse_file_blocks_count_only_stored_data() -> anyhow::Result<()> {
+    on_mount(|root| {
+        const GIB: u64 = 1 << 30;
+        let f = root.join("sparse");
+        let mut h = File::create(&f)?;
+        h.write_all(&[7u8; 4096])?;
+        h.set_len(GIB)?;
+        drop(h);
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.len(), GIB);
+        assert_eq!(m.blocks(), 8, "4 KiB of data in 1 GiB of holes");
+
+        // Data far into the file, in another chunk.
+        let mut h = OpenOptions::new().write(true).open(&f)?;
+        h.seek(SeekFrom::Start(GIB / 2))?;
+        h.write_all(&[9u8; 4096])?;
+        drop(h);
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.len(), GIB);
+        assert_eq!(m.blocks(), 16, "two 4 KiB extents");
+
+        // A truncate below the data takes it out of the count.
+        OpenOptions::new().write(true).open(&f)?.set_len(2048)?;
+        assert_eq!(fs::metadata(&f)?.blocks(), 4);
+
+        // A dense file counts all of its bytes.
+        let dense = root.join("dense");
+        fs::write(&dense, vec![1u8; 3 << 20])?;
+        assert_eq!(fs::metadata(&dense)?.blocks(), (3 << 20) / 512);
+        // An empty file and a 1 MiB hole store nothing.
+        let hole = root.join("hole");
+        File::create(&hole)?.set_len(1 << 20)?;
+        assert_eq!(fs::metadata(&hole)?.blocks(), 0);
         Ok(())
     })
     .await
