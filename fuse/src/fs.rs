@@ -849,6 +849,7 @@ impl Filesystem for CairnFs {
         // The last close of an open file description releases its own locks
         // (flock, OFD locks).
         let unlock = self.locks.take_fh(cairn_ino(ino), fh, lock_owner);
+        let releasing = (!unlock.is_empty()).then(|| self.locks.releasing(cairn_ino(ino)));
         let handle = self
             .files
             .lock()
@@ -864,6 +865,7 @@ impl Filesystem for CairnFs {
             for op in unlock {
                 unlocked = unlocked.and(c.meta.setlk(op).await);
             }
+            drop(releasing);
             let closed = c.meta.untrack_open(h.token).await;
             tri!(reply, flushed);
             tri!(reply, unlocked);
@@ -1191,7 +1193,9 @@ impl Filesystem for CairnFs {
         else {
             return reply.error(libc::EINVAL);
         };
+        let locks = self.locks.clone();
         self.spawn("getlk", reply, move |c, reply| async move {
+            locks.settled(op.ino).await;
             match tri!(reply, c.meta.getlk(op).await) {
                 Some(held) => {
                     let (start, end, typ, pid) = crate::locks::kernel_lock(&held);
@@ -1222,6 +1226,8 @@ impl Filesystem for CairnFs {
         };
         let locks = self.locks.clone();
         self.spawn("setlk", reply, move |c, reply| async move {
+            // A closed description's locks go first (see locks.rs).
+            locks.settled(ino).await;
             let locking = typ != libc::F_UNLCK;
             if sleep {
                 tri!(reply, c.meta.setlkw(op).await);

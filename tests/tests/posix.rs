@@ -179,3 +179,37 @@ async fn sparse_file_blocks_count_only_stored_data() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flock_belongs_to_the_open_file_description_until_its_last_close() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let f = root.join("locked");
+        fs::write(&f, b"l")?;
+        // Python's fcntl.flock is flock(2); each open() is its own open file
+        // description, a dup shares one.
+        let script = r#"
+import errno, fcntl, os
+def nb(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+a = os.open("locked", os.O_RDONLY)
+b = os.open("locked", os.O_RDONLY)
+out = [nb(a), nb(b)]
+d = os.dup(a)
+out.append(nb(d))
+os.close(a)
+os.close(d)
+out.append(nb(b))
+print(" ".join(out))
+"#;
+        let out = run("python3", &["-c", script], &root)?;
+        // The second description conflicts; the dup holds the lock already;
+        // closing the first description's fds frees it for the second.
+        assert_eq!(out.trim(), "ok EAGAIN ok ok");
+        Ok(())
+    })
+    .await
+}
