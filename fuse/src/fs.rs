@@ -880,26 +880,13 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let dirs = self.dirs.clone();
         self.spawn("opendir", reply, move |c, reply| async move {
-            tri!(reply, gate.opendir(&c, cairn_ino(ino)).await);
-            let ino = cairn_ino(ino);
-            let dir = tri!(reply, c.meta.getattr(ino).await);
-            let dot = |name: &[u8], ino: u64| Listed {
-                ino: kernel_ino(ino),
-                kind: FileType::Directory,
-                name: name.to_vec(),
-                // The kernel makes no entries for "." and "..".
-                attr: Some(dir),
+            let listing = match list_dir(&c, &gate, cairn_ino(ino)).await {
+                Ok(listing) => listing,
+                // Removed since the kernel resolved it (open, or a process's
+                // cwd): a dead directory lists empty, as on Linux.
+                Err(e) if e.errno() == libc::ENOENT => Vec::new(),
+                Err(e) => return Err((reply, e)),
             };
-            let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
-            // With the attributes of the entries on the directory's shard, for
-            // readdirplus (`ls -l` and dataset scans without a getattr each).
-            let entries = tri!(reply, c.meta.readdir_with_attrs(ino).await);
-            listing.extend(entries.into_iter().map(|e| Listed {
-                ino: kernel_ino(e.ino),
-                kind: file_type(e.kind),
-                name: e.name.to_vec(),
-                attr: e.attr,
-            }));
             dirs.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, Arc::new(listing));
@@ -1274,6 +1261,30 @@ impl Filesystem for CairnFs {
             Ok(())
         });
     }
+}
+
+/// A directory's listing at opendir: ".", ".." and its entries.
+async fn list_dir(c: &Client, gate: &access::Gate, ino: u64) -> Result<Vec<Listed>, ClientError> {
+    gate.opendir(c, ino).await?;
+    let dir = c.meta.getattr(ino).await?;
+    let dot = |name: &[u8], ino: u64| Listed {
+        ino: kernel_ino(ino),
+        kind: FileType::Directory,
+        name: name.to_vec(),
+        // The kernel makes no entries for "." and "..".
+        attr: Some(dir),
+    };
+    let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
+    // With the attributes of the entries on the directory's shard, for
+    // readdirplus (`ls -l` and dataset scans without a getattr each).
+    let entries = c.meta.readdir_with_attrs(ino).await?;
+    listing.extend(entries.into_iter().map(|e| Listed {
+        ino: kernel_ino(e.ino),
+        kind: file_type(e.kind),
+        name: e.name.to_vec(),
+        attr: e.attr,
+    }));
+    Ok(listing)
 }
 
 /// getxattr/listxattr protocol: size 0 asks for the length; too small is ERANGE.

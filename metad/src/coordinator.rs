@@ -340,7 +340,10 @@ impl MetaNode {
                     expect: entry.ino,
                     now,
                 };
-                let drop = FsCommand::DropDir { ino: entry.ino };
+                let drop = FsCommand::BuryDir {
+                    ino: entry.ino,
+                    now,
+                };
                 self.run_txn(home, &step, vec![(shard, drop), (home, del)])
                     .await?;
                 Ok(Reply::None)

@@ -264,6 +264,13 @@ pub enum FsCommand {
         ino: u64,
         parent: u64,
     },
+    /// [`FsCommand::DropDir`] that keeps the removed directory's inode as an
+    /// orphan (see [`bury_dir`]). A new variant, so logged `DropDir`s still
+    /// decode and apply as they did.
+    BuryDir {
+        ino: u64,
+        now: i64,
+    },
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -413,7 +420,23 @@ fn parent_dir(txn: &Txn, parent: u64) -> Result<Inode, MetaError> {
     if dir.kind != Kind::Dir {
         return Err(err(ENOTDIR, "not a directory"));
     }
+    if dir.nlink == 0 {
+        return Err(err(ENOENT, "directory was removed"));
+    }
     Ok(dir)
+}
+
+/// Removes an empty directory's inode the way a file's last link goes: it
+/// stays, with no links, as an orphan until the next expiry pass after a
+/// session lease, so a process whose cwd it is (or that has it open) can
+/// still stat it and list it empty, as on Linux, while nothing can be made in
+/// it (`parent_dir`).
+fn bury_dir(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
+    let mut dir = get_inode(txn, ino)?;
+    dir.nlink = 0;
+    dir.ctime = now;
+    put_inode(txn, ino, &dir)?;
+    txn.put_as(keys::orphan(ino), &(now / 1_000_000))
 }
 
 fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
@@ -681,7 +704,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 return Err(err(ENOTEMPTY, "directory not empty"));
             }
             unlink_from(txn, *parent, name, entry, *now)?;
-            delete_inode(txn, entry.ino)?;
+            bury_dir(txn, entry.ino, *now)?;
             Ok(Reply::Entry(Some(entry)))
         }
         FsCommand::AdjustNlink { ino, delta, now } => {
@@ -703,7 +726,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
-        FsCommand::DropDir { ino } => {
+        FsCommand::DropDir { ino } | FsCommand::BuryDir { ino, .. } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir {
                 return Err(err(ENOTDIR, "not a directory"));
@@ -711,7 +734,10 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             if !dir_is_empty(txn, *ino)? {
                 return Err(err(ENOTEMPTY, "directory not empty"));
             }
-            delete_inode(txn, *ino)?;
+            match cmd {
+                FsCommand::BuryDir { now, .. } => bury_dir(txn, *ino, *now)?,
+                _ => delete_inode(txn, *ino)?,
+            }
             Ok(Reply::None)
         }
         FsCommand::SetParent { ino, parent, now } => {

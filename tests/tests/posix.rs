@@ -181,6 +181,44 @@ async fn sparse_file_blocks_count_only_stored_data() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_directory_lists_empty_for_its_cwd() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // A process whose cwd is the directory, and which has it open too,
+        // removes it and lists it both ways: Linux lists nothing, no error.
+        // Directories on the root's shard and on others (rmdir is one command
+        // or a cross-shard transaction).
+        let script = r#"
+import os
+fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir(os.getcwd())
+print(repr((os.listdir("."), os.listdir(fd), os.stat(".").st_nlink)))
+"#;
+        // The mount shows the root as inode 1: its shard is ROOT_INO's.
+        let root_shard = ino_shard(cairn_proto::ids::ROOT_INO);
+        let mut shards = std::collections::BTreeSet::new();
+        for i in 0..8 {
+            let d = root.join(format!("doomed{i}"));
+            fs::create_dir(&d)?;
+            shards.insert(ino_shard(fs::metadata(&d)?.ino()) == root_shard);
+            let out = run("python3", &["-c", script], &d)?;
+            assert_eq!(out.trim(), "([], [], 0)", "doomed{i}");
+            assert!(!d.exists());
+        }
+        assert_eq!(shards.len(), 2, "no directory on the other side");
+        // ls in a shell whose cwd was removed.
+        let gone = root.join("gone");
+        fs::create_dir(&gone)?;
+        let names = run("sh", &["-c", "rmdir \"$PWD\" && ls -a"], &gone)?;
+        assert!(
+            names.split_whitespace().all(|n| n == "." || n == ".."),
+            "a removed directory listed {names:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flock_belongs_to_the_open_file_description_until_its_last_close() -> anyhow::Result<()> {
     on_mount(|root| {
         let f = root.join("locked");
