@@ -285,6 +285,15 @@ fn ns(t: TimeOrNow) -> i64 {
     }
 }
 
+/// Linux's relatime: a read updates atime when it is not after mtime or ctime,
+/// or is a day old. Cairn checks at open for reading, with the attributes the
+/// open fetched anyway, so a read costs a metadata write only then.
+fn relatime_due(a: &pb::Attr, now: SystemTime) -> bool {
+    const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+    let now = ns(TimeOrNow::SpecificTime(now));
+    a.atime_ns <= a.mtime_ns || a.atime_ns <= a.ctime_ns || now - a.atime_ns >= DAY_NS
+}
+
 fn file_attr(a: &pb::Attr) -> FileAttr {
     FileAttr {
         ino: kernel_ino(a.ino),
@@ -704,6 +713,10 @@ impl Filesystem for CairnFs {
             // One metadata round trip: the file's attributes and layout (and a
             // small file's inline data); tracking the open costs no write.
             let (attr, reader) = tri!(reply, c.open_reader(cairn_ino(ino)).await);
+            if flags & libc::O_ACCMODE != libc::O_WRONLY && relatime_due(&attr, SystemTime::now()) {
+                // An open for reading stands for the read (see relatime_due).
+                tri!(reply, c.meta.access(attr.ino).await);
+            }
             let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let file = OpenFile {
                 ino: attr.ino,

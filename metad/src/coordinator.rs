@@ -91,6 +91,10 @@ pub enum Op {
         ino: u64,
         set: SetAttrs,
     },
+    /// A read's access-time update.
+    Access {
+        ino: u64,
+    },
     SetXattr {
         ino: u64,
         name: Vec<u8>,
@@ -144,6 +148,7 @@ impl Op {
             | Op::Rename { parent, .. } => ino_shard(*parent),
             Op::Link { new_parent, .. } => ino_shard(*new_parent),
             Op::SetAttr { ino, .. }
+            | Op::Access { ino }
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
@@ -388,6 +393,7 @@ impl MetaNode {
                     .await
             }
             Op::SetAttr { ino, set } => local(FsCommand::SetAttr { ino, set, now }).await,
+            Op::Access { ino } => local(FsCommand::Access { ino, now }).await,
             Op::SetXattr {
                 ino,
                 name,

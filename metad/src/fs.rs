@@ -271,6 +271,12 @@ pub enum FsCommand {
         ino: u64,
         now: i64,
     },
+    /// A read's access-time update: atime moves forward to `now`, ctime
+    /// stays (unlike utimensat), so relatime's next check sees it current.
+    Access {
+        ino: u64,
+        now: i64,
+    },
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -931,6 +937,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             sources,
             mtime,
         } => concat(txn, *target, sources, *mtime),
+        FsCommand::Access { ino, now } => {
+            let mut inode = get_inode(txn, *ino)?;
+            inode.atime = inode.atime.max(*now);
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
+        }
         FsCommand::AssertParent { ino, parent } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir || inode.parent != *parent {

@@ -201,6 +201,7 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 target: s.target.to_vec(),
             }
         }
+        PbOp::SetAttr(s) if s.access => Op::Access { ino: s.ino },
         PbOp::SetAttr(s) => {
             let a = s.attr.unwrap_or_default();
             Op::SetAttr {

@@ -251,3 +251,47 @@ print(" ".join(out))
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_update_atime_under_relatime_rules() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let atime_ns = |p: &Path| -> anyhow::Result<i128> {
+            let m = fs::metadata(p)?;
+            Ok(i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec()))
+        };
+        let f = root.join("read-me");
+        fs::write(&f, b"some bytes")?;
+        let written = atime_ns(&f)?;
+        // atime is not after mtime: the first read moves it.
+        assert_eq!(fs::read(&f)?, b"some bytes");
+        let first = atime_ns(&f)?;
+        assert!(
+            first > written,
+            "read left atime at {first} (was {written})"
+        );
+        // Now after mtime and ctime, and not a day old: reads leave it.
+        assert_eq!(fs::read(&f)?, b"some bytes");
+        assert_eq!(atime_ns(&f)?, first, "a second read moved atime");
+        // Opening for writing only is no read.
+        OpenOptions::new().write(true).open(&f)?;
+        assert_eq!(atime_ns(&f)?, first);
+        // A write moves mtime past atime: the next read moves atime again.
+        OpenOptions::new().append(true).open(&f)?.write_all(b"!")?;
+        assert_eq!(atime_ns(&f)?, first, "a write moved atime");
+        assert_eq!(fs::read(&f)?, b"some bytes!");
+        let after_write = atime_ns(&f)?;
+        assert!(after_write > first, "read after a write left atime");
+        assert!(i128::from(fs::metadata(&f)?.mtime()) * 1_000_000_000 <= after_write);
+        // An explicit old atime (utimensat) is a change: the next read fixes it.
+        run(
+            "touch",
+            &["-a", "-d", "2000-01-01 00:00:00 UTC", "read-me"],
+            &root,
+        )?;
+        assert_eq!(fs::metadata(&f)?.atime(), 946_684_800);
+        fs::read(&f)?;
+        assert!(atime_ns(&f)? > after_write);
+        Ok(())
+    })
+    .await
+}
