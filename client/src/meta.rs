@@ -614,6 +614,17 @@ impl MetaClient {
         let op = Op::SetAttr(pb::SetAttrOp {
             ino,
             attr: Some(attr),
+            access: false,
+        });
+        Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
+    }
+
+    /// Records a read's access: atime becomes the server's now, ctime stays.
+    pub async fn access(&self, ino: u64) -> Result<pb::Attr> {
+        let op = Op::SetAttr(pb::SetAttrOp {
+            ino,
+            attr: None,
+            access: true,
         });
         Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
     }

@@ -391,25 +391,45 @@ fn file_type(kind: i32) -> FileType {
     }
 }
 
+/// Nanoseconds since the epoch (negative before 1970) as a SystemTime.
 fn time(ns: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns < 0 {
+        UNIX_EPOCH - d
+    } else {
+        UNIX_EPOCH + d
+    }
 }
 
+/// A SystemTime as nanoseconds since the epoch, negative before 1970 (and
+/// clamped to what an i64 holds: years 1678 to 2262).
 fn ns(t: TimeOrNow) -> i64 {
     let t = match t {
         TimeOrNow::SpecificTime(t) => t,
         TimeOrNow::Now => SystemTime::now(),
     };
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+/// Linux's relatime: a read updates atime when it is not after mtime or ctime,
+/// or is a day old. Cairn checks at open for reading, with the attributes the
+/// open fetched anyway, so a read costs a metadata write only then.
+fn relatime_due(a: &pb::Attr, now: SystemTime) -> bool {
+    const DAY_NS: i64 = 24 * 3600 * 1_000_000_000;
+    let now = ns(TimeOrNow::SpecificTime(now));
+    a.atime_ns <= a.mtime_ns || a.atime_ns <= a.ctime_ns || now - a.atime_ns >= DAY_NS
 }
 
 fn file_attr(a: &pb::Attr) -> FileAttr {
     FileAttr {
         ino: kernel_ino(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        // 512-byte units of stored data: the holes of a sparse file do not
+        // count (du, cp --sparse=auto and backup tools read this).
+        blocks: a.stored_bytes.unwrap_or(a.size).min(a.size).div_ceil(512),
         atime: time(a.atime_ns),
         mtime: time(a.mtime_ns),
         ctime: time(a.ctime_ns),
@@ -846,6 +866,10 @@ impl Filesystem for CairnFs {
             // One metadata round trip: the file's attributes and layout (and a
             // small file's inline data); tracking the open costs no write.
             let (attr, reader) = tri!(reply, c.open_reader(ino).await);
+            if flags & libc::O_ACCMODE != libc::O_WRONLY && relatime_due(&attr, SystemTime::now()) {
+                // An open for reading stands for the read (see relatime_due).
+                tri!(reply, c.meta.access(attr.ino).await);
+            }
             let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let shared = Arc::new(Shared {
                 dirty: AtomicBool::new(false),
@@ -1042,6 +1066,7 @@ impl Filesystem for CairnFs {
         // The last close of an open file description releases its own locks
         // (flock, OFD locks).
         let unlock = self.locks.take_fh(cairn_ino(ino), fh, lock_owner);
+        let releasing = (!unlock.is_empty()).then(|| self.locks.releasing(cairn_ino(ino)));
         let handle = self
             .files
             .lock()
@@ -1057,6 +1082,7 @@ impl Filesystem for CairnFs {
             for op in unlock {
                 unlocked = unlocked.and(c.meta.setlk(op).await);
             }
+            drop(releasing);
             let closed = c.meta.untrack_open(h.token).await;
             tri!(reply, flushed);
             tri!(reply, unlocked);
@@ -1071,26 +1097,13 @@ impl Filesystem for CairnFs {
         let fh = self.fh();
         let dirs = self.dirs.clone();
         self.spawn("opendir", reply, move |c, reply| async move {
-            tri!(reply, gate.opendir(&c, cairn_ino(ino)).await);
-            let ino = cairn_ino(ino);
-            let dir = tri!(reply, c.meta.getattr(ino).await);
-            let dot = |name: &[u8], ino: u64| Listed {
-                ino: kernel_ino(ino),
-                kind: FileType::Directory,
-                name: name.to_vec(),
-                // The kernel makes no entries for "." and "..".
-                attr: Some(dir),
+            let listing = match list_dir(&c, &gate, cairn_ino(ino)).await {
+                Ok(listing) => listing,
+                // Removed since the kernel resolved it (open, or a process's
+                // cwd): a dead directory lists empty, as on Linux.
+                Err(e) if e.errno() == libc::ENOENT => Vec::new(),
+                Err(e) => return Err((reply, e)),
             };
-            let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
-            // With the attributes of the entries on the directory's shard, for
-            // readdirplus (`ls -l` and dataset scans without a getattr each).
-            let entries = tri!(reply, c.meta.readdir_with_attrs(ino).await);
-            listing.extend(entries.into_iter().map(|e| Listed {
-                ino: kernel_ino(e.ino),
-                kind: file_type(e.kind),
-                name: e.name.to_vec(),
-                attr: e.attr,
-            }));
             dirs.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(fh, Arc::new(listing));
@@ -1385,7 +1398,9 @@ impl Filesystem for CairnFs {
         else {
             return reply.error(libc::EINVAL);
         };
+        let locks = self.locks.clone();
         self.spawn("getlk", reply, move |c, reply| async move {
+            locks.settled(op.ino).await;
             match tri!(reply, c.meta.getlk(op).await) {
                 Some(held) => {
                     let (start, end, typ, pid) = crate::locks::kernel_lock(&held);
@@ -1416,6 +1431,8 @@ impl Filesystem for CairnFs {
         };
         let locks = self.locks.clone();
         self.spawn("setlk", reply, move |c, reply| async move {
+            // A closed description's locks go first (see locks.rs).
+            locks.settled(ino).await;
             let locking = typ != libc::F_UNLCK;
             if sleep {
                 tri!(reply, c.meta.setlkw(op).await);
@@ -1464,6 +1481,30 @@ impl Filesystem for CairnFs {
             Ok(())
         });
     }
+}
+
+/// A directory's listing at opendir: ".", ".." and its entries.
+async fn list_dir(c: &Client, gate: &access::Gate, ino: u64) -> Result<Vec<Listed>, ClientError> {
+    gate.opendir(c, ino).await?;
+    let dir = c.meta.getattr(ino).await?;
+    let dot = |name: &[u8], ino: u64| Listed {
+        ino: kernel_ino(ino),
+        kind: FileType::Directory,
+        name: name.to_vec(),
+        // The kernel makes no entries for "." and "..".
+        attr: Some(dir),
+    };
+    let mut listing = vec![dot(b".", ino), dot(b"..", dir.parent.max(1))];
+    // With the attributes of the entries on the directory's shard, for
+    // readdirplus (`ls -l` and dataset scans without a getattr each).
+    let entries = c.meta.readdir_with_attrs(ino).await?;
+    listing.extend(entries.into_iter().map(|e| Listed {
+        ino: kernel_ino(e.ino),
+        kind: file_type(e.kind),
+        name: e.name.to_vec(),
+        attr: e.attr,
+    }));
+    Ok(listing)
 }
 
 /// getxattr/listxattr protocol: size 0 asks for the length; too small is ERANGE.

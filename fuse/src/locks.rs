@@ -14,9 +14,17 @@
 //! locks of the owners that locked through it, which by then are the open
 //! file's own: its flock (FUSE_RELEASE_FLOCK_UNLOCK names that owner) and its
 //! OFD locks (F_OFD_SETLK, whose owner the kernel does not name at release).
+//!
+//! The kernel sends RELEASE in the background: close(2) returns before the
+//! open file's flock is dropped, and the process's next lock request may run
+//! beside it. A release that drops locks is therefore registered when its
+//! request arrives (requests arrive in order) and the inode's later lock
+//! requests wait for it, so a closed description's flock is gone for the
+//! caller's next flock, as on a local file system.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use cairn_proto::pb;
@@ -29,6 +37,30 @@ const KERNEL_EOF: u64 = i64::MAX as u64;
 #[derive(Default)]
 pub struct HeldLocks {
     inner: Mutex<Held>,
+    /// Releases per inode still dropping locks, and their completion signal.
+    releasing: Mutex<HashMap<u64, usize>>,
+    released: tokio::sync::Notify,
+}
+
+/// A release that is dropping locks; lock requests on its inode wait until it
+/// is dropped.
+pub struct Releasing {
+    locks: Arc<HeldLocks>,
+    ino: u64,
+}
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        let mut releasing = self.locks.pending();
+        if let Some(n) = releasing.get_mut(&self.ino) {
+            *n -= 1;
+            if *n == 0 {
+                releasing.remove(&self.ino);
+            }
+        }
+        drop(releasing);
+        self.locks.released.notify_waiters();
+    }
 }
 
 #[derive(Default)]
@@ -54,6 +86,34 @@ fn unlock_all(ino: u64, owner: u64) -> pb::SetLockOp {
 impl HeldLocks {
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.releasing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a release of `ino` that drops locks (call it in the request's
+    /// order, before spawning); drop the guard once the unlocks are answered.
+    pub fn releasing(self: &Arc<Self>, ino: u64) -> Releasing {
+        *self.pending().entry(ino).or_default() += 1;
+        Releasing {
+            locks: self.clone(),
+            ino,
+        }
+    }
+
+    /// Waits until the releases of `ino` registered so far have dropped their
+    /// locks.
+    pub async fn settled(&self, ino: u64) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.pending().contains_key(&ino) {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// Notes that `owner` took a lock on `ino` through handle `fh`.

@@ -91,6 +91,10 @@ pub enum Op {
         ino: u64,
         set: SetAttrs,
     },
+    /// A read's access-time update.
+    Access {
+        ino: u64,
+    },
     SetXattr {
         ino: u64,
         name: Vec<u8>,
@@ -144,6 +148,7 @@ impl Op {
             | Op::Rename { parent, .. } => ino_shard(*parent),
             Op::Link { new_parent, .. } => ino_shard(*new_parent),
             Op::SetAttr { ino, .. }
+            | Op::Access { ino }
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
@@ -262,6 +267,10 @@ impl MetaNode {
                     })
                     .await;
                 }
+                // The directory inode is made on another shard, away from its
+                // parent: it inherits a setgid parent's group here.
+                let dir = self.getattr_anywhere(parent).await?;
+                let (perm, gid) = fs::inherit(&dir, Kind::Dir, perm, caller.gid);
                 let alloc = step.req(1, Command::Fs(FsCommand::AllocIno));
                 let Reply::Ino(ino) = self.propose(target, alloc).await? else {
                     return Err(MetaError::Storage("AllocIno answered no inode".into()));
@@ -271,7 +280,7 @@ impl MetaNode {
                     parent,
                     perm,
                     uid: caller.uid,
-                    gid: caller.gid,
+                    gid,
                     now,
                 };
                 let put = FsCommand::PutEntry {
@@ -286,7 +295,7 @@ impl MetaNode {
                 };
                 self.run_txn(home, &step, vec![(target, make), (home, put)])
                     .await?;
-                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, caller.gid, parent, now);
+                let inode = fs::new_inode(Kind::Dir, perm, caller.uid, gid, parent, now);
                 Ok(Reply::Attr { ino, inode })
             }
             Op::Unlink { parent, name } => {
@@ -336,7 +345,10 @@ impl MetaNode {
                     expect: entry.ino,
                     now,
                 };
-                let drop = FsCommand::DropDir { ino: entry.ino };
+                let drop = FsCommand::BuryDir {
+                    ino: entry.ino,
+                    now,
+                };
                 self.run_txn(home, &step, vec![(shard, drop), (home, del)])
                     .await?;
                 Ok(Reply::None)
@@ -381,6 +393,7 @@ impl MetaNode {
                     .await
             }
             Op::SetAttr { ino, set } => local(FsCommand::SetAttr { ino, set, now }).await,
+            Op::Access { ino } => local(FsCommand::Access { ino, now }).await,
             Op::SetXattr {
                 ino,
                 name,

@@ -264,6 +264,19 @@ pub enum FsCommand {
         ino: u64,
         parent: u64,
     },
+    /// [`FsCommand::DropDir`] that keeps the removed directory's inode as an
+    /// orphan (see [`bury_dir`]). A new variant, so logged `DropDir`s still
+    /// decode and apply as they did.
+    BuryDir {
+        ino: u64,
+        now: i64,
+    },
+    /// A read's access-time update: atime moves forward to `now`, ctime
+    /// stays (unlike utimensat), so relatime's next check sees it current.
+    Access {
+        ino: u64,
+        now: i64,
+    },
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -413,7 +426,23 @@ fn parent_dir(txn: &Txn, parent: u64) -> Result<Inode, MetaError> {
     if dir.kind != Kind::Dir {
         return Err(err(ENOTDIR, "not a directory"));
     }
+    if dir.nlink == 0 {
+        return Err(err(ENOENT, "directory was removed"));
+    }
     Ok(dir)
+}
+
+/// Removes an empty directory's inode the way a file's last link goes: it
+/// stays, with no links, as an orphan until the next expiry pass after a
+/// session lease, so a process whose cwd it is (or that has it open) can
+/// still stat it and list it empty, as on Linux, while nothing can be made in
+/// it (`parent_dir`).
+fn bury_dir(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
+    let mut dir = get_inode(txn, ino)?;
+    dir.nlink = 0;
+    dir.ctime = now;
+    put_inode(txn, ino, &dir)?;
+    txn.put_as(keys::orphan(ino), &(now / 1_000_000))
 }
 
 fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
@@ -425,6 +454,22 @@ fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
     let next: u64 = txn.get_as(keys::NEXT_INO)?.unwrap_or(first);
     txn.put_as(keys::NEXT_INO.to_vec(), &(next + 1))?;
     Ok(make_ino(txn.shard(), next))
+}
+
+/// The (perm, gid) of a new `kind` inode made in directory `dir`: in a setgid
+/// directory it takes the directory's group instead of the caller's, and a new
+/// subdirectory keeps the setgid bit (as Linux does), so every front end and
+/// both mkdir paths (same-shard and cross-shard) agree.
+pub fn inherit(dir: &Inode, kind: Kind, perm: u32, gid: u32) -> (u32, u32) {
+    if dir.perm & 0o2000 == 0 {
+        return (perm, gid);
+    }
+    let perm = if kind == Kind::Dir {
+        perm | 0o2000
+    } else {
+        perm
+    };
+    (perm, dir.gid)
 }
 
 pub fn new_inode(kind: Kind, perm: u32, uid: u32, gid: u32, parent: u64, now: i64) -> Inode {
@@ -554,7 +599,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             now,
         } => {
             validate_name(name)?;
-            parent_dir(txn, *parent)?;
+            let dir = parent_dir(txn, *parent)?;
             if let Some(existing) = get_entry(txn, *parent, name)? {
                 if *exclusive || *kind != Kind::File || existing.kind != Kind::File {
                     return Err(err(EEXIST, "file exists"));
@@ -566,7 +611,8 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 });
             }
             let ino = alloc_ino(txn)?;
-            let mut inode = new_inode(*kind, *perm, *uid, *gid, *parent, *now);
+            let (perm, gid) = inherit(&dir, *kind, *perm, *gid);
+            let mut inode = new_inode(*kind, perm, *uid, gid, *parent, *now);
             inode.rdev = *rdev;
             if let Some(target) = target {
                 if target.is_empty() || target.len() > PATH_MAX || target.contains(&0) {
@@ -664,7 +710,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                 return Err(err(ENOTEMPTY, "directory not empty"));
             }
             unlink_from(txn, *parent, name, entry, *now)?;
-            delete_inode(txn, entry.ino)?;
+            bury_dir(txn, entry.ino, *now)?;
             Ok(Reply::Entry(Some(entry)))
         }
         FsCommand::AdjustNlink { ino, delta, now } => {
@@ -686,7 +732,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
-        FsCommand::DropDir { ino } => {
+        FsCommand::DropDir { ino } | FsCommand::BuryDir { ino, .. } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir {
                 return Err(err(ENOTDIR, "not a directory"));
@@ -694,7 +740,10 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             if !dir_is_empty(txn, *ino)? {
                 return Err(err(ENOTEMPTY, "directory not empty"));
             }
-            delete_inode(txn, *ino)?;
+            match cmd {
+                FsCommand::BuryDir { now, .. } => bury_dir(txn, *ino, *now)?,
+                _ => delete_inode(txn, *ino)?,
+            }
             Ok(Reply::None)
         }
         FsCommand::SetParent { ino, parent, now } => {
@@ -888,6 +937,12 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             sources,
             mtime,
         } => concat(txn, *target, sources, *mtime),
+        FsCommand::Access { ino, now } => {
+            let mut inode = get_inode(txn, *ino)?;
+            inode.atime = inode.atime.max(*now);
+            put_inode(txn, *ino, &inode)?;
+            Ok(Reply::Attr { ino: *ino, inode })
+        }
         FsCommand::AssertParent { ino, parent } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir || inode.parent != *parent {
@@ -954,6 +1009,50 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
         txn.put_as(k, &list)?;
     }
     written(txn, target, inode, end, mtime)
+}
+
+/// Most chunk records [`stored_bytes`] reads; a file with more counts as dense.
+const STORED_SCAN_MAX: usize = 1024;
+
+/// The bytes of a file that hold data, for st_blocks: the visible segments of
+/// its chunks that are not holes (inline data is the bottom layer of chunk
+/// 0), within its size. Holes (never written, or cut by a truncate) do not
+/// count. None: not a file, or too many chunks to count on a getattr.
+pub fn stored_bytes(txn: &Txn, ino: u64, inode: &Inode) -> Result<Option<u64>, MetaError> {
+    if inode.kind != Kind::File {
+        return Ok(None);
+    }
+    let chunks = txn.scan(&keys::chunk_prefix(ino), b"", STORED_SCAN_MAX + 1)?;
+    if chunks.len() > STORED_SCAN_MAX {
+        return Ok(None);
+    }
+    let mut layers: BTreeMap<u32, Vec<SliceRec>> = BTreeMap::new();
+    if let Some(buf) = txn.get(&keys::inline(ino))? {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        // Any id but 0 (a hole) stands for the inline layer here.
+        let inline = SliceRec {
+            slice_id: u64::MAX,
+            pos: 0,
+            len,
+            off: 0,
+            size: len,
+        };
+        layers.insert(0, vec![inline]);
+    }
+    for (k, v) in chunks {
+        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
+        layers.entry(chunk_of_key(&k)?).or_default().extend(slices);
+    }
+    let mut total = 0;
+    for (chunk, slices) in layers {
+        let start = u64::from(chunk) * CHUNK_SIZE;
+        for s in visible_segments(&slices).iter().filter(|s| s.slice_id != 0) {
+            let a = (start + u64::from(s.pos)).min(inode.size);
+            let b = (start + u64::from(s.pos) + u64::from(s.len)).min(inode.size);
+            total += b - a;
+        }
+    }
+    Ok(Some(total))
 }
 
 /// The chunk number in a chunk key.

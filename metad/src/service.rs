@@ -87,6 +87,7 @@ pub fn inode_to_pb(ino: u64, inode: &Inode) -> pb::Attr {
         ctime_ns: inode.ctime,
         rdev: inode.rdev,
         parent: inode.parent,
+        stored_bytes: None,
     }
 }
 
@@ -200,6 +201,7 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 target: s.target.to_vec(),
             }
         }
+        PbOp::SetAttr(s) if s.access => Op::Access { ino: s.ino },
         PbOp::SetAttr(s) => {
             let a = s.attr.unwrap_or_default();
             Op::SetAttr {
@@ -432,19 +434,24 @@ impl pb::meta_server::Meta for MetaService {
                 let entry = fs::get_entry(txn, req.parent, &name)?
                     .ok_or_else(|| MetaError::fs(cairn_proto::status::ENOENT, "no such file"))?;
                 let local = if ino_shard(entry.ino) == shard {
-                    Some(fs::get_inode(txn, entry.ino)?)
+                    let inode = fs::get_inode(txn, entry.ino)?;
+                    let stored = fs::stored_bytes(txn, entry.ino, &inode)?;
+                    Some((inode, stored))
                 } else {
                     None
                 };
                 Ok((entry, local))
             })
             .await?;
-        let inode = match local {
-            Some(inode) => inode,
-            None => self.node.getattr_anywhere(entry.ino).await?,
+        let (inode, stored) = match local {
+            Some(local) => local,
+            None => (self.node.getattr_anywhere(entry.ino).await?, None),
         };
         Ok(GrpcResponse::new(pb::AttrReply {
-            attr: Some(inode_to_pb(entry.ino, &inode)),
+            attr: Some(pb::Attr {
+                stored_bytes: stored,
+                ..inode_to_pb(entry.ino, &inode)
+            }),
         }))
     }
 
@@ -452,10 +459,18 @@ impl pb::meta_server::Meta for MetaService {
         let ino = req.into_inner().ino;
         let inode = self
             .node
-            .read(ino_shard(ino), |txn| fs::get_inode(txn, ino))
+            .read(ino_shard(ino), |txn| {
+                let inode = fs::get_inode(txn, ino)?;
+                let stored = fs::stored_bytes(txn, ino, &inode)?;
+                Ok((inode, stored))
+            })
             .await?;
+        let (inode, stored) = inode;
         Ok(GrpcResponse::new(pb::AttrReply {
-            attr: Some(inode_to_pb(ino, &inode)),
+            attr: Some(pb::Attr {
+                stored_bytes: stored,
+                ..inode_to_pb(ino, &inode)
+            }),
         }))
     }
 

@@ -2,7 +2,8 @@
 //! inode ids included) applied on a real RocksDB state machine never panic, and
 //! after every command the shard's invariants hold: every entry points at a
 //! live inode of its kind, a file's nlink counts its entries, a directory's
-//! nlink is 2 + its subdirectories, a directory's parent holds its entry, and
+//! nlink is 2 + its subdirectories (0, unlinked and empty, once removed), a
+//! directory's parent holds its entry, and
 //! no size exceeds the largest file. Commands also go through a random byte
 //! mutation of their encoding first, as a hostile peer would send them.
 //! Seeded and bounded; the seed is printed on failure (`APPLY_SEED=n` reruns
@@ -80,6 +81,16 @@ fn check_invariants(state: &State) -> Result<(), String> {
             return Err(format!("inode {ino:#x} has size {}", inode.size));
         }
         match inode.kind {
+            // A removed directory stays as an orphan with no links: it has no
+            // entry and holds none until the expiry pass deletes it.
+            Kind::Dir if inode.nlink == 0 => {
+                if links.contains_key(ino) || subdirs.contains_key(ino) {
+                    return Err(format!("removed directory {ino:#x} is still linked"));
+                }
+                if state.entries.keys().any(|(parent, _)| parent == ino) {
+                    return Err(format!("removed directory {ino:#x} has entries"));
+                }
+            }
             Kind::Dir => {
                 let want = 2 + subdirs.get(ino).copied().unwrap_or(0);
                 if inode.nlink != want {

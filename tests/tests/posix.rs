@@ -1,0 +1,297 @@
+//! POSIX details through a real mount that the broad scenario in `fuse.rs`
+//! does not pin down: setgid directories, times before 1970, st_blocks of
+//! sparse files, listing a removed directory and flock per open file
+//! description. Each test is named after the behaviour it defends and
+//! compares with what Linux's local file systems answer.
+
+use std::fs;
+use std::fs::File;
+use std::fs::FileTimes;
+use std::fs::OpenOptions;
+use std::io::Seek;
+use std::io::SeekFrom;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::UNIX_EPOCH;
+
+use anyhow::ensure;
+use anyhow::Context;
+
+use cairn_proto::ids::ino_shard;
+use cairn_tests::Cluster;
+use cairn_tests::Mount;
+use cairn_tests::Spec;
+
+/// A group root is not in by default, so inheriting it cannot be a fluke.
+const STAFF: u32 = 4242;
+
+/// Starts a cluster and a mount, then runs the blocking `body` on the mount's
+/// root off the runtime's threads.
+async fn on_mount(
+    body: impl FnOnce(PathBuf) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let mount = Mount::start(&cluster, "mnt").await?;
+    let root = mount.path.clone();
+    tokio::task::spawn_blocking(move || body(root)).await??;
+    drop(mount);
+    Ok(())
+}
+
+/// Runs `program` with `args` (C locale) and answers its stdout, failing on
+/// a non-zero exit.
+fn run(program: &str, args: &[&str], dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setgid_directory_passes_its_group_and_bit_to_new_entries() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let shared = root.join("shared");
+        fs::create_dir(&shared)?;
+        std::os::unix::fs::chown(&shared, Some(0), Some(STAFF))?;
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o2775))?;
+        assert_eq!(fs::metadata(&shared)?.mode() & 0o7777, 0o2775);
+
+        fs::write(shared.join("file"), b"x")?;
+        run("mkfifo", &["fifo"], &shared)?;
+        std::os::unix::fs::symlink("file", shared.join("link"))?;
+        for name in ["file", "fifo", "link"] {
+            let m = fs::symlink_metadata(shared.join(name))?;
+            assert_eq!(m.gid(), STAFF, "{name} took the caller's group");
+            assert_eq!(m.mode() & 0o2000, 0, "{name} must not gain setgid");
+        }
+        // Subdirectories land on several shards (same-shard create and
+        // cross-shard mkdir): both inherit the group and the setgid bit, and
+        // so do their own children.
+        let parent_shard = ino_shard(fs::metadata(&shared)?.ino());
+        let mut shards = std::collections::BTreeSet::new();
+        for i in 0..12 {
+            let d = shared.join(format!("d{i}"));
+            fs::create_dir(&d)?;
+            let m = fs::metadata(&d)?;
+            shards.insert(ino_shard(m.ino()) == parent_shard);
+            assert_eq!(m.gid(), STAFF, "d{i} took the caller's group");
+            assert_eq!(m.mode() & 0o7777, 0o2755, "d{i} mode (umask 022)");
+            fs::write(d.join("nested"), b"y")?;
+            assert_eq!(fs::metadata(d.join("nested"))?.gid(), STAFF);
+        }
+        assert_eq!(shards.len(), 2, "no subdirectory on the other side");
+
+        // Without setgid the caller's group applies again.
+        let plain = root.join("plain");
+        fs::create_dir(&plain)?;
+        std::os::unix::fs::chown(&plain, Some(0), Some(STAFF))?;
+        fs::write(plain.join("file"), b"z")?;
+        assert_eq!(fs::metadata(plain.join("file"))?.gid(), 0);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn times_before_1970_read_back_unchanged() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // 1960-01-01T00:00:00Z and 1955-06-15T12:00:00Z.
+        const Y1960: i64 = -315_619_200;
+        const Y1955: i64 = -459_086_400;
+        let f = root.join("old");
+        fs::write(&f, b"history")?;
+        // futimens through an open file.
+        let times = FileTimes::new()
+            .set_modified(UNIX_EPOCH - Duration::from_secs(Y1960.unsigned_abs()))
+            .set_accessed(UNIX_EPOCH - Duration::from_secs(Y1955.unsigned_abs()));
+        OpenOptions::new().write(true).open(&f)?.set_times(times)?;
+        let m = fs::metadata(&f)?;
+        assert_eq!((m.mtime(), m.mtime_nsec()), (Y1960, 0));
+        assert_eq!((m.atime(), m.atime_nsec()), (Y1955, 0));
+        // utimensat by path, as touch -d does.
+        run(
+            "touch",
+            &["-m", "-d", "1955-06-15 12:00:00 UTC", "old"],
+            &root,
+        )?;
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.mtime(), Y1955);
+        assert_eq!(m.atime(), Y1955);
+        // Still readable after a remount-free second look (listing path).
+        let listed = fs::read_dir(&root)?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name() == "old")
+            .context("old not listed")?;
+        assert_eq!(listed.metadata()?.mtime(), Y1955);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sparse_file_blocks_count_only_stored_data() -> anyhow::Result<()> {
+    on_mount(|root| {
+        const GIB: u64 = 1 << 30;
+        let f = root.join("sparse");
+        let mut h = File::create(&f)?;
+        h.write_all(&[7u8; 4096])?;
+        h.set_len(GIB)?;
+        drop(h);
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.len(), GIB);
+        assert_eq!(m.blocks(), 8, "4 KiB of data in 1 GiB of holes");
+
+        // Data far into the file, in another chunk.
+        let mut h = OpenOptions::new().write(true).open(&f)?;
+        h.seek(SeekFrom::Start(GIB / 2))?;
+        h.write_all(&[9u8; 4096])?;
+        drop(h);
+        let m = fs::metadata(&f)?;
+        assert_eq!(m.len(), GIB);
+        assert_eq!(m.blocks(), 16, "two 4 KiB extents");
+
+        // A truncate below the data takes it out of the count.
+        OpenOptions::new().write(true).open(&f)?.set_len(2048)?;
+        assert_eq!(fs::metadata(&f)?.blocks(), 4);
+
+        // A dense file counts all of its bytes.
+        let dense = root.join("dense");
+        fs::write(&dense, vec![1u8; 3 << 20])?;
+        assert_eq!(fs::metadata(&dense)?.blocks(), (3 << 20) / 512);
+        // An empty file and a 1 MiB hole store nothing.
+        let hole = root.join("hole");
+        File::create(&hole)?.set_len(1 << 20)?;
+        assert_eq!(fs::metadata(&hole)?.blocks(), 0);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_directory_lists_empty_for_its_cwd() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // A process whose cwd is the directory, and which has it open too,
+        // removes it and lists it both ways: Linux lists nothing, no error.
+        // Directories on the root's shard and on others (rmdir is one command
+        // or a cross-shard transaction).
+        let script = r#"
+import os
+fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir(os.getcwd())
+print(repr((os.listdir("."), os.listdir(fd), os.stat(".").st_nlink)))
+"#;
+        // The mount shows the root as inode 1: its shard is ROOT_INO's.
+        let root_shard = ino_shard(cairn_proto::ids::ROOT_INO);
+        let mut shards = std::collections::BTreeSet::new();
+        for i in 0..8 {
+            let d = root.join(format!("doomed{i}"));
+            fs::create_dir(&d)?;
+            shards.insert(ino_shard(fs::metadata(&d)?.ino()) == root_shard);
+            let out = run("python3", &["-c", script], &d)?;
+            assert_eq!(out.trim(), "([], [], 0)", "doomed{i}");
+            assert!(!d.exists());
+        }
+        assert_eq!(shards.len(), 2, "no directory on the other side");
+        // ls in a shell whose cwd was removed.
+        let gone = root.join("gone");
+        fs::create_dir(&gone)?;
+        let names = run("sh", &["-c", "rmdir \"$PWD\" && ls -a"], &gone)?;
+        assert!(
+            names.split_whitespace().all(|n| n == "." || n == ".."),
+            "a removed directory listed {names:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flock_belongs_to_the_open_file_description_until_its_last_close() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let f = root.join("locked");
+        fs::write(&f, b"l")?;
+        // Python's fcntl.flock is flock(2); each open() is its own open file
+        // description, a dup shares one.
+        let script = r#"
+import errno, fcntl, os
+def nb(fd):
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+a = os.open("locked", os.O_RDONLY)
+b = os.open("locked", os.O_RDONLY)
+out = [nb(a), nb(b)]
+d = os.dup(a)
+out.append(nb(d))
+os.close(a)
+os.close(d)
+out.append(nb(b))
+print(" ".join(out))
+"#;
+        let out = run("python3", &["-c", script], &root)?;
+        // The second description conflicts; the dup holds the lock already;
+        // closing the first description's fds frees it for the second.
+        assert_eq!(out.trim(), "ok EAGAIN ok ok");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_update_atime_under_relatime_rules() -> anyhow::Result<()> {
+    on_mount(|root| {
+        let atime_ns = |p: &Path| -> anyhow::Result<i128> {
+            let m = fs::metadata(p)?;
+            Ok(i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec()))
+        };
+        let f = root.join("read-me");
+        fs::write(&f, b"some bytes")?;
+        let written = atime_ns(&f)?;
+        // atime is not after mtime: the first read moves it.
+        assert_eq!(fs::read(&f)?, b"some bytes");
+        let first = atime_ns(&f)?;
+        assert!(
+            first > written,
+            "read left atime at {first} (was {written})"
+        );
+        // Now after mtime and ctime, and not a day old: reads leave it.
+        assert_eq!(fs::read(&f)?, b"some bytes");
+        assert_eq!(atime_ns(&f)?, first, "a second read moved atime");
+        // Opening for writing only is no read.
+        OpenOptions::new().write(true).open(&f)?;
+        assert_eq!(atime_ns(&f)?, first);
+        // A write moves mtime past atime: the next read moves atime again.
+        OpenOptions::new().append(true).open(&f)?.write_all(b"!")?;
+        assert_eq!(atime_ns(&f)?, first, "a write moved atime");
+        assert_eq!(fs::read(&f)?, b"some bytes!");
+        let after_write = atime_ns(&f)?;
+        assert!(after_write > first, "read after a write left atime");
+        assert!(i128::from(fs::metadata(&f)?.mtime()) * 1_000_000_000 <= after_write);
+        // An explicit old atime (utimensat) is a change: the next read fixes it.
+        run(
+            "touch",
+            &["-a", "-d", "2000-01-01 00:00:00 UTC", "read-me"],
+            &root,
+        )?;
+        assert_eq!(fs::metadata(&f)?.atime(), 946_684_800);
+        fs::read(&f)?;
+        assert!(atime_ns(&f)? > after_write);
+        Ok(())
+    })
+    .await
+}
