@@ -519,8 +519,11 @@ async fn scheduler_runs_due_policies_and_pressure_moves_lru_blocks() {
     };
     let cluster = Cluster::start(spec).await.unwrap();
     let client = cluster.client();
-    use_backend(&cluster, &cold).await;
+    // The files are written before the backend is set: pressure, checked
+    // every 100 ms, could otherwise fire between two writes and leave the
+    // node between the marks once the last one lands.
     let mut files = write_files(&client, "/p", 5, MIB, 50).await;
+    use_backend(&cluster, &cold).await;
     // 5 MiB of 8 passes the high-water mark (4 MiB): LRU blocks go cold
     // until at most 2 MiB stay local.
     let addr = cluster.datas[0].addr.clone();
