@@ -3,10 +3,9 @@
 //! kernel (`default_permissions`) or, with [`Permissions::Cairn`], by Cairn
 //! itself (`access`); ownership of new inodes is the caller's.
 //! With write-back (`writeback`), close and fsync return once data is staged
-//! on the local disk, and uploads run in the background. What the mount does
-//! is counted (`metrics`) in a registry the CLI serves on `/metrics`.
 //! on the local disk, and uploads run in the background. File locks
-//! (`locks`) are held in metad, so they hold across mounts.
+//! (`locks`) are held in metad, so they hold across mounts. What the mount
+//! does is counted (`metrics`) in a registry the CLI serves on `/metrics`.
 
 pub mod access;
 pub mod fs;

@@ -53,6 +53,17 @@ fn code<E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug, R>(
     }
 }
 
+/// A one-data-server cluster, a gateway with the default config in front of
+/// it and an SDK client of that gateway (the cluster and the gateway live as
+/// long as the values do).
+async fn gateway() -> anyhow::Result<(Cluster, S3Gateway, aws_sdk_s3::Client)> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    cluster.wait_ready(READY).await?;
+    let gw = S3Gateway::start(&cluster, "s3", "").await?;
+    let s3 = gw.sdk();
+    Ok((cluster, gw, s3))
+}
+
 async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
     let out = s3.get_object().bucket(bucket).key(key).send().await?;
     Ok(out.body.collect().await?.into_bytes().to_vec())
@@ -94,10 +105,7 @@ fn checksums(data: &[u8]) -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn s3_a_wrong_trailing_checksum_is_bad_digest_and_stores_nothing() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (cluster, gw, s3) = gateway().await?;
     let (host, key, secret) = (
         gw.addr.as_str(),
         gw.access_key.as_str(),
@@ -217,10 +225,7 @@ async fn s3_a_wrong_trailing_checksum_is_bad_digest_and_stores_nothing() -> anyh
 
 #[tokio::test]
 async fn s3_aws_chunked_is_not_stored_as_content_encoding() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (cluster, gw, s3) = gateway().await?;
     s3.create_bucket().bucket("enc").send().await?;
     let data = random_bytes(300_000, 2);
     let file = cluster.dir.path().join("body");
@@ -305,10 +310,7 @@ async fn s3_aws_chunked_is_not_stored_as_content_encoding() -> anyhow::Result<()
 
 #[tokio::test]
 async fn s3_error_answers_carry_message_resource_and_request_id() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (_cluster, gw, s3) = gateway().await?;
     s3.create_bucket().bucket("errs").send().await?;
 
     // Through the SDK: what a user sees.
@@ -431,10 +433,7 @@ async fn s3_listings_name_the_owner() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn s3_delete_objects_of_1000_keys_deletes_every_one() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (_cluster, _gw, s3) = gateway().await?;
     s3.create_bucket().bucket("many").send().await?;
     // Flat keys and keys in ten directories, which the delete must prune.
     let keys: Vec<String> = (0..1000)
@@ -546,10 +545,7 @@ async fn two_part_upload(
 
 #[tokio::test]
 async fn s3_concurrent_completes_publish_the_parts_exactly_once() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (cluster, _gw, s3) = gateway().await?;
     s3.create_bucket().bucket("race").send().await?;
     for round in 0..4u64 {
         let key = format!("obj-{round}");
@@ -601,10 +597,7 @@ async fn s3_concurrent_completes_publish_the_parts_exactly_once() -> anyhow::Res
 
 #[tokio::test]
 async fn s3_a_complete_retried_after_success_answers_the_same_etag() -> anyhow::Result<()> {
-    let cluster = Cluster::start(Spec::one_data_server()).await?;
-    cluster.wait_ready(READY).await?;
-    let gw = S3Gateway::start(&cluster, "s3", "").await?;
-    let s3 = gw.sdk();
+    let (_cluster, _gw, s3) = gateway().await?;
     s3.create_bucket().bucket("retry").send().await?;
     let (id, parts, data, etag) = two_part_upload(&s3, "retry", "obj", 7).await?;
     let complete = || {
