@@ -4,7 +4,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends clang libclang-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --bin cairn && cp target/debug/cairn /usr/local/bin/cairn
+RUN cargo build --release --bin cairn && cp target/release/cairn /usr/local/bin/cairn
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \

@@ -203,14 +203,13 @@ impl DataClient {
         let Some(cache) = &self.cache else {
             return self.fetch(slice_id, index, offset, len).await;
         };
-        let block = match cache.get(slice_id, index).await {
-            Some(block) => block,
-            None => {
-                let block = self.fetch(slice_id, index, 0, 0).await?;
-                cache.put(slice_id, index, block.clone()).await;
-                block
-            }
-        };
+        if let Some(range) = cache.get(slice_id, index, offset, len).await {
+            return Ok(range);
+        }
+        // A miss fetches (and caches) the whole block: the rest of it is
+        // likely read soon, and the cache holds whole blocks only.
+        let block = self.fetch(slice_id, index, 0, 0).await?;
+        cache.put(slice_id, index, block.clone()).await;
         let start = offset as usize;
         let end = if len == 0 {
             block.len()

@@ -187,9 +187,24 @@ fn touch(ino: u64, now: i64) -> FsCommand {
     }
 }
 
+/// A request without exactly-once key (idempotent by itself).
+fn unkeyed(cmd: Command) -> Request {
+    Request { key: None, cmd }
+}
+
+/// Whether a transaction's effects come from this attempt or from an earlier
+/// attempt of the same client request (completed instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Now,
+    Earlier,
+}
+
 /// Step number of the one command that applies a transaction whose actions
 /// all landed on one shard.
 const BATCH_STEP: u8 = 11;
+/// How many inode numbers a coordinator reserves on another shard at once.
+const INO_BLOCK: u32 = 256;
 /// Step number under which a transaction's commit decision is remembered.
 const DECIDE_STEP: u8 = 40;
 
@@ -271,10 +286,7 @@ impl MetaNode {
                 // parent: it inherits a setgid parent's group here.
                 let dir = self.getattr_anywhere(parent).await?;
                 let (perm, gid) = fs::inherit(&dir, Kind::Dir, perm, caller.gid);
-                let alloc = step.req(1, Command::Fs(FsCommand::AllocIno));
-                let Reply::Ino(ino) = self.propose(target, alloc).await? else {
-                    return Err(MetaError::Storage("AllocIno answered no inode".into()));
-                };
+                let ino = self.reserved_ino(target).await?;
                 let make = FsCommand::MakeDir {
                     ino,
                     parent,
@@ -285,7 +297,7 @@ impl MetaNode {
                 };
                 let put = FsCommand::PutEntry {
                     parent,
-                    name,
+                    name: name.clone(),
                     entry: Entry {
                         ino,
                         kind: Kind::Dir,
@@ -293,8 +305,19 @@ impl MetaNode {
                     mode: PutMode::MustNotExist,
                     now,
                 };
-                self.run_txn(home, &step, vec![(target, make), (home, put)])
+                let applied = self
+                    .run_txn(home, &step, vec![(target, make), (home, put)])
                     .await?;
+                if applied == Applied::Earlier {
+                    // An earlier attempt made the directory, with its own inode.
+                    let entry = self.read_entry(parent, &name).await?;
+                    let entry = entry.ok_or_else(|| MetaError::fs(ENOENT, "no such directory"))?;
+                    let inode = self.getattr_anywhere(entry.ino).await?;
+                    return Ok(Reply::Attr {
+                        ino: entry.ino,
+                        inode,
+                    });
+                }
                 let inode = fs::new_inode(Kind::Dir, perm, caller.uid, gid, parent, now);
                 Ok(Reply::Attr { ino, inode })
             }
@@ -493,6 +516,8 @@ impl MetaNode {
 
     /// Runs `actions` (commands per shard) atomically: all apply or none do.
     /// Actions of one shard are prepared and applied together, in order.
+    /// Answers `Earlier` when an earlier attempt of this request committed
+    /// and was completed instead.
     ///
     /// Each attempt is a fresh transaction; only a commit decision is recorded
     /// under the client's request key. A client retrying after a lost answer
@@ -503,7 +528,7 @@ impl MetaNode {
         home: ShardId,
         step: &Steps,
         actions: Vec<(ShardId, FsCommand)>,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Applied, MetaError> {
         let mut by_shard: BTreeMap<ShardId, Vec<FsCommand>> = BTreeMap::new();
         for (shard, cmd) in actions {
             by_shard.entry(shard).or_default().push(cmd);
@@ -512,57 +537,74 @@ impl MetaNode {
             // Everything on one shard: one Raft command is atomic already.
             if let Some((shard, cmds)) = by_shard.pop_first() {
                 let batch = step.req(BATCH_STEP, Command::Fs(FsCommand::Batch(cmds)));
-                return self.propose(shard, batch).await.map(|_| ());
+                return self.propose(shard, batch).await.map(|_| Applied::Now);
             }
         }
         if let Some(earlier) = self.earlier_commit(home, step).await? {
-            return self.complete(home, earlier).await;
+            self.complete(home, earlier).await?;
+            return Ok(Applied::Earlier);
         }
-        let unkeyed = |cmd: TxnCommand| Request {
-            key: None,
-            cmd: Command::Txn(cmd),
-        };
         let participants: Vec<ShardId> = by_shard.keys().copied().collect();
         let started_ms = now_ns() / 1_000_000;
+        // Round 1: the record, with the home shard's own part prepared.
         let begin = TxnCommand::Begin {
             id: rand::random::<u64>() | 1,
             participants: participants.clone(),
+            cmds: by_shard.remove(&home).unwrap_or_default(),
             now_ms: started_ms,
         };
-        let Reply::Txn { id, .. } = self.propose_local(home, unkeyed(begin)).await? else {
-            return Err(MetaError::Storage("Begin answered no transaction".into()));
+        let TxnCommand::Begin { id, .. } = begin else {
+            unreachable!("built as Begin above");
         };
+        if let Err(e) = self.propose_local(home, unkeyed(Command::Txn(begin))).await {
+            // The home part failed to prepare and nothing was recorded (or,
+            // if the outcome is unknown, recovery aborts what was). A retry's
+            // home part fails on what its earlier attempt did: answer that.
+            if let (MetaError::Fs(_), Some(earlier)) = (&e, self.earlier_commit(home, step).await?)
+            {
+                self.complete(home, earlier).await?;
+                return Ok(Applied::Earlier);
+            }
+            return Err(e);
+        }
         fail::fail_point!("txn::after_begin", |_| Err(MetaError::Raft(
             "failpoint txn::after_begin".into()
         )));
-        let mut failure = None;
-        for (shard, cmds) in by_shard {
+        // Round 2: every other participant prepares at once.
+        let prepares = by_shard.into_iter().map(|(shard, cmds)| {
             let prepare = TxnCommand::Prepare {
                 id,
                 coordinator: home,
                 cmds,
                 started_ms,
             };
-            if let Err(e) = self.propose(shard, unkeyed(prepare)).await {
-                failure = Some(e);
-                break;
-            }
-            fail::fail_point!("txn::after_prepare", |_| Err(MetaError::Raft(
-                "failpoint txn::after_prepare".into()
-            )));
-        }
+            self.propose(shard, unkeyed(Command::Txn(prepare)))
+        });
+        let failure = futures::future::join_all(prepares)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        fail::fail_point!("txn::after_prepare", |_| Err(MetaError::Raft(
+            "failpoint txn::after_prepare".into()
+        )));
         let commit = failure.is_none();
         if !commit {
             if let Some(earlier) = self.earlier_commit(home, step).await? {
                 self.finish_txn(home, id, &participants, false).await?;
-                return self.complete(home, earlier).await;
+                self.complete(home, earlier).await?;
+                return Ok(Applied::Earlier);
             }
         }
-        let decide = TxnCommand::Decide { id, commit };
+        // Round 3: the decision, which finishes the home shard's part too.
+        let decide = TxnCommand::Decide {
+            id,
+            commit,
+            now_ms: now_ns() / 1_000_000,
+        };
         let decide = if commit {
             step.req(DECIDE_STEP, Command::Txn(decide))
         } else {
-            unkeyed(decide)
+            unkeyed(Command::Txn(decide))
         };
         let (decided_id, committed) = match self.propose_local(home, decide).await? {
             Reply::Txn {
@@ -577,17 +619,40 @@ impl MetaNode {
         if decided_id != id && committed {
             // An earlier attempt of this request committed: drop this one.
             self.finish_txn(home, id, &participants, false).await?;
-            return self.complete(home, decided_id).await;
+            self.complete(home, decided_id).await?;
+            return Ok(Applied::Earlier);
         }
+        // Round 4: the other participants finish at once.
         self.finish_txn(home, id, &participants, committed).await?;
         match (committed, failure) {
-            (true, _) => Ok(()),
+            (true, _) => Ok(Applied::Now),
             (false, Some(e)) => Err(e),
             (false, None) => Err(MetaError::fs(
                 EIO,
                 "transaction was rolled back by recovery",
             )),
         }
+    }
+
+    /// An inode number of `shard` for a new directory, from a block reserved
+    /// there ahead ([`INO_BLOCK`] at a time, one consensus round per block).
+    /// Numbers of a block left unused when this node stops are never used.
+    async fn reserved_ino(&self, shard: ShardId) -> Result<u64, MetaError> {
+        let take = |inos: &mut BTreeMap<ShardId, std::ops::Range<u64>>| {
+            inos.get_mut(&shard).and_then(|r| r.next())
+        };
+        if let Some(ino) = take(&mut self.inos.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(ino);
+        }
+        let alloc = FsCommand::AllocInos { count: INO_BLOCK };
+        let Reply::Ino(first) = self.propose(shard, unkeyed(Command::Fs(alloc))).await? else {
+            return Err(MetaError::Storage("AllocInos answered no inode".into()));
+        };
+        let mut inos = self.inos.lock().unwrap_or_else(|p| p.into_inner());
+        // Racing callers may both reserve a block: the later one wins, the
+        // other block's numbers stay unused.
+        inos.insert(shard, first..first + u64::from(INO_BLOCK));
+        take(&mut inos).ok_or_else(|| MetaError::Storage("empty inode block".into()))
     }
 
     /// The outcome of an earlier attempt of this client request, if one was
@@ -648,7 +713,9 @@ impl MetaNode {
         Ok(())
     }
 
-    /// Sends the decision to every participant, then forgets the record.
+    /// Sends the decision to every participant at once; the record is then
+    /// forgotten in the background (recovery finishes and forgets it if this
+    /// node dies first).
     async fn finish_txn(
         &self,
         home: ShardId,
@@ -656,25 +723,37 @@ impl MetaNode {
         participants: &[ShardId],
         commit: bool,
     ) -> Result<(), MetaError> {
-        for shard in participants {
-            let finish = Request {
-                key: None,
-                cmd: Command::Txn(TxnCommand::Finish {
-                    id,
-                    commit,
-                    now_ms: now_ns() / 1_000_000,
-                }),
-            };
-            self.propose(*shard, finish).await?;
+        let now_ms = now_ns() / 1_000_000;
+        let finishes = participants.iter().map(|&shard| async move {
+            let finish = TxnCommand::Finish { id, commit, now_ms };
+            self.propose(shard, unkeyed(Command::Txn(finish))).await?;
             fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
                 "failpoint txn::after_finish".into()
             )));
+            Ok::<(), MetaError>(())
+        });
+        for result in futures::future::join_all(finishes).await {
+            result?;
         }
-        let forget = Request {
-            key: None,
-            cmd: Command::Txn(TxnCommand::Forget { id }),
-        };
-        self.propose(home, forget).await?;
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(home)
+            .or_default()
+            .push(id);
+        Ok(())
+    }
+
+    /// Forgets, on each shard led here, the records of transactions finished
+    /// since the last call: one command per shard.
+    pub(crate) async fn forget_finished_txns(&self) -> Result<(), MetaError> {
+        let finished =
+            std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
+        for (shard, ids) in finished {
+            let forget = TxnCommand::Forget { ids };
+            self.propose_local(shard, unkeyed(Command::Txn(forget)))
+                .await?;
+        }
         Ok(())
     }
 
@@ -695,15 +774,13 @@ impl MetaNode {
                     continue;
                 }
                 let result = async {
-                    let decide = TxnCommand::Decide { id, commit: false };
+                    let decide = TxnCommand::Decide {
+                        id,
+                        commit: false,
+                        now_ms,
+                    };
                     let committed = match self
-                        .propose_local(
-                            shard,
-                            Request {
-                                key: None,
-                                cmd: Command::Txn(decide),
-                            },
-                        )
+                        .propose_local(shard, unkeyed(Command::Txn(decide)))
                         .await?
                     {
                         Reply::Txn {
@@ -738,11 +815,9 @@ impl MetaNode {
             {
                 continue;
             }
-            let trim = Request {
-                key: None,
-                cmd: Command::Txn(TxnCommand::Trim { before_ms }),
-            };
-            self.propose_local(shard, trim).await?;
+            let trim = TxnCommand::Trim { before_ms };
+            self.propose_local(shard, unkeyed(Command::Txn(trim)))
+                .await?;
         }
         Ok(())
     }

@@ -119,8 +119,9 @@ impl Worker for Liveness {
     }
 }
 
-/// Finishes or rolls back cross-shard transactions whose coordinator died,
-/// and trims old transaction tombstones (once a minute).
+/// Forgets the records of transactions finished here, finishes or rolls back
+/// cross-shard transactions whose coordinator died, and trims old transaction
+/// tombstones (once a minute).
 #[derive(Default)]
 struct TxnRecovery {
     last_trim: Mutex<Option<Instant>>,
@@ -136,6 +137,7 @@ impl Worker for TxnRecovery {
     }
 
     async fn run(&self, node: &MetaNode) -> Result<(), MetaError> {
+        let forgot = node.forget_finished_txns().await;
         node.recover_txns().await;
         let due = {
             let mut last = self.last_trim.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,7 +150,7 @@ impl Worker for TxnRecovery {
         if due {
             node.trim_txn_tombstones().await?;
         }
-        Ok(())
+        forgot
     }
 }
 

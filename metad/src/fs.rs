@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use cairn_proto::ids::ino_shard;
 use cairn_proto::ids::make_ino;
 use cairn_proto::ids::CHUNK_SIZE;
+use cairn_proto::ids::INO_SEQ_LIMIT;
 use cairn_proto::ids::ROOT_INO;
 use cairn_proto::name::validate_name;
 use cairn_proto::name::PATH_MAX;
@@ -122,8 +123,11 @@ pub enum FsCommand {
         target: Option<Vec<u8>>,
         now: i64,
     },
-    /// Reserves an inode number on this shard (step 1 of a cross-shard mkdir).
-    AllocIno,
+    /// Reserves `count` consecutive inode numbers on this shard (for new
+    /// directories made here by other shards' coordinators); answers the first.
+    AllocInos {
+        count: u32,
+    },
     /// Creates a directory inode with a reserved number and no entry yet.
     MakeDir {
         ino: u64,
@@ -446,13 +450,25 @@ fn bury_dir(txn: &mut Txn, ino: u64, now: i64) -> Result<(), MetaError> {
 }
 
 fn alloc_ino(txn: &mut Txn) -> Result<u64, MetaError> {
+    alloc_inos(txn, 1)
+}
+
+/// Reserves `count` (1 to 4096) consecutive inode numbers; answers the first.
+fn alloc_inos(txn: &mut Txn, count: u32) -> Result<u64, MetaError> {
+    if !(1..=4096).contains(&count) {
+        return Err(MetaError::Invalid(format!("cannot reserve {count} inodes")));
+    }
     let first = if txn.shard() == ino_shard(ROOT_INO) {
         2
     } else {
         1
     };
     let next: u64 = txn.get_as(keys::NEXT_INO)?.unwrap_or(first);
-    txn.put_as(keys::NEXT_INO.to_vec(), &(next + 1))?;
+    let end = next + u64::from(count);
+    if end > INO_SEQ_LIMIT {
+        return Err(MetaError::fs(ENOSPC, "no inode numbers left on this shard"));
+    }
+    txn.put_as(keys::NEXT_INO.to_vec(), &end)?;
     Ok(make_ino(txn.shard(), next))
 }
 
@@ -626,7 +642,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             link_into(txn, *parent, name, Entry { ino, kind: *kind }, *now)?;
             Ok(Reply::Attr { ino, inode })
         }
-        FsCommand::AllocIno => Ok(Reply::Ino(alloc_ino(txn)?)),
+        FsCommand::AllocInos { count } => Ok(Reply::Ino(alloc_inos(txn, *count)?)),
         FsCommand::MakeDir {
             ino,
             parent,

@@ -87,6 +87,11 @@ pub struct MetaNode {
     leases: Mutex<HashMap<ShardId, (u64, Instant)>>,
     /// The state of this node's background workers.
     pub workers: crate::worker::Workers,
+    /// Inode numbers reserved on other shards for directories made there.
+    pub(crate) inos: Mutex<BTreeMap<ShardId, std::ops::Range<u64>>>,
+    /// Transactions finished by coordinators led here, by coordinator shard,
+    /// whose records are still to be forgotten.
+    pub(crate) finished: Mutex<BTreeMap<ShardId, Vec<u64>>>,
 }
 
 impl MetaNode {
@@ -121,6 +126,8 @@ impl MetaNode {
             hints: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             workers: Default::default(),
+            inos: Default::default(),
+            finished: Default::default(),
         };
         for shard in 0..=node.config.data_shards {
             if !node.replicas(shard).contains(&node.id) {

@@ -148,10 +148,11 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T) -> StorageResult<()> {
+    /// Writes a log meta value; `sync` makes it durable before answering.
+    fn put_meta<T: Serialize>(&self, name: &[u8], value: &T, sync: bool) -> StorageResult<()> {
         let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(io_err)?;
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync);
         let bytes = kv::encode(value).map_err(io_err)?;
         self.db
             .put_cf_opt(cf, shard_key(self.shard, name), bytes, &opts)
@@ -221,7 +222,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
-        self.put_meta(b"vote", vote)
+        self.put_meta(b"vote", vote, true)
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
@@ -229,7 +230,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
-        self.put_meta(b"committed", &committed)
+        // Only a hint for replay at start (openraft recovers the committed
+        // index from its peers without it), so it rides on the next synced
+        // write instead of costing every commit an fsync of its own.
+        self.put_meta(b"committed", &committed, false)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
@@ -283,7 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
-        self.put_meta(b"purged", &log_id)?;
+        self.put_meta(b"purged", &log_id, true)?;
         let cf = kv::cf(&self.db, kv::CF_LOG).map_err(io_err)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
@@ -776,6 +780,7 @@ mod tests {
             cmd: Command::Txn(crate::txn::TxnCommand::Decide {
                 id: 77,
                 commit: true,
+                now_ms: 1,
             }),
         };
         let resp = apply(&decide, 10);

@@ -2,20 +2,26 @@
 //! participants that are Raft groups, so every record and decision is durable.
 //!
 //! - The coordinator shard (the home shard of the operation) records the
-//!   transaction (`t<id>`: participants, state `Preparing`).
-//! - Each participant shard *prepares*: it runs the transaction's commands for
-//!   that shard on a scratch transaction to check they succeed, then stores them
-//!   as an intent (`p<id>`) and locks every key they would write (`L<key>`).
-//!   Nothing else may write a locked key (it gets EAGAIN and retries), so the
-//!   commands still succeed when the decision comes.
+//!   transaction (`t<id>`: participants, state `Preparing`) and prepares its
+//!   own part in the same command.
+//! - Each other participant shard *prepares* (all at once): it runs the
+//!   transaction's commands for that shard on a scratch transaction to check
+//!   they succeed, then stores them as an intent (`p<id>`) and locks every key
+//!   they would write (`L<key>`). Nothing else may write a locked key (it gets
+//!   EAGAIN and retries), so the commands still succeed when the decision comes.
 //! - The coordinator *decides* commit (every participant prepared) or abort; the
-//!   first decision recorded wins.
-//! - Each participant *finishes*: on commit it applies its commands, on abort it
-//!   drops them; either way it unlocks and leaves a tombstone (`a<id>`, the
-//!   finish time), so a prepare that arrives late (after recovery aborted the
-//!   transaction, or after it finished) is refused instead of locking keys
-//!   that nobody would ever unlock.
-//! - The coordinator forgets the record once every participant finished.
+//!   first decision recorded wins, and the coordinator's own part is finished
+//!   in the same command.
+//! - Each other participant *finishes* (all at once): on commit it applies its
+//!   commands, on abort it drops them; either way it unlocks and leaves a
+//!   tombstone (`a<id>`, the finish time), so a prepare that arrives late
+//!   (after recovery aborted the transaction, or after it finished) is refused
+//!   instead of locking keys that nobody would ever unlock.
+//! - The coordinator forgets records once every participant finished, many in
+//!   one command, off the operation's path.
+//!
+//! So a cross-shard operation costs four consensus rounds one after another
+//! (record, prepares, decision, finishes) whatever the number of shards.
 //!
 //! Recovery: a coordinator leader finds records older than a few seconds,
 //! decides abort for those still preparing, and (re)sends finish to every
@@ -66,10 +72,12 @@ struct Intent {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum TxnCommand {
-    /// Coordinator: record a new transaction.
+    /// Coordinator: record a new transaction and prepare `cmds`, the
+    /// coordinator shard's own part (none when it has no part).
     Begin {
         id: u64,
         participants: Vec<ShardId>,
+        cmds: Vec<FsCommand>,
         now_ms: i64,
     },
     /// Participant: validate, store and lock. `started_ms` is the Begin's time.
@@ -79,12 +87,13 @@ pub enum TxnCommand {
         cmds: Vec<FsCommand>,
         started_ms: i64,
     },
-    /// Coordinator: record the decision (the first one wins).
-    Decide { id: u64, commit: bool },
+    /// Coordinator: record the decision (the first one wins) and finish the
+    /// coordinator shard's own part accordingly.
+    Decide { id: u64, commit: bool, now_ms: i64 },
     /// Participant: apply or drop the intent, unlock, leave a tombstone.
     Finish { id: u64, commit: bool, now_ms: i64 },
-    /// Coordinator: drop the record.
-    Forget { id: u64 },
+    /// Coordinator: drop the records of finished transactions.
+    Forget { ids: Vec<u64> },
     /// Participant: drop tombstones older than `before_ms` and refuse, from
     /// now on, prepares of transactions that began before it.
     Trim { before_ms: i64 },
@@ -140,6 +149,7 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
         TxnCommand::Begin {
             id,
             participants,
+            cmds,
             now_ms,
         } => {
             if txn.get(&keys::txn_record(*id))?.is_none() {
@@ -149,6 +159,9 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
                     started_ms: *now_ms,
                 };
                 txn.put_as(keys::txn_record(*id), &record)?;
+                if !cmds.is_empty() {
+                    prepare(txn, *id, txn.shard(), cmds, *now_ms)?;
+                }
             }
             Ok(txn_reply(*id, None))
         }
@@ -158,73 +171,35 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             cmds,
             started_ms,
         } => {
-            let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
-            if txn.get(&keys::txn_tombstone(*id))?.is_some() || *started_ms < horizon {
-                return Err(MetaError::fs(EAGAIN, "transaction already finished"));
-            }
-            if txn.get(&keys::txn_intent(*id))?.is_some() {
-                return Ok(txn_reply(*id, None));
-            }
-            // Dry run: the commands must succeed on the current state.
-            let mut scratch = Txn::new(txn.db(), txn.shard());
-            for c in cmds {
-                fs::apply(&mut scratch, c)?;
-            }
-            check_locks(&scratch, None)?;
-            let locked: Vec<Vec<u8>> = scratch
-                .staged_keys()
-                .filter(|k| keys::is_namespace(k))
-                .cloned()
-                .collect();
-            for k in &locked {
-                txn.put_as(keys::txn_lock(k), id)?;
-            }
-            let intent = Intent {
-                coordinator: *coordinator,
-                cmds: cmds.clone(),
-                locked,
-            };
-            txn.put_as(keys::txn_intent(*id), &intent)?;
+            prepare(txn, *id, *coordinator, cmds, *started_ms)?;
             Ok(txn_reply(*id, None))
         }
-        TxnCommand::Decide { id, commit } => {
-            let Some(mut record) = txn.get_as::<TxnRecord>(&keys::txn_record(*id))? else {
-                // Only recovery resolves a record its coordinator has not decided,
-                // and recovery aborts.
-                return Ok(txn_reply(*id, Some(false)));
-            };
-            if record.state == TxnState::Preparing {
-                record.state = if *commit {
-                    TxnState::Committed
-                } else {
-                    TxnState::Aborted
-                };
-                txn.put_as(keys::txn_record(*id), &record)?;
+        TxnCommand::Decide { id, commit, now_ms } => {
+            // Only recovery resolves a record its coordinator has not decided,
+            // and recovery aborts: a record gone stands for an abort.
+            let mut committed = false;
+            if let Some(mut record) = txn.get_as::<TxnRecord>(&keys::txn_record(*id))? {
+                if record.state == TxnState::Preparing {
+                    record.state = if *commit {
+                        TxnState::Committed
+                    } else {
+                        TxnState::Aborted
+                    };
+                    txn.put_as(keys::txn_record(*id), &record)?;
+                }
+                committed = record.state == TxnState::Committed;
             }
-            Ok(txn_reply(*id, Some(record.state == TxnState::Committed)))
+            finish(txn, *id, committed, *now_ms)?;
+            Ok(txn_reply(*id, Some(committed)))
         }
         TxnCommand::Finish { id, commit, now_ms } => {
-            if txn.get(&keys::txn_tombstone(*id))?.is_none() {
-                txn.put_as(keys::txn_tombstone(*id), now_ms)?;
-            }
-            let Some(intent) = txn.get_as::<Intent>(&keys::txn_intent(*id))? else {
-                return Ok(txn_reply(*id, Some(*commit)));
-            };
-            if *commit {
-                for c in &intent.cmds {
-                    // Locked since prepare, so this succeeds as the dry run did.
-                    fs::apply(txn, c)?;
-                }
-                check_locks(txn, Some(*id))?;
-            }
-            for k in &intent.locked {
-                txn.delete(keys::txn_lock(k));
-            }
-            txn.delete(keys::txn_intent(*id));
+            finish(txn, *id, *commit, *now_ms)?;
             Ok(txn_reply(*id, Some(*commit)))
         }
-        TxnCommand::Forget { id } => {
-            txn.delete(keys::txn_record(*id));
+        TxnCommand::Forget { ids } => {
+            for id in ids {
+                txn.delete(keys::txn_record(*id));
+            }
             Ok(Reply::None)
         }
         TxnCommand::Trim { before_ms } => {
@@ -241,6 +216,67 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             Ok(Reply::None)
         }
     }
+}
+
+/// Validates `cmds` on the current state, stores them as the intent of `id`
+/// and locks the keys they write; a finished transaction is refused.
+fn prepare(
+    txn: &mut Txn,
+    id: u64,
+    coordinator: ShardId,
+    cmds: &[FsCommand],
+    started_ms: i64,
+) -> Result<(), MetaError> {
+    let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
+    if txn.get(&keys::txn_tombstone(id))?.is_some() || started_ms < horizon {
+        return Err(MetaError::fs(EAGAIN, "transaction already finished"));
+    }
+    if txn.get(&keys::txn_intent(id))?.is_some() {
+        return Ok(());
+    }
+    // Dry run: the commands must succeed on the current state.
+    let mut scratch = Txn::new(txn.db(), txn.shard());
+    for c in cmds {
+        fs::apply(&mut scratch, c)?;
+    }
+    check_locks(&scratch, None)?;
+    let locked: Vec<Vec<u8>> = scratch
+        .staged_keys()
+        .filter(|k| keys::is_namespace(k))
+        .cloned()
+        .collect();
+    for k in &locked {
+        txn.put_as(keys::txn_lock(k), &id)?;
+    }
+    let intent = Intent {
+        coordinator,
+        cmds: cmds.to_vec(),
+        locked,
+    };
+    txn.put_as(keys::txn_intent(id), &intent)
+}
+
+/// Applies (`commit`) or drops the intent of `id` if this shard holds one,
+/// unlocks its keys and leaves the tombstone that refuses a late prepare.
+fn finish(txn: &mut Txn, id: u64, commit: bool, now_ms: i64) -> Result<(), MetaError> {
+    if txn.get(&keys::txn_tombstone(id))?.is_none() {
+        txn.put_as(keys::txn_tombstone(id), &now_ms)?;
+    }
+    let Some(intent) = txn.get_as::<Intent>(&keys::txn_intent(id))? else {
+        return Ok(());
+    };
+    if commit {
+        for c in &intent.cmds {
+            // Locked since prepare, so this succeeds as the dry run did.
+            fs::apply(txn, c)?;
+        }
+        check_locks(txn, Some(id))?;
+    }
+    for k in &intent.locked {
+        txn.delete(keys::txn_lock(k));
+    }
+    txn.delete(keys::txn_intent(id));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -354,6 +390,7 @@ mod tests {
         let begin = TxnCommand::Begin {
             id: 3,
             participants: vec![1, 2],
+            cmds: vec![],
             now_ms: 0,
         };
         run(&db, 1, |t| apply(t, &begin)).unwrap();
@@ -363,6 +400,7 @@ mod tests {
                 &TxnCommand::Decide {
                     id: 3,
                     commit: false,
+                    now_ms: 1,
                 },
             )
         })
@@ -380,6 +418,7 @@ mod tests {
                 &TxnCommand::Decide {
                     id: 3,
                     commit: true,
+                    now_ms: 1,
                 },
             )
         })
@@ -391,6 +430,56 @@ mod tests {
                 committed: Some(false)
             }
         );
+    }
+
+    /// The coordinator's own part is prepared by the command that records
+    /// the transaction and applied by the one that decides it; a Begin whose
+    /// part does not prepare records nothing.
+    #[test]
+    fn begin_prepares_and_decide_finishes_the_home_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
+        let begin = |id| TxnCommand::Begin {
+            id,
+            participants: vec![1, 2],
+            cmds: vec![put_entry("d")],
+            now_ms: 0,
+        };
+        run(&db, 1, |t| apply(t, &begin(31))).unwrap();
+        assert!(locked(&db));
+        assert!(fs::get_entry(&Txn::new(&db, 1), ROOT_INO, b"d")
+            .unwrap()
+            .is_none());
+        // A second transaction on the same name cannot prepare: no record.
+        let busy = run(&db, 1, |t| apply(t, &begin(32)));
+        assert!(matches!(busy, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
+        assert!(records(&Txn::new(&db, 1))
+            .unwrap()
+            .iter()
+            .all(|(id, _)| *id == 31));
+        let decide = TxnCommand::Decide {
+            id: 31,
+            commit: true,
+            now_ms: 5,
+        };
+        let r = run(&db, 1, |t| apply(t, &decide)).unwrap();
+        assert_eq!(
+            r,
+            Reply::Txn {
+                id: 31,
+                committed: Some(true)
+            }
+        );
+        assert!(!locked(&db));
+        assert!(fs::get_entry(&Txn::new(&db, 1), ROOT_INO, b"d")
+            .unwrap()
+            .is_some());
+        // The home part is finished: a late prepare of it is refused.
+        let late = run(&db, 1, |t| apply(t, &prepare(31, "x", 0)));
+        assert!(matches!(late, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
+        run(&db, 1, |t| apply(t, &TxnCommand::Forget { ids: vec![31] })).unwrap();
+        assert!(records(&Txn::new(&db, 1)).unwrap().is_empty());
     }
 
     fn finish(id: u64, commit: bool) -> TxnCommand {
@@ -427,10 +516,15 @@ mod tests {
         let begin = TxnCommand::Begin {
             id: 5,
             participants: vec![1, 2],
+            cmds: vec![],
             now_ms: 0,
         };
         run(&db, 1, |t| apply(t, &begin)).unwrap();
-        let decide = |commit| TxnCommand::Decide { id: 5, commit };
+        let decide = |commit| TxnCommand::Decide {
+            id: 5,
+            commit,
+            now_ms: 1,
+        };
         run(&db, 1, |t| apply(t, &decide(false))).unwrap();
         let late = run(&db, 1, |t| apply(t, &decide(true))).unwrap();
         assert_eq!(
@@ -441,7 +535,7 @@ mod tests {
             }
         );
         // Recovery finished and forgot it: still an abort, not an error.
-        run(&db, 1, |t| apply(t, &TxnCommand::Forget { id: 5 })).unwrap();
+        run(&db, 1, |t| apply(t, &TxnCommand::Forget { ids: vec![5] })).unwrap();
         let gone = run(&db, 1, |t| apply(t, &decide(true))).unwrap();
         assert_eq!(
             gone,

@@ -19,6 +19,8 @@ pub const MAX_BLOCK_SIZE: usize = 4 << 20;
 
 const INO_SHARD_SHIFT: u32 = 40;
 const INO_SEQ_MASK: u64 = (1 << INO_SHARD_SHIFT) - 1;
+/// Per-shard inode sequence numbers are below this.
+pub const INO_SEQ_LIMIT: u64 = 1 << INO_SHARD_SHIFT;
 
 /// Composes an inode id from its shard and the shard-local sequence.
 pub fn make_ino(shard: ShardId, seq: u64) -> u64 {
