@@ -311,10 +311,10 @@ async fn retry_after_recovery_aborted_the_first_attempt_applies_it() -> anyhow::
             perm: 0o755,
         });
         let client = rand::random();
-        // The first attempt stalls after its second (last) prepare for longer
-        // than recovery waits (txn-recover-after 500 ms, checked every 500 ms),
-        // so its own decision for commit comes after recovery's abort.
-        fail::cfg("txn::after_prepare", "1*off->1*sleep(4000)").map_err(anyhow::Error::msg)?;
+        // The first attempt stalls after its prepares for longer than recovery
+        // waits (txn-recover-after 500 ms, checked every 500 ms), so its own
+        // decision for commit comes after recovery's abort.
+        fail::cfg("txn::after_prepare", "1*sleep(4000)").map_err(anyhow::Error::msg)?;
         let first = cluster.mutate_as(home, op.clone(), client, 7).await?;
         fail::remove("txn::after_prepare");
         assert!(first.is_err(), "the rolled-back attempt answered success");
