@@ -33,6 +33,8 @@ use crate::Client;
 const PARALLEL_BLOCKS: usize = 16;
 /// Whole blocks kept by a reader for sequential access.
 const READ_CACHE_BLOCKS: usize = 32;
+/// How far ahead of a sequential reader blocks are fetched in the background.
+const READ_AHEAD_BLOCKS: u64 = 8;
 /// Stands for a file's inline data in chunk 0's slice list (never a real id:
 /// metad hands out ids from 1 upwards).
 const INLINE_SLICE: u64 = u64::MAX;
@@ -316,6 +318,8 @@ pub struct FileReader {
     /// The file's inline data (the bottom layer of chunk 0).
     inline: Bytes,
     cache: BTreeMap<(u64, u32), Bytes>,
+    /// Blocks being fetched ahead of a sequential reader.
+    ahead: HashMap<(u64, u32), tokio::task::JoinHandle<Result<Bytes>>>,
     next_sequential: u64,
     /// Whether this reader holds an open reference (see `Client::open_file`).
     pub(crate) opened: bool,
@@ -331,6 +335,7 @@ impl FileReader {
             chunks: HashMap::new(),
             inline: Bytes::new(),
             cache: BTreeMap::new(),
+            ahead: HashMap::new(),
             next_sequential: 0,
             opened: false,
         }
@@ -390,6 +395,13 @@ impl FileReader {
         }
         let len = len.min((self.size - offset) as usize);
         let sequential = offset == self.next_sequential;
+        let window = READ_AHEAD_BLOCKS * u64::from(self.block_size);
+        if !sequential && offset.abs_diff(self.next_sequential) > window {
+            // A jump away: what was fetched ahead will not be read.
+            for (_, fetch) in self.ahead.drain() {
+                fetch.abort();
+            }
+        }
         self.next_sequential = offset + len as u64;
         let mut out = vec![0u8; len];
         let (inline, pieces): (Vec<Piece>, Vec<Piece>) = self
@@ -408,15 +420,16 @@ impl FileReader {
         }
         let end = offset + len as u64;
         if sequential {
-            // Read ahead: the blocks of the next range of the same size (at least
-            // a few blocks) are fetched in the same parallel batch.
-            let ahead = (len as u64).max(4 * u64::from(self.block_size));
+            // Read ahead: the blocks of the next range of the same size (at
+            // least a few blocks) are fetched in the background while this
+            // read waits only for the blocks it needs.
+            let ahead = (len as u64).max(window);
             let mut wanted = self
                 .plan(end, ahead.min(self.size.saturating_sub(end)))
                 .await?;
             wanted.retain(|p| p.slice_id != INLINE_SLICE);
-            wanted.extend(pieces.iter().copied());
-            self.fetch_whole_blocks(&wanted).await?;
+            self.read_ahead(&wanted);
+            self.fetch_whole_blocks(&pieces).await?;
             for p in &pieces {
                 let block = self
                     .cache
@@ -498,7 +511,23 @@ impl FileReader {
         Ok(pieces)
     }
 
-    /// Fetches the whole blocks `pieces` touch that are not cached, in parallel.
+    /// Starts fetching, in the background, the whole blocks `pieces` touch
+    /// that are neither held nor already on their way.
+    fn read_ahead(&mut self, pieces: &[Piece]) {
+        for p in pieces {
+            let k = (p.slice_id, p.index);
+            if self.cache.contains_key(&k) || self.ahead.contains_key(&k) {
+                continue;
+            }
+            let client = self.client.clone();
+            let fetch = tokio::spawn(async move { client.data.get_block(k.0, k.1, 0, 0).await });
+            self.ahead.insert(k, fetch);
+        }
+    }
+
+    /// Fetches the whole blocks `pieces` touch that are not held (taking those
+    /// read ahead), in parallel, and drops held blocks beyond the reader's
+    /// bound.
     async fn fetch_whole_blocks(&mut self, pieces: &[Piece]) -> Result<()> {
         let mut want: Vec<(u64, u32)> = pieces
             .iter()
@@ -507,13 +536,18 @@ impl FileReader {
             .collect();
         want.sort_unstable();
         want.dedup();
+        let ahead = &mut self.ahead;
+        let fetches: Vec<_> = want.into_iter().map(|k| (k, ahead.remove(&k))).collect();
         let data = &self.client.data;
-        let fetched: Vec<((u64, u32), Bytes)> = futures::stream::iter(want)
-            .map(|(slice_id, index)| async move {
-                Ok::<_, ClientError>((
-                    (slice_id, index),
-                    data.get_block(slice_id, index, 0, 0).await?,
-                ))
+        let fetched: Vec<((u64, u32), Bytes)> = futures::stream::iter(fetches)
+            .map(|(k, started)| async move {
+                let block = match started {
+                    Some(task) => task
+                        .await
+                        .map_err(|e| ClientError::Data(format!("read-ahead task: {e}")))?,
+                    None => data.get_block(k.0, k.1, 0, 0).await,
+                };
+                Ok::<_, ClientError>((k, block?))
             })
             .buffer_unordered(PARALLEL_BLOCKS)
             .try_collect()
@@ -537,6 +571,14 @@ impl FileReader {
             self.cache.remove(&k);
         }
         Ok(())
+    }
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        for (_, fetch) in self.ahead.drain() {
+            fetch.abort();
+        }
     }
 }
 
