@@ -133,7 +133,11 @@ pub async fn mount(seeds: Vec<String>, args: &MountArgs) -> anyhow::Result<cairn
         ),
         None => None,
     };
-    let client = Client::with_options(MetaClient::new(seeds.clone(), Default::default()), cache);
+    let mut meta = MetaClient::new(seeds.clone(), Default::default());
+    if args.entry_timeout_ms > 0 {
+        meta = meta.with_entry_cache(Duration::from_millis(args.entry_timeout_ms));
+    }
+    let client = Client::with_options(meta, cache);
     // A mount of a cluster that cannot be reached would only answer EIO:
     // fail now, clearly, instead.
     let timeout = Duration::from_millis(args.connect_timeout_ms);

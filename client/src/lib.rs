@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod data;
+pub mod entries;
 pub mod error;
 pub mod file;
 pub mod meta;

@@ -35,6 +35,8 @@ use cairn_proto::status::WireError;
 use cairn_proto::status::EAGAIN;
 use cairn_proto::status::ENOTDIR;
 
+use crate::entries::EntryCache;
+use crate::entries::LISTING_PAGE;
 use crate::error::from_status;
 use crate::error::ClientError;
 
@@ -73,6 +75,8 @@ pub struct MetaClient {
     /// Opens tracked lazily, by token (see [`MetaClient::track_open`]).
     lazy_opens: Mutex<HashMap<u64, LazyOpen>>,
     next_token: AtomicU64,
+    /// Recently listed entries, for lookups (mounts only; see `entries.rs`).
+    entries: Option<EntryCache>,
 }
 
 struct LazyOpen {
@@ -118,7 +122,15 @@ impl MetaClient {
             requests: AtomicU64::new(0),
             lazy_opens: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            entries: None,
         }
+    }
+
+    /// Answers lookups from recent directory listings up to `ttl` old (the
+    /// staleness a kernel's entry cache has anyway; see `entries.rs`).
+    pub fn with_entry_cache(mut self, ttl: Duration) -> Self {
+        self.entries = Some(EntryCache::new(ttl));
+        self
     }
 
     /// Gives up on unavailable shards after `deadline` instead of the default 30 s.
@@ -289,6 +301,28 @@ impl MetaClient {
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
         validate_name(name).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
+        let Some(cache) = &self.entries else {
+            return self.lookup_uncached(parent, name).await;
+        };
+        match cache.get(parent, name) {
+            Ok(attr) => Ok(attr),
+            Err(None) => self.lookup_uncached(parent, name).await,
+            Err(Some(generation)) => {
+                // A second miss in this directory: list the names that follow
+                // while looking this one up.
+                let (found, listing) = tokio::join!(
+                    self.lookup_uncached(parent, name),
+                    self.readdir_page(parent, name, LISTING_PAGE, true)
+                );
+                if let Ok((page, _)) = listing {
+                    cache.fill(parent, generation, page);
+                }
+                found
+            }
+        }
+    }
+
+    async fn lookup_uncached(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
         let reply = self
             .call(ino_shard(parent), |mut c| async move {
                 c.lookup(pb::LookupRequest {
@@ -461,6 +495,10 @@ impl MetaClient {
             client_id: self.client_id,
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
         };
+        // Cached entries may be changed by this: forget them before (a listing
+        // in flight is not kept) and after (one that read the old state).
+        let invalidate = || self.entries.as_ref().map(EntryCache::invalidate);
+        invalidate();
         let reply = self
             .call_as(shard, lock, |mut c| {
                 let req = pb::MutateRequest {
@@ -471,8 +509,9 @@ impl MetaClient {
                 };
                 async move { c.mutate(req).await }
             })
-            .await?;
-        Ok(reply.attr)
+            .await;
+        invalidate();
+        Ok(reply?.attr)
     }
 
     fn expect_attr(attr: Option<pb::Attr>) -> Result<pb::Attr> {
