@@ -7,6 +7,12 @@
 //! every upload, and then commits all new slices and the length in one metadata
 //! write: until then no metadata points at the new blocks.
 //!
+//! Appender (O_APPEND): the writer fills slice objects of its own, numbered
+//! from 0 as if they were a file of their own (so a write never waits for the
+//! file's size), and a flush commits them as one `Append`, which metad places
+//! at the file's size when it applies: what one flush holds lands contiguous,
+//! after everything appended before it, by any client.
+//!
 //! Reader: a chunk's slices are painted in order (later overlays earlier, slice 0
 //! is a hole) into the visible segments; the blocks a read needs are fetched in
 //! parallel. Sequential reads fetch whole blocks and read ahead.
@@ -38,6 +44,9 @@ const READ_AHEAD_BLOCKS: u64 = 8;
 /// Stands for a file's inline data in chunk 0's slice list (never a real id:
 /// metad hands out ids from 1 upwards).
 const INLINE_SLICE: u64 = u64::MAX;
+/// Most bytes an appender buffers before it commits: metad takes at most
+/// 1024 slice objects in one append, and an appender cuts one per chunk.
+const APPEND_MAX_BYTES: u64 = 1000 * CHUNK_SIZE;
 
 struct OpenSlice {
     slice_id: u64,
@@ -59,6 +68,9 @@ pub struct FileWriter {
     length: u64,
     /// Keeps data out of the inode record even when small.
     no_inline: bool,
+    /// O_APPEND: offsets are ignored; `length` counts the bytes buffered
+    /// since the last flush (see the module doc).
+    append: bool,
 }
 
 impl FileWriter {
@@ -74,7 +86,20 @@ impl FileWriter {
             budget: Arc::new(Semaphore::new(blocks_in_flight)),
             length: 0,
             no_inline: false,
+            append: false,
         }
+    }
+
+    /// Makes this an appender: every write goes after the previous one, and
+    /// a flush commits them at the file's end as metad sees it then.
+    pub fn appending(mut self) -> Self {
+        self.append = true;
+        self
+    }
+
+    /// Whether this writer appends (see [`FileWriter::appending`]).
+    pub fn is_append(&self) -> bool {
+        self.append
     }
 
     pub fn ino(&self) -> u64 {
@@ -88,8 +113,16 @@ impl FileWriter {
         self
     }
 
-    /// Writes `data` at `offset`; blocks upload in the background.
+    /// Writes `data` at `offset` (an appender ignores it and appends);
+    /// blocks upload in the background.
     pub async fn write_at(&mut self, mut offset: u64, data: &[u8]) -> Result<()> {
+        if self.append {
+            // One append carries at most 1024 slice objects (metad's bound).
+            if self.length + data.len() as u64 > APPEND_MAX_BYTES {
+                self.flush().await?;
+            }
+            offset = self.length;
+        }
         let mut rest = data;
         while !rest.is_empty() {
             let chunk = u32::try_from(offset / CHUNK_SIZE)
@@ -191,7 +224,7 @@ impl FileWriter {
     /// file is inline (or empty): one metadata write and no block. Answers
     /// None when this flush is not such a write or metad refuses it.
     async fn flush_inline(&mut self) -> Result<Option<pb::Attr>> {
-        let limit = if self.no_inline {
+        let limit = if self.no_inline || self.append {
             0
         } else {
             self.client.inline_max()
@@ -240,6 +273,9 @@ impl FileWriter {
         if self.done.is_empty() {
             return Ok(None);
         }
+        if self.append {
+            return self.commit_append().await.map(Some);
+        }
         let mut chunks: BTreeMap<u32, Vec<pb::Slice>> = BTreeMap::new();
         for (chunk, slice) in self.done.drain(..) {
             chunks.entry(chunk).or_default().push(slice);
@@ -254,6 +290,22 @@ impl FileWriter {
             mtime_ns: 0,
         };
         Ok(Some(self.client.meta.commit(commit).await?))
+    }
+
+    /// Commits an appender's slice objects (whole, in the order written: one
+    /// per 64 MiB of its own numbering) as one `Append`.
+    async fn commit_append(&mut self) -> Result<pb::Attr> {
+        let mut done = std::mem::take(&mut self.done);
+        done.sort_by_key(|(chunk, s)| (*chunk, s.pos));
+        let slices = done
+            .into_iter()
+            .map(|(_, s)| pb::AppendSlice {
+                slice_id: s.slice_id,
+                len: s.len,
+            })
+            .collect();
+        self.length = 0;
+        self.client.meta.append(self.ino, slices).await
     }
 
     /// Flushes and ends the writer.

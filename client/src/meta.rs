@@ -692,6 +692,17 @@ impl MetaClient {
         Self::expect_attr(self.mutate(shard, Op::Commit(commit)).await?)
     }
 
+    /// Appends whole slice objects, in order, at the file's size as metad
+    /// applies it (O_APPEND); answers the attributes after it.
+    pub async fn append(&self, ino: u64, slices: Vec<pb::AppendSlice>) -> Result<pb::Attr> {
+        let op = Op::Append(pb::AppendOp {
+            ino,
+            slices,
+            mtime_ns: 0,
+        });
+        Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
+    }
+
     /// Moves the content of `sources` (files on `target`'s shard, in order) to
     /// the end of `target` without copying data; the sources are left empty.
     pub async fn concat(&self, target: u64, sources: Vec<u64>) -> Result<pb::Attr> {

@@ -251,6 +251,19 @@ fn version(a: &pb::Attr) -> Version {
     (a.mtime_ns, a.size)
 }
 
+/// O_APPEND handles do direct I/O: the kernel then sends a write(2) of up to
+/// `max_write` (1 MiB) as one request (through the page cache it splits a
+/// write at a partial page, and a commit between the pieces would let
+/// another mount's append land inside it), and keeps no page of it at the
+/// offset it guessed (metad decides where appends land).
+fn append_io(flags: i32) -> u32 {
+    if flags & libc::O_APPEND != 0 {
+        fuser::consts::FOPEN_DIRECT_IO
+    } else {
+        0
+    }
+}
+
 /// Versions by (Cairn) inode: see [`CairnFs`]'s `seen` and `told`.
 type Versions = Arc<Mutex<HashMap<u64, Version>>>;
 
@@ -850,6 +863,7 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let open_flags = flags;
         let gate = self.gate(req);
         let fh = self.fh();
         let files = self.files.clone();
@@ -921,7 +935,7 @@ impl Filesystem for CairnFs {
             } else {
                 0
             };
-            reply.opened(fh, flags);
+            reply.opened(fh, flags | append_io(open_flags));
             Ok(())
         });
     }
@@ -991,7 +1005,7 @@ impl Filesystem for CairnFs {
         offset: i64,
         data: &[u8],
         _write_flags: u32,
-        _flags: i32,
+        flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
@@ -999,10 +1013,17 @@ impl Filesystem for CairnFs {
             return reply.error(libc::EBADF);
         };
         let data = data.to_vec();
+        // O_APPEND (the file's flags now, fcntl included): metad places the
+        // data at the end when it commits, not at the kernel's offset.
+        let append = flags & libc::O_APPEND != 0;
         self.spawn("write", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             h.reader = None;
-            let offset = u64::try_from(offset).unwrap_or(0);
+            let offset = match u64::try_from(offset) {
+                Ok(_) if append => crate::writeback::AT_END,
+                Ok(o) => o,
+                Err(_) => 0,
+            };
             if let Some(staging) = h.staging.clone() {
                 // Write-back: append to this handle's log on the local disk.
                 if h.stage.is_none() {
@@ -1024,9 +1045,13 @@ impl Filesystem for CairnFs {
                 reply.written(data.len() as u32);
                 return Ok(Io::Written(data.len() as u64));
             }
+            if h.writer.as_ref().is_some_and(|w| w.is_append() != append) {
+                tri!(reply, h.flush().await);
+                h.writer = None;
+            }
             if h.writer.is_none() {
-                let ino = h.ino;
-                h.writer = Some(tri!(reply, c.writer(ino).await));
+                let w = tri!(reply, c.writer(h.ino).await);
+                h.writer = Some(if append { w.appending() } else { w });
             }
             // Dirty even if the write fails half-way: what it buffered is
             // committed by the next flush.
@@ -1377,7 +1402,7 @@ impl Filesystem for CairnFs {
             };
             insert_file(&files, fh, file);
             remember(&told, &attr);
-            reply.created(&ttl, &file_attr(&attr), 0, fh, 0);
+            reply.created(&ttl, &file_attr(&attr), 0, fh, append_io(flags));
             Ok(())
         });
     }

@@ -8,7 +8,13 @@
 //! A log holds a header (magic, inode) then records of (offset u64, length
 //! u32, crc32c u32, data), all little-endian. A torn last record (a crash
 //! mid-append, never acknowledged) fails its checksum and ends the replay of
-//! that log.
+//! that log. Offset [`AT_END`] marks an O_APPEND write: the upload replays a
+//! run of them through an appender, so the run commits as one `Append` at
+//! the file's end as metad sees it then (contiguous, never over another
+//! client's appends); the mount's `stat` does not count staged appends
+//! before their upload (their place is not known until then). An upload
+//! retried after its append was applied but its answer lost past the
+//! client's own retries appends the run again (the request id is new).
 //!
 //! Names, and the order they keep:
 //! - while a handle writes, its log is `<pid>-<n>-<ino:016x>.part` (never
@@ -65,6 +71,9 @@ use crate::metrics::WritebackMetrics;
 
 const MAGIC: &[u8; 8] = b"CAIRNWB1";
 
+/// The offset of a logged O_APPEND write (see the module doc).
+pub const AT_END: u64 = u64::MAX;
+
 /// The staging area of one mount and its uploader.
 pub struct Staging {
     dir: PathBuf,
@@ -110,7 +119,9 @@ impl StageLog {
         record.extend_from_slice(data);
         self.file.write_all(&record)?;
         self.bytes += data.len() as u64;
-        self.end = self.end.max(offset + data.len() as u64);
+        if offset != AT_END {
+            self.end = self.end.max(offset.saturating_add(data.len() as u64));
+        }
         Ok(())
     }
 
@@ -406,7 +417,9 @@ fn log_extent(path: &Path) -> std::io::Result<(u64, u64, u64)> {
         file.seek_relative(n as i64)?;
         at += 16 + n;
         bytes += n;
-        end = end.max(offset + n);
+        if offset != AT_END {
+            end = end.max(offset.saturating_add(n));
+        }
     }
     Ok((ino, bytes, end))
 }
@@ -451,7 +464,8 @@ fn read_records(path: &Path) -> std::io::Result<(u64, Records)> {
     Ok((ino, records))
 }
 
-/// Uploads one log: every record through a writer, then one commit.
+/// Uploads one log: every record through a writer, then one commit (one
+/// per run of positional or of O_APPEND writes, in log order).
 async fn upload(client: &Arc<Client>, path: &Path) -> Result<(u64, u64), ClientError> {
     let path_owned = path.to_path_buf();
     let (ino, records) = tokio::task::spawn_blocking(move || read_records(&path_owned))
@@ -461,6 +475,14 @@ async fn upload(client: &Arc<Client>, path: &Path) -> Result<(u64, u64), ClientE
     let bytes = records.iter().map(|(_, d)| d.len() as u64).sum();
     let mut writer = client.writer(ino).await?;
     for (offset, data) in &records {
+        let append = *offset == AT_END;
+        if writer.is_append() != append {
+            writer.close().await?;
+            writer = client.writer(ino).await?;
+            if append {
+                writer = writer.appending();
+            }
+        }
         writer.write_at(*offset, data).await?;
     }
     writer.close().await?;

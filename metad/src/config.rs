@@ -50,6 +50,11 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// Raft election timeout (a random value in [min, 2 * min)).
     pub election_timeout_ms: u64,
+    /// A shard builds a snapshot after this many log entries since its last.
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot; a follower further behind catches
+    /// up by receiving the snapshot.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for Config {
@@ -70,6 +75,8 @@ impl Default for Config {
             session_lease_ms: 30_000,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
+            snapshot_after_logs: 5000,
+            logs_kept_after_snapshot: 1000,
         }
     }
 }
@@ -112,6 +119,9 @@ impl Config {
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad("election-timeout-ms must be at least 3 heartbeats");
+        }
+        if self.snapshot_after_logs == 0 {
+            return bad("snapshot-after-logs must be at least 1");
         }
         if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
             return bad("peers must include this node's id");

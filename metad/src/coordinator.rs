@@ -123,6 +123,11 @@ pub enum Op {
         sources: Vec<u64>,
         mtime: i64,
     },
+    Append {
+        ino: u64,
+        slices: Vec<(u64, u32)>,
+        mtime: i64,
+    },
     Open {
         ino: u64,
     },
@@ -152,6 +157,7 @@ impl Op {
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
+            | Op::Append { ino, .. }
             | Op::WriteInline { ino, .. }
             | Op::Concat { target: ino, .. }
             | Op::Open { ino }
@@ -510,6 +516,9 @@ impl MetaNode {
                     mtime,
                 })
                 .await
+            }
+            Op::Append { ino, slices, mtime } => {
+                local(FsCommand::Append { ino, slices, mtime }).await
             }
         }
     }

@@ -281,6 +281,14 @@ pub enum FsCommand {
         ino: u64,
         now: i64,
     },
+    /// O_APPEND: whole slice objects `(slice id, length)` placed one after
+    /// the other at the file's size *as this command applies*, so appends
+    /// from different clients never overlap and the size grows by their sum.
+    Append {
+        ino: u64,
+        slices: Vec<(u64, u32)>,
+        mtime: i64,
+    },
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -310,6 +318,10 @@ fn bounded_batch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FsCommand
     }
     Vec::<FsCommand>::deserialize(d)
 }
+
+/// Most slice objects one append carries (the client cuts its objects at
+/// 64 MiB, so 64 GiB per append).
+pub const APPEND_MAX_SLICES: usize = 1024;
 
 /// The largest file size: chunk numbers are u32.
 pub const MAX_FILE_SIZE: u64 = (u32::MAX as u64 + 1) * CHUNK_SIZE;
@@ -953,6 +965,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             sources,
             mtime,
         } => concat(txn, *target, sources, *mtime),
+        FsCommand::Append { ino, slices, mtime } => append(txn, *ino, slices, *mtime),
         FsCommand::Access { ino, now } => {
             let mut inode = get_inode(txn, *ino)?;
             inode.atime = inode.atime.max(*now);
@@ -1025,6 +1038,42 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
         txn.put_as(k, &list)?;
     }
     written(txn, target, inode, end, mtime)
+}
+
+/// Places whole slice objects, in order, at the file's current size (split
+/// where they cross chunk boundaries) and grows the size by their total. The
+/// offset is read here, inside the apply, so concurrent appends serialize in
+/// log order. Refused whole (nothing written) when the file is not a regular
+/// file, a slice id is 0 (a hole) or the end would pass [`MAX_FILE_SIZE`].
+fn append(txn: &mut Txn, ino: u64, slices: &[(u64, u32)], mtime: i64) -> FsResult {
+    let inode = regular_file(txn, ino)?;
+    let mut end = inode.size;
+    let mut added: BTreeMap<u32, Vec<SliceRec>> = BTreeMap::new();
+    for &(slice_id, len) in slices {
+        if slice_id == 0 {
+            return Err(err(EINVAL, "an appended slice needs an id"));
+        }
+        let new_end = end
+            .checked_add(u64::from(len))
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or_else(|| err(EFBIG, "append past the largest file"))?;
+        let object = SliceRec {
+            slice_id,
+            pos: 0,
+            len,
+            off: 0,
+            size: len,
+        };
+        place(&mut added, end, u64::from(len), object);
+        end = new_end;
+    }
+    for (chunk, slices) in added {
+        let k = keys::chunk(ino, chunk);
+        let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
+        list.extend(slices);
+        txn.put_as(k, &list)?;
+    }
+    written(txn, ino, inode, end, mtime)
 }
 
 /// Most chunk records [`stored_bytes`] reads; a file with more counts as dense.
@@ -1592,5 +1641,65 @@ mod tests {
         )
         .unwrap();
         assert!(gc_queue(&Txn::new(&db, 1), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn appends_land_at_the_size_when_they_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let (f, _) = attr(create(&db, ROOT_INO, "f", Kind::File).unwrap());
+        let append = |slices: Vec<(u64, u32)>, mtime| FsCommand::Append {
+            ino: f,
+            slices,
+            mtime,
+        };
+        // Two writers that both believed the file empty: the second lands
+        // after the first, never over it.
+        let (_, inode) = attr(run(&db, 1, append(vec![(7, 100)], 1)).unwrap());
+        assert_eq!((inode.size, inode.mtime), (100, 1));
+        let (_, inode) = attr(run(&db, 1, append(vec![(8, 50)], 2)).unwrap());
+        assert_eq!(inode.size, 150);
+        // Several objects in one append stay contiguous, split at the chunk
+        // boundary they cross.
+        let big = (CHUNK_SIZE - 150 - 10) as u32;
+        let (_, inode) = attr(run(&db, 1, append(vec![(9, big), (10, 30)], 3)).unwrap());
+        assert_eq!(inode.size, CHUNK_SIZE + 20);
+        let txn = Txn::new(&db, 1);
+        let c0: Vec<SliceRec> = txn.get_as(&keys::chunk(f, 0)).unwrap().unwrap();
+        let c1: Vec<SliceRec> = txn.get_as(&keys::chunk(f, 1)).unwrap().unwrap();
+        let place = |s: &SliceRec| (s.slice_id, s.pos, s.len, s.off, s.size);
+        assert_eq!(
+            c0.iter().map(place).collect::<Vec<_>>(),
+            vec![
+                (7, 0, 100, 0, 100),
+                (8, 100, 50, 0, 50),
+                (9, 150, big, 0, big),
+                (10, 150 + big, 10, 0, 30)
+            ]
+        );
+        assert_eq!(
+            c1.iter().map(place).collect::<Vec<_>>(),
+            vec![(10, 0, 20, 10, 30)]
+        );
+        drop(txn);
+        // A hole id or a directory is refused whole: nothing is written.
+        assert_eq!(errno(run(&db, 1, append(vec![(11, 5), (0, 5)], 4))), EINVAL);
+        assert_eq!(
+            errno(run(
+                &db,
+                1,
+                FsCommand::Append {
+                    ino: ROOT_INO,
+                    slices: vec![(12, 5)],
+                    mtime: 4,
+                }
+            )),
+            EISDIR
+        );
+        let txn = Txn::new(&db, 1);
+        assert_eq!(get_inode(&txn, f).unwrap().size, CHUNK_SIZE + 20);
+        let c1: Vec<SliceRec> = txn.get_as(&keys::chunk(f, 1)).unwrap().unwrap();
+        assert_eq!(c1.len(), 1);
     }
 }

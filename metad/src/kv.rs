@@ -40,6 +40,13 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, MetaError> {
     Ok(Arc::new(db))
 }
 
+/// Opens a process's RocksDB read-only, as it is on disk now (the process
+/// may be running): for tools and tests that inspect a node's state.
+pub fn open_db_read_only(path: &Path) -> Result<Arc<DB>, MetaError> {
+    let db = DB::open_cf_for_read_only(&Options::default(), path, [CF_LOG, CF_RAFT, CF_SM], false)?;
+    Ok(Arc::new(db))
+}
+
 /// `shard` prefix followed by `key`.
 pub fn shard_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());

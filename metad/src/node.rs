@@ -109,8 +109,10 @@ impl MetaNode {
                 heartbeat_interval: config.heartbeat_ms,
                 election_timeout_min: config.election_timeout_ms,
                 election_timeout_max: config.election_timeout_ms * 2,
-                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-                max_in_snapshot_log_to_keep: 1000,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                    config.snapshot_after_logs,
+                ),
+                max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
                 ..Default::default()
             }
             .validate()

@@ -268,6 +268,32 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 c.mtime_ns
             },
         },
+        PbOp::Append(a) => {
+            if a.slices.is_empty()
+                || a.slices.len() > fs::APPEND_MAX_SLICES
+                || a.slices.iter().any(|s| s.slice_id == 0 || s.len == 0)
+            {
+                return Err(MetaError::Invalid(
+                    "an append needs 1 to 1024 non-empty slices with ids".into(),
+                ));
+            }
+            let total: u64 = a.slices.iter().map(|s| u64::from(s.len)).sum();
+            if total > fs::MAX_FILE_SIZE {
+                return Err(MetaError::fs(
+                    cairn_proto::status::EFBIG,
+                    "append too large",
+                ));
+            }
+            Op::Append {
+                ino: a.ino,
+                slices: a.slices.iter().map(|s| (s.slice_id, s.len)).collect(),
+                mtime: if a.mtime_ns == 0 {
+                    now_ns()
+                } else {
+                    a.mtime_ns
+                },
+            }
+        }
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c

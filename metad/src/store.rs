@@ -12,15 +12,33 @@
 //! streaming a consistent RocksDB view of the shard into
 //! `<snapshots dir>/<shard>.snap` (length-prefixed keys and values, in key
 //! order), openraft sends it in chunks read from that file and the receiver
-//! writes the chunks to `<shard>.recv`; installing streams that file into one
-//! write batch (atomic, synced) and makes it the shard's current snapshot. The
-//! snapshot's meta lives in the `raft` column family.
+//! writes the chunks to `<shard>.recv` (synced before installing), then makes
+//! it the shard's current snapshot. The snapshot's meta lives in the `raft`
+//! column family.
+//!
+//! Installing streams the file in bounded batches (a few MiB each, so memory
+//! does not grow with the shard), which alone would let a crash leave a mix
+//! of old and new keys. The protocol that prevents it:
+//! 1. the file is read through once and refused if it is not whole, before
+//!    anything changes;
+//! 2. one synced batch sets the shard's `installing` mark (in `raft`, with
+//!    the snapshot's meta) and deletes every state-machine key of the shard;
+//! 3. the file's pairs go in, batch after batch (not synced);
+//! 4. one synced batch writes the applied id and membership and clears the
+//!    mark (its sync makes the earlier batches durable too: one WAL);
+//! 5. the file is renamed to `<shard>.snap` and the meta recorded.
+//!
+//! While the mark is set the shard's state is not valid. `applied_state`,
+//! which openraft calls first when it starts, finishes an interrupted install
+//! by running it again from step 2 on the received file, so after a crash the
+//! shard is either as before the install (crash before step 2: openraft
+//! fetches the snapshot again) or wholly the snapshot, as if the install had
+//! been one atomic write.
 
 use std::fmt::Debug;
 use std::io::BufReader;
 use std::io::BufWriter;
 use std::io::Read;
-use std::io::Seek;
 use std::io::Write;
 use std::ops::Bound;
 use std::ops::RangeBounds;
@@ -515,37 +533,134 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Installs the snapshot file at `path` as the whole state of `shard`: one
-/// synced batch that drops every key of the shard, puts the file's, and sets
-/// the applied id and membership from `meta`.
-fn install_file(db: &DB, shard: ShardId, path: &Path, meta: &Meta) -> StorageResult<()> {
-    let mut file = std::fs::File::open(path).map_err(io_err)?;
-    file.rewind().map_err(io_err)?;
-    let mut input = BufReader::new(file);
-    let cf = kv::cf(db, kv::CF_SM).map_err(io_err)?;
+/// Bytes of keys and values an install writes per RocksDB batch: its memory
+/// is this, whatever the shard's size.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+
+/// The `raft` key that marks `shard`'s state as an install in progress; its
+/// value is the snapshot's meta.
+fn installing_key(shard: ShardId) -> Vec<u8> {
+    shard_key(shard, b"installing")
+}
+
+/// Reads a snapshot file to its end, checking that it is whole (complete
+/// key/value pairs, no item over the limit), so a damaged file is refused
+/// before the shard's state is touched. Answers the number of pairs.
+fn check_snapshot_file(path: &Path) -> StorageResult<u64> {
+    let mut input = BufReader::new(std::fs::File::open(path).map_err(io_err)?);
+    let mut pairs = 0;
+    while read_item(&mut input).map_err(io_err)?.is_some() {
+        read_item(&mut input)
+            .map_err(io_err)?
+            .ok_or_else(|| io_err("snapshot file ends after a key"))?;
+        pairs += 1;
+    }
+    Ok(pairs)
+}
+
+/// Installs the snapshot file at `path` as the whole state of `shard` in
+/// bounded batches (see the module doc for the crash protocol): a synced
+/// batch marks the install and drops every key of the shard, batches of at
+/// most `batch_bytes` put the file's pairs, and a last synced batch sets the
+/// applied id and membership from `meta` and clears the mark. `stop_after`
+/// (tests) fails the install after that many data batches, as a crash would.
+fn install_file(
+    db: &DB,
+    shard: ShardId,
+    path: &Path,
+    meta: &Meta,
+    batch_bytes: usize,
+    stop_after: Option<usize>,
+) -> StorageResult<()> {
+    let pairs = check_snapshot_file(path)?;
+    let sm = kv::cf(db, kv::CF_SM).map_err(io_err)?;
+    let raft = kv::cf(db, kv::CF_RAFT).map_err(io_err)?;
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(cf, shard.to_be_bytes(), (shard + 1).to_be_bytes());
+    batch.put_cf(
+        raft,
+        installing_key(shard),
+        kv::encode(meta).map_err(io_err)?,
+    );
+    batch.delete_range_cf(sm, shard.to_be_bytes(), (shard + 1).to_be_bytes());
+    db.write_opt(batch, &synced).map_err(io_err)?;
+    let mut input = BufReader::new(std::fs::File::open(path).map_err(io_err)?);
+    let mut batch = WriteBatch::default();
+    let mut written = 0;
     while let Some(k) = read_item(&mut input).map_err(io_err)? {
         let v = read_item(&mut input)
             .map_err(io_err)?
             .ok_or_else(|| io_err("snapshot file ends after a key"))?;
-        batch.put_cf(cf, shard_key(shard, &k), v);
+        batch.put_cf(sm, shard_key(shard, &k), v);
+        if batch.size_in_bytes() >= batch_bytes {
+            if stop_after == Some(written) {
+                return Err(io_err("install stopped (test)"));
+            }
+            // Not synced: the last batch's sync makes every earlier write
+            // of the WAL durable with it.
+            db.write(std::mem::take(&mut batch)).map_err(io_err)?;
+            written += 1;
+        }
     }
     if let Some(applied) = &meta.last_log_id {
         batch.put_cf(
-            cf,
+            sm,
             shard_key(shard, keys::APPLIED),
             kv::encode(applied).map_err(io_err)?,
         );
     }
     batch.put_cf(
-        cf,
+        sm,
         shard_key(shard, keys::MEMBERSHIP),
         kv::encode(&meta.last_membership).map_err(io_err)?,
     );
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(io_err)
+    batch.delete_cf(raft, installing_key(shard));
+    db.write_opt(batch, &synced).map_err(io_err)?;
+    tracing::info!(
+        shard,
+        snapshot = %meta.snapshot_id,
+        pairs,
+        batches = written + 2,
+        "snapshot installed"
+    );
+    Ok(())
+}
+
+/// Installs the received file and makes it the shard's current snapshot.
+fn install_received(
+    db: &DB,
+    shard: ShardId,
+    files: &SnapshotFiles,
+    meta: &Meta,
+) -> StorageResult<()> {
+    let received = files.receiving();
+    install_file(db, shard, &received, meta, INSTALL_BATCH_BYTES, None)?;
+    files.publish(&received).map_err(io_err)?;
+    write_meta(db, shard, meta)
+}
+
+impl StateMachine {
+    /// Finishes an install a crash interrupted (its mark is still set): the
+    /// shard's state is partial, so the install runs again, from the start,
+    /// on the received file (synced before the mark was set).
+    fn finish_interrupted_install(&self) -> StorageResult<()> {
+        let cf = kv::cf(&self.db, kv::CF_RAFT).map_err(read_err)?;
+        let Some(v) = self
+            .db
+            .get_cf(cf, installing_key(self.shard))
+            .map_err(read_err)?
+        else {
+            return Ok(());
+        };
+        let meta: Meta = kv::decode(&v).map_err(read_err)?;
+        tracing::warn!(
+            shard = self.shard,
+            snapshot = %meta.snapshot_id,
+            "finishing a snapshot install interrupted by a crash"
+        );
+        install_received(&self.db, self.shard, &self.snapshots, &meta)
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -557,6 +672,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Option<LogId<u64>>,
         StoredMembership<u64, openraft::BasicNode>,
     )> {
+        // openraft asks this first when it starts: never answer a half
+        // installed snapshot's state.
+        let this = StateMachine {
+            db: self.db.clone(),
+            shard: self.shard,
+            snapshots: self.snapshots.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.finish_interrupted_install())
+            .await
+            .map_err(read_err)??;
         let txn = Txn::new(&self.db, self.shard);
         let applied: Option<LogId<u64>> = txn.get_as(keys::APPLIED).map_err(read_err)?;
         let membership = txn
@@ -637,14 +762,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.snapshots.clone(),
             meta.clone(),
         );
-        tokio::task::spawn_blocking(move || -> StorageResult<()> {
-            let received = files.receiving();
-            install_file(&db, shard, &received, &meta)?;
-            files.publish(&received).map_err(io_err)?;
-            write_meta(&db, shard, &meta)
-        })
-        .await
-        .map_err(io_err)?
+        tokio::task::spawn_blocking(move || install_received(&db, shard, &files, &meta))
+            .await
+            .map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
@@ -858,6 +978,86 @@ mod tests {
             assert_eq!(current.meta, built.meta);
             let (applied, _) = sm2.applied_state().await.unwrap();
             assert_eq!(applied.map(|l| l.index), Some(20_001));
+        });
+    }
+
+    /// An install that stops after a few of its bounded batches (a crash)
+    /// leaves the shard marked, never taken as valid: the next start
+    /// (`applied_state`) runs the install again and the shard is wholly the
+    /// snapshot. A damaged file is refused before anything changes.
+    #[test]
+    fn interrupted_install_is_finished_on_restart() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let open = |name: &str| {
+                let db = kv::open_db(&dir.path().join(name)).unwrap();
+                let sm = StateMachine::new(db.clone(), 2, dir.path().join(format!("{name}-snap")));
+                (db, sm)
+            };
+            let (db1, mut sm1) = open("a");
+            let (db2, mut sm2) = open("b");
+            let mut txn = Txn::new(&db1, 2);
+            for i in 0..20_000u32 {
+                txn.put(keys::inode(u64::from(i)), vec![7; 100]);
+            }
+            let applied = LogId::<u64>::new(openraft::CommittedLeaderId::new(1, 1), 20_001);
+            txn.put(keys::APPLIED.to_vec(), kv::encode(&applied).unwrap());
+            db1.write(txn.into_batch().unwrap()).unwrap();
+            let mut old = Txn::new(&db2, 2);
+            old.put(keys::dentry(1, b"old"), vec![1]);
+            db2.write(old.into_batch().unwrap()).unwrap();
+            let all = |db: &DB| {
+                let mut pairs = Txn::new(db, 2).scan(b"", b"", usize::MAX).unwrap();
+                pairs.retain(|(k, _)| k != keys::MEMBERSHIP);
+                pairs
+            };
+
+            let mut built = sm1
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let mut recv = sm2.begin_receiving_snapshot().await.unwrap();
+            tokio::io::copy(&mut built.snapshot, &mut *recv)
+                .await
+                .unwrap();
+            recv.sync_all().await.unwrap();
+            drop(recv);
+            let received = sm2.snapshots.receiving();
+
+            // A damaged (cut) file is refused whole: the old state stays.
+            let cut = dir.path().join("cut");
+            let bytes = std::fs::read(&received).unwrap();
+            std::fs::write(&cut, &bytes[..bytes.len() - 3]).unwrap();
+            assert!(install_file(&db2, 2, &cut, &built.meta, 64 << 10, None).is_err());
+            assert_eq!(all(&db2).len(), 1);
+
+            // Stopped after 3 batches of 64 KiB (of some 40): the mark is set
+            // and the state is partial.
+            let stopped = install_file(&db2, 2, &received, &built.meta, 64 << 10, Some(3));
+            assert!(stopped.is_err());
+            let partial = all(&db2).len();
+            assert!(partial > 0 && partial < 20_001, "{partial} keys");
+            let raft = kv::cf(&db2, kv::CF_RAFT).unwrap();
+            assert!(db2.get_cf(raft, installing_key(2)).unwrap().is_some());
+
+            // A restart: openraft's first question finishes the install.
+            drop(sm2);
+            let mut sm2 = StateMachine::new(db2.clone(), 2, dir.path().join("b-snap"));
+            let (got, _) = sm2.applied_state().await.unwrap();
+            assert_eq!(got, Some(applied));
+            assert!(db2.get_cf(raft, installing_key(2)).unwrap().is_none());
+            let (sent, got) = (all(&db1), all(&db2));
+            assert!(
+                sent == got,
+                "{} keys sent, {} installed",
+                sent.len(),
+                got.len()
+            );
+            let current = sm2.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta, built.meta);
         });
     }
 }

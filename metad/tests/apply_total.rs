@@ -169,7 +169,7 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
     };
     let name = pick(rng, &NAMES).as_bytes().to_vec();
     let now = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..16) {
+    match rng.gen_range(0..17) {
         0 | 1 => FsCommand::Create {
             parent: dir,
             name,
@@ -273,6 +273,13 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
             flags: rng.gen_range(0..4),
             now,
         },
+        15 => FsCommand::Append {
+            ino,
+            slices: (0..rng.gen_range(0..4))
+                .map(|_| (rng.gen_range(0..4), u32_any(rng)))
+                .collect(),
+            mtime: now,
+        },
         _ if depth < 2 => FsCommand::Batch(
             (0..rng.gen_range(0..4))
                 .map(|_| command(rng, state, depth + 1))
@@ -316,6 +323,7 @@ fn is_whole(cmd: &FsCommand) -> bool {
         | FsCommand::WriteInline { .. }
         | FsCommand::Commit { .. }
         | FsCommand::Concat { .. }
+        | FsCommand::Append { .. }
         | FsCommand::AssertParent { .. } => true,
         _ => false,
     }
@@ -404,6 +412,67 @@ fn deeply_nested_batches_are_refused_when_decoded() {
     let ok = FsCommand::Batch(vec![FsCommand::Batch(vec![])]);
     let bytes = cairn_metad::kv::encode(&ok).unwrap();
     assert!(cairn_metad::kv::decode::<FsCommand>(&bytes).is_ok());
+}
+
+/// An Append that would pass the largest file (one slice, or the sum of
+/// several) is EFBIG and writes nothing; one that ends exactly there applies.
+#[test]
+fn append_past_the_largest_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path()).unwrap();
+    apply(&db, &FsCommand::InitRoot { now: 0 }).unwrap();
+    apply(
+        &db,
+        &FsCommand::Create {
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            kind: Kind::File,
+            perm: 0o644,
+            rdev: 0,
+            uid: 0,
+            gid: 0,
+            exclusive: true,
+            target: None,
+            now: 1,
+        },
+    )
+    .unwrap();
+    let ino = fs::get_entry(&Txn::new(&db, SHARD), ROOT_INO, b"a")
+        .unwrap()
+        .unwrap()
+        .ino;
+    let near = fs::MAX_FILE_SIZE - 10;
+    apply(
+        &db,
+        &FsCommand::SetAttr {
+            ino,
+            set: SetAttrs {
+                size: Some(near),
+                ..SetAttrs::default()
+            },
+            now: 2,
+        },
+    )
+    .unwrap();
+    let append = |slices: Vec<(u64, u32)>| FsCommand::Append {
+        ino,
+        slices,
+        mtime: 3,
+    };
+    for slices in [vec![(5, 11)], vec![(5, 6), (6, 5)], vec![(5, u32::MAX)]] {
+        let r = apply(&db, &append(slices));
+        assert!(
+            matches!(&r, Err(MetaError::Fs(e)) if e.errno == cairn_proto::status::EFBIG),
+            "{r:?}"
+        );
+        assert_eq!(
+            fs::get_inode(&Txn::new(&db, SHARD), ino).unwrap().size,
+            near
+        );
+    }
+    apply(&db, &append(vec![(5, 4), (6, 6)])).unwrap();
+    let inode = fs::get_inode(&Txn::new(&db, SHARD), ino).unwrap();
+    assert_eq!(inode.size, fs::MAX_FILE_SIZE);
 }
 
 /// The Concat of a file sized to the limit with another grows past it: EFBIG,

@@ -148,6 +148,23 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether one line of the daemon's log holds every one of `words`
+    /// (colour codes left out).
+    pub fn log_has_line(&self, words: &[&str]) -> bool {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        let mut plain = String::with_capacity(bytes.len());
+        let mut escape = false;
+        for c in String::from_utf8_lossy(&bytes).chars() {
+            match c {
+                '\x1b' => escape = true,
+                'm' if escape => escape = false,
+                _ if escape => {}
+                _ => plain.push(c),
+            }
+        }
+        plain.lines().any(|l| words.iter().all(|w| l.contains(w)))
+    }
+
     /// The daemon's log so far (for failure messages).
     pub fn log_tail(&self) -> String {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
@@ -176,6 +193,8 @@ pub struct Spec {
     pub capacity_bytes: u64,
     /// Appended to each datad's TOML config (its `[cold]` section, say).
     pub datad_toml: &'static str,
+    /// Appended to each metad's TOML config.
+    pub metad_toml: &'static str,
 }
 
 impl Spec {
@@ -202,6 +221,7 @@ impl Default for Spec {
             block_size: 4 << 20,
             capacity_bytes: 64 << 30,
             datad_toml: "",
+            metad_toml: "",
         }
     }
 }
@@ -242,7 +262,7 @@ impl Cluster {
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
                      data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\nsession-lease-ms = 3000\n\
-                     election-timeout-ms = 300\n",
+                     election-timeout-ms = 300\n{}\n",
                     data_dir.display(),
                     peers.join(", "),
                     spec.data_shards,
@@ -250,6 +270,7 @@ impl Cluster {
                     spec.placement_groups,
                     spec.data_replication,
                     spec.block_size,
+                    spec.metad_toml,
                 ),
             )?;
             cluster.metas.push(Daemon {
@@ -368,6 +389,13 @@ impl Cluster {
         };
         d.kill();
         d.spawn()
+    }
+
+    /// The data directory of a metadata node.
+    pub fn meta_dir(&self, index: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("metad{}", self.metas[index].id))
     }
 
     /// The data directory of a data node.
