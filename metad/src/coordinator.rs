@@ -123,6 +123,11 @@ pub enum Op {
         sources: Vec<u64>,
         mtime: i64,
     },
+    Fallocate {
+        ino: u64,
+        f: crate::holes::Fallocate,
+        mtime: i64,
+    },
     Open {
         ino: u64,
     },
@@ -154,6 +159,7 @@ impl Op {
             | Op::Commit { ino, .. }
             | Op::WriteInline { ino, .. }
             | Op::Concat { target: ino, .. }
+            | Op::Fallocate { ino, .. }
             | Op::Open { ino }
             | Op::Close { ino }
             | Op::SetLock { ino, .. } => ino_shard(*ino),
@@ -488,6 +494,7 @@ impl MetaNode {
                 })
                 .await
             }
+            Op::Fallocate { ino, f, mtime } => local(FsCommand::Fallocate { ino, f, mtime }).await,
         }
     }
 

@@ -1,8 +1,9 @@
 //! POSIX details through a real mount that the broad scenario in `fuse.rs`
 //! does not pin down: setgid directories, times before 1970, st_blocks of
-//! sparse files, listing a removed directory and flock per open file
-//! description. Each test is named after the behaviour it defends and
-//! compares with what Linux's local file systems answer.
+//! sparse files, listing a removed directory, flock per open file
+//! description, fallocate's modes, O_TMPFILE's clean refusal, and `rm -rf`
+//! under concurrent load. Each test is named after the behaviour it defends
+//! and compares with what Linux's local file systems answer.
 
 use std::fs;
 use std::fs::File;
@@ -295,3 +296,164 @@ async fn reads_update_atime_under_relatime_rules() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// `fallocate` (util-linux) with `args` on `file` in `dir`: Ok, or the
+/// error it printed.
+fn fallocate(dir: &Path, args: &[&str], file: &str) -> anyhow::Result<Result<(), String>> {
+    let out = Command::new("fallocate")
+        .args(args)
+        .arg(file)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .output()
+        .context("running fallocate")?;
+    Ok(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+/// Every mode of fallocate(2) on one file, against a model of its bytes,
+/// through a mount started with `mount_args` (plain, or write-back).
+async fn fallocate_scenario(mount_args: &[&str]) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const MIB: usize = 1 << 20;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let cache = cluster.dir.path().join("cache");
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let mut args = mount_args.to_vec();
+    if args.contains(&"--writeback") {
+        args.extend(["--cache-dir", cache_arg.as_str()]);
+    }
+    let mount = Mount::start_with(&cluster, "mnt", &args).await?;
+    let root = mount.path.clone();
+    let client = cluster.client();
+    let rt = tokio::runtime::Handle::current();
+    // Blocks held by the data server, as it reports them in the cluster map.
+    let blocks_reach = move |want: u64, what: &'static str| -> anyhow::Result<()> {
+        let client = client.clone();
+        rt.block_on(cairn_tests::wait_for(what, Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let map = client.meta.refresh_map().await;
+                map.is_ok_and(|m| m.data_nodes.iter().map(|n| n.blocks).sum::<u64>() == want)
+            }
+        }))
+    };
+    let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let f = root.join("f");
+        let check = |model: &[u8], what: &str| -> anyhow::Result<()> {
+            let got = fs::read(&f)?;
+            ensure!(got.len() == model.len(), "{what}: size {}", got.len());
+            let first = got.iter().zip(model).position(|(a, b)| a != b);
+            ensure!(first.is_none(), "{what}: first wrong byte at {first:?}");
+            Ok(())
+        };
+        // Two slices: 6 MiB (two 4 MiB blocks), then 1 MiB over [1, 2) MiB.
+        let mut model = cairn_tests::random_bytes(6 * MIB, 11);
+        fs::write(&f, &model)?;
+        let h = OpenOptions::new().write(true).open(&f)?;
+        h.write_all_at(&[0xab; MIB], MIB as u64)?;
+        drop(h);
+        model[MIB..2 * MIB].fill(0xab);
+        check(&model, "written")?;
+        blocks_reach(3, "the written blocks to be reported")?;
+        assert_eq!(fs::metadata(&f)?.blocks(), (6 * MIB / 512) as u64);
+
+        // A write not yet flushed (buffered in its handle, or staged), then
+        // a punch of the same range through another process: the punch wins
+        // for every descriptor, and the close commits nothing over it.
+        let h = OpenOptions::new().read(true).write(true).open(&f)?;
+        h.write_all_at(&[0xcd; 64 << 10], 4 * MIB as u64)?;
+        let range = ["-p", "-o", "4194304", "-l", "65536"];
+        fallocate(&root, &range, "f")?.map_err(anyhow::Error::msg)?;
+        model[4 * MIB..4 * MIB + (64 << 10)].fill(0);
+        let mut back = vec![1u8; 64 << 10];
+        h.read_exact_at(&mut back, 4 * MIB as u64)?;
+        ensure!(
+            back.iter().all(|&b| b == 0),
+            "the writer's fd reads the punched data"
+        );
+        check(&model, "punched after an unflushed write")?;
+        drop(h);
+        check(&model, "after the writer's close")?;
+
+        // PUNCH_HOLE|KEEP_SIZE over the second slice: it is hidden
+        // everywhere, so its block goes; the size stays; st_blocks drops.
+        fallocate(&root, &["-p", "-o", "1048576", "-l", "1048576"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model[MIB..2 * MIB].fill(0);
+        check(&model, "punched")?;
+        let stored = 6 * MIB - MIB - (64 << 10);
+        assert_eq!(fs::metadata(&f)?.blocks(), (stored / 512) as u64);
+        // The 1 MiB slice and the punched 64 KiB write are released.
+        blocks_reach(2, "the punched slices' blocks to go")?;
+
+        // ZERO_RANGE|KEEP_SIZE across the end: zeros up to it, same size.
+        fallocate(&root, &["-z", "-n", "-o", "5242880", "-l", "4194304"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model[5 * MIB..].fill(0);
+        check(&model, "zeroed, size kept")?;
+        // ZERO_RANGE past the end grows the file.
+        fallocate(&root, &["-z", "-o", "5767168", "-l", "2097152"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model.resize(5 * MIB + MIB / 2 + 2 * MIB, 0);
+        check(&model, "zeroed past the end")?;
+        // Mode 0 allocates (a longer file, the data intact); KEEP_SIZE
+        // allocates without changing the size.
+        fallocate(&root, &["-o", "0", "-l", "9437184"], "f")?.map_err(anyhow::Error::msg)?;
+        model.resize(9 * MIB, 0);
+        check(&model, "allocated")?;
+        fallocate(&root, &["-n", "-o", "0", "-l", "33554432"], "f")?.map_err(anyhow::Error::msg)?;
+        check(&model, "allocated, size kept")?;
+
+        // Modes Cairn lacks are EOPNOTSUPP and change nothing.
+        let before = fs::metadata(&f)?;
+        for refused in [
+            ["-c", "-o", "0", "-l", "1048576"],
+            ["-i", "-o", "0", "-l", "1048576"],
+        ] {
+            let e = fallocate(&root, &refused, "f")?
+                .err()
+                .context("refused mode accepted")?;
+            ensure!(e.contains("Operation not supported"), "{refused:?}: {e}");
+        }
+        check(&model, "after refused modes")?;
+        let after = fs::metadata(&f)?;
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.mtime(), before.mtime_nsec())
+        );
+
+        // A small file (inline data): zeroed in place and cut at its end.
+        let small = root.join("small");
+        let mut tiny = cairn_tests::random_bytes(1000, 12);
+        fs::write(&small, &tiny)?;
+        fallocate(&root, &["-p", "-o", "100", "-l", "100"], "small")?
+            .map_err(anyhow::Error::msg)?;
+        fallocate(&root, &["-p", "-o", "900", "-l", "5000"], "small")?
+            .map_err(anyhow::Error::msg)?;
+        tiny[100..200].fill(0);
+        tiny[900..].fill(0);
+        assert_eq!(fs::read(&small)?, tiny);
+        Ok(model)
+    })
+    .await??;
+    // Another client reads what the mount left.
+    let got = cairn_tests::read_file(&cluster.client(), "/f").await?;
+    assert!(got == model, "another client reads other bytes");
+    drop(mount);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallocate_allocates_punches_and_zeroes_ranges() -> anyhow::Result<()> {
+    fallocate_scenario(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallocate_punch_wins_over_staged_writeback_writes() -> anyhow::Result<()> {
+    fallocate_scenario(&["--writeback"]).await
+}
+
