@@ -590,9 +590,15 @@ impl MetaNode {
         match (committed, failure) {
             (true, _) => Ok(()),
             (false, Some(e)) => Err(e),
+            // Recovery took this attempt for abandoned (it outlived
+            // `txn-recover-after-ms`: a slow quorum, a stalled leader) and
+            // rolled it back. Nothing was applied and the abort is not
+            // remembered, so the client's retry runs the operation again:
+            // EAGAIN says so (an errno like EIO would reach the application
+            // as a failure of an operation that can still succeed).
             (false, None) => Err(MetaError::fs(
-                EIO,
-                "transaction was rolled back by recovery",
+                EAGAIN,
+                "transaction was rolled back by recovery; retry",
             )),
         }
     }

@@ -297,6 +297,122 @@ async fn reads_update_atime_under_relatime_rules() -> anyhow::Result<()> {
     .await
 }
 
+/// One worker's loop: build a directory holding a fifo, a symlink, a regular
+/// file and a subdirectory (with entries of its own) under `parent`, then
+/// `rm -rf` it; `rounds` times. Answers the stderr of every failed round.
+const MIXED_TREE_LOOP: &str = r#"
+parent="$1"; me="$2"; rounds="$3"
+i=0
+while [ "$i" -lt "$rounds" ]; do
+  d="$parent/$me-$i"
+  mkdir "$d" && mkfifo "$d/fifo" && ln -s fifo "$d/link" && echo data > "$d/file" \
+    && mkdir "$d/sub" && echo x > "$d/sub/f" && mkfifo "$d/sub/ff" && ln -s f "$d/sub/l" \
+    || { echo "round $i: building failed" >&2; exit 1; }
+  if ! err=$(rm -rf "$d" 2>&1); then echo "round $i: rm -rf: $err" >&2; exit 1; fi
+  if [ -e "$d" ] || [ -L "$d" ]; then echo "round $i: $d still there" >&2; exit 1; fi
+  i=$((i + 1))
+done
+"#;
+
+/// Lists `dir` recursively with attributes until `stop`, failing on any error
+/// but a vanished entry (the listing races the removals, which is expected).
+fn list_until(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<u64> {
+    let mut lists = 0;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let out = Command::new("ls")
+            .args(["-lRa"])
+            .arg(dir)
+            .env("LC_ALL", "C")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in stderr.lines() {
+            ensure!(
+                line.contains("No such file or directory"),
+                "ls -lRa while removing: {line}"
+            );
+        }
+        lists += 1;
+    }
+    Ok(lists)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rm_rf_of_mixed_directories_under_concurrent_load_never_fails() -> anyhow::Result<()> {
+    // `MIXED_RM_ROUNDS` makes it a longer hunt; the default keeps CI short.
+    let rounds: u32 = std::env::var("MIXED_RM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let a = Mount::start(&cluster, "a").await?;
+    let b = Mount::start(&cluster, "b").await?;
+    let (root_a, root_b) = (a.path.clone(), b.path.clone());
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        // Siblings in one parent (its entries on one shard, the removed
+        // subdirectories on every shard), from both mounts at once.
+        fs::create_dir(root_a.join("par"))?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let listers: Vec<_> = [&root_a, &root_b]
+                .into_iter()
+                .map(|root| {
+                    let (dir, stop) = (root.join("par"), &stop);
+                    s.spawn(move || list_until(&dir, stop))
+                })
+                .collect();
+            let workers: Vec<_> = (0..6)
+                .map(|w| {
+                    let root = if w % 3 == 2 { &root_b } else { &root_a };
+                    let parent = root.join("par");
+                    let rounds = rounds.to_string();
+                    s.spawn(move || {
+                        let me = format!("w{w}");
+                        let p = parent.to_string_lossy();
+                        let args = ["-c", MIXED_TREE_LOOP, "sh", &p, &me, &rounds];
+                        run("sh", &args, &parent)
+                    })
+                })
+                .collect();
+            let mut failures = Vec::new();
+            for w in workers {
+                if let Err(e) = w.join().map_err(|_| anyhow::anyhow!("worker panicked"))? {
+                    failures.push(e.to_string());
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            for l in listers {
+                if let Err(e) = l.join().map_err(|_| anyhow::anyhow!("lister panicked"))? {
+                    failures.push(e.to_string());
+                }
+            }
+            ensure!(failures.is_empty(), "{}", failures.join("\n"));
+            Ok(())
+        })?;
+        // Both mounts see the parent empty afterwards.
+        for root in [&root_a, &root_b] {
+            let left: Vec<_> = fs::read_dir(root.join("par"))?.collect();
+            ensure!(left.is_empty(), "left behind: {left:?}");
+        }
+        Ok(())
+    })
+    .await?;
+    drop((a, b));
+    // On failure, say which requests the mounts failed (logged at debug).
+    outcome.map_err(|e| {
+        let failed: Vec<String> = ["a.log", "b.log"]
+            .iter()
+            .filter_map(|l| fs::read_to_string(cluster.dir.path().join(l)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter(|l| l.contains("failed") && !l.contains("(errno 2)"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        e.context(failed.join("\n"))
+    })
+}
+
 /// `fallocate` (util-linux) with `args` on `file` in `dir`: Ok, or the
 /// error it printed.
 fn fallocate(dir: &Path, args: &[&str], file: &str) -> anyhow::Result<Result<(), String>> {
