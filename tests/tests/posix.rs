@@ -573,3 +573,36 @@ async fn fallocate_punch_wins_over_staged_writeback_writes() -> anyhow::Result<(
     fallocate_scenario(&["--writeback"]).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn o_tmpfile_fails_cleanly_and_programs_fall_back() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // Linux's FUSE sends O_TMPFILE as FUSE_TMPFILE (opcode 51, protocol
+        // 7.37), which fuser does not decode: it answers ENOSYS, and the
+        // kernel turns that into EOPNOTSUPP (remembered for the mount).
+        // Asked twice: the second answer comes from the kernel's memory.
+        let script = r#"
+import errno, os, tempfile
+out = []
+for _ in range(2):
+    try:
+        os.close(os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600))
+        out.append("opened")
+    except OSError as e:
+        # ENOTSUP and EOPNOTSUPP are one number on Linux.
+        out.append("EOPNOTSUPP" if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])
+# tempfile tries O_TMPFILE first, then falls back to a named file it unlinks.
+with tempfile.TemporaryFile(dir=".") as f:
+    f.write(b"scratch")
+    f.seek(0)
+    out.append(f.read().decode())
+print(" ".join(out))
+"#;
+        let out = run("python3", &["-c", script], &root)?;
+        assert_eq!(out.trim(), "EOPNOTSUPP EOPNOTSUPP scratch");
+        // Nothing was left behind by the refused opens or the fallback.
+        let left: Vec<_> = fs::read_dir(&root)?.collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        Ok(())
+    })
+    .await
+}
