@@ -714,6 +714,28 @@ impl MetaClient {
         Self::expect_attr(self.mutate(ino_shard(target), op).await?)
     }
 
+    /// fallocate(2) in one metadata write: the length grows to `offset +
+    /// length` unless `keep_size`; with `zero`, the range reads as zeros
+    /// afterwards, made holes without writing data (see `FallocateOp`).
+    pub async fn fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        keep_size: bool,
+        zero: bool,
+    ) -> Result<pb::Attr> {
+        let op = Op::Fallocate(pb::FallocateOp {
+            ino,
+            offset,
+            length,
+            keep_size,
+            zero,
+            mtime_ns: 0,
+        });
+        Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
+    }
+
     /// Writes into a small file's inline data (kept in its inode record); an
     /// ENOTSUP answer means the file has outgrown it (see `WriteInlineOp`).
     pub async fn write_inline(

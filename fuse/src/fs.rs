@@ -1482,29 +1482,71 @@ impl Filesystem for CairnFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if mode != 0 {
+        let Some(alloc) = fallocate_mode(mode) else {
+            // COLLAPSE_RANGE, INSERT_RANGE, UNSHARE_RANGE, ... (the kernel
+            // refuses most of them itself): nothing changes.
             return reply.error(libc::EOPNOTSUPP);
-        }
+        };
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), u64::try_from(length)) else {
             return reply.error(libc::EINVAL);
         };
+        if length == 0 {
+            return reply.error(libc::EINVAL);
+        }
         let files = self.files.clone();
+        let staging = self.staging.clone();
         self.spawn("fallocate", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
-            let a = tri!(reply, c.meta.getattr(ino).await);
-            let end = offset.saturating_add(length);
-            if end > a.size {
-                // Cairn files are sparse: extending the length is the allocation.
-                let set = pb::SetAttr {
-                    size: Some(end),
-                    ..Default::default()
-                };
-                tri!(reply, c.meta.setattr(ino, set).await);
-                mark_stale(&files, ino, None);
-            }
+            // Writes buffered or staged by this mount land first, so a hole
+            // punched after them wins, as the caller ordered it.
+            tri!(reply, flush_open(&files, ino).await);
+            settle(&staging, ino).await;
+            tri!(
+                reply,
+                c.meta
+                    .fallocate(ino, offset, length, alloc.keep_size, alloc.zero)
+                    .await
+            );
+            // Every reader of this mount rebuilds with the new layout (the
+            // kernel drops the range from its page cache and its attributes
+            // itself).
+            mark_stale(&files, ino, None);
             reply.ok();
             Ok(())
         });
+    }
+}
+
+/// What a fallocate(2) mode asks of metad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Alloc {
+    keep_size: bool,
+    zero: bool,
+}
+
+/// The modes Cairn supports: allocation (0, KEEP_SIZE), PUNCH_HOLE with
+/// KEEP_SIZE, ZERO_RANGE with or without it. Others (COLLAPSE_RANGE,
+/// INSERT_RANGE, UNSHARE_RANGE, a punch that would change the size) are None:
+/// EOPNOTSUPP, as Linux answers for modes a file system lacks.
+fn fallocate_mode(mode: i32) -> Option<Alloc> {
+    const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+    const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+    const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+    let keep_size = mode & KEEP != 0;
+    match mode & !KEEP {
+        0 => Some(Alloc {
+            keep_size,
+            zero: false,
+        }),
+        PUNCH if keep_size => Some(Alloc {
+            keep_size,
+            zero: true,
+        }),
+        ZERO => Some(Alloc {
+            keep_size,
+            zero: true,
+        }),
+        _ => None,
     }
 }
 
@@ -1540,5 +1582,40 @@ fn answer_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
         reply.error(libc::ERANGE);
     } else {
         reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallocate_modes_map_to_metad_or_eopnotsupp() {
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        let alloc = |keep_size, zero| Some(Alloc { keep_size, zero });
+        assert_eq!(fallocate_mode(0), alloc(false, false));
+        assert_eq!(fallocate_mode(keep), alloc(true, false));
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_PUNCH_HOLE | keep),
+            alloc(true, true)
+        );
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_ZERO_RANGE),
+            alloc(false, true)
+        );
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_ZERO_RANGE | keep),
+            alloc(true, true)
+        );
+        for refused in [
+            libc::FALLOC_FL_PUNCH_HOLE,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE | keep,
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+            libc::FALLOC_FL_INSERT_RANGE,
+            libc::FALLOC_FL_UNSHARE_RANGE,
+            0x100,
+        ] {
+            assert_eq!(fallocate_mode(refused), None, "mode {refused:#x}");
+        }
     }
 }

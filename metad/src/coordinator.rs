@@ -128,6 +128,11 @@ pub enum Op {
         slices: Vec<(u64, u32)>,
         mtime: i64,
     },
+    Fallocate {
+        ino: u64,
+        f: crate::holes::Fallocate,
+        mtime: i64,
+    },
     Open {
         ino: u64,
     },
@@ -160,6 +165,7 @@ impl Op {
             | Op::Append { ino, .. }
             | Op::WriteInline { ino, .. }
             | Op::Concat { target: ino, .. }
+            | Op::Fallocate { ino, .. }
             | Op::Open { ino }
             | Op::Close { ino }
             | Op::SetLock { ino, .. } => ino_shard(*ino),
@@ -520,6 +526,7 @@ impl MetaNode {
             Op::Append { ino, slices, mtime } => {
                 local(FsCommand::Append { ino, slices, mtime }).await
             }
+            Op::Fallocate { ino, f, mtime } => local(FsCommand::Fallocate { ino, f, mtime }).await,
         }
     }
 
@@ -636,9 +643,15 @@ impl MetaNode {
         match (committed, failure) {
             (true, _) => Ok(Applied::Now),
             (false, Some(e)) => Err(e),
+            // Recovery took this attempt for abandoned (it outlived
+            // `txn-recover-after-ms`: a slow quorum, a stalled leader) and
+            // rolled it back. Nothing was applied and the abort is not
+            // remembered, so the client's retry runs the operation again:
+            // EAGAIN says so (an errno like EIO would reach the application
+            // as a failure of an operation that can still succeed).
             (false, None) => Err(MetaError::fs(
-                EIO,
-                "transaction was rolled back by recovery",
+                EAGAIN,
+                "transaction was rolled back by recovery; retry",
             )),
         }
     }

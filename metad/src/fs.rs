@@ -289,6 +289,13 @@ pub enum FsCommand {
         slices: Vec<(u64, u32)>,
         mtime: i64,
     },
+    /// fallocate(2): the length grows, or a range is zeroed as holes (see
+    /// `holes.rs`).
+    Fallocate {
+        ino: u64,
+        f: crate::holes::Fallocate,
+        mtime: i64,
+    },
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -362,7 +369,7 @@ pub enum Reply {
     },
 }
 
-type FsResult = Result<Reply, MetaError>;
+pub(crate) type FsResult = Result<Reply, MetaError>;
 
 fn err(errno: i32, message: &str) -> MetaError {
     MetaError::Fs(Errno::new(errno, message))
@@ -422,7 +429,7 @@ pub fn get_entry(txn: &Txn, parent: u64, name: &[u8]) -> Result<Option<Entry>, M
     txn.get_as(&keys::dentry(parent, name))
 }
 
-fn put_inode(txn: &mut Txn, ino: u64, inode: &Inode) -> Result<(), MetaError> {
+pub(crate) fn put_inode(txn: &mut Txn, ino: u64, inode: &Inode) -> Result<(), MetaError> {
     txn.put_as(keys::inode(ino), inode)
 }
 
@@ -972,6 +979,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             put_inode(txn, *ino, &inode)?;
             Ok(Reply::Attr { ino: *ino, inode })
         }
+        FsCommand::Fallocate { ino, f, mtime } => crate::holes::fallocate(txn, *ino, f, *mtime),
         FsCommand::AssertParent { ino, parent } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir || inode.parent != *parent {
@@ -1121,14 +1129,14 @@ pub fn stored_bytes(txn: &Txn, ino: u64, inode: &Inode) -> Result<Option<u64>, M
 }
 
 /// The chunk number in a chunk key.
-fn chunk_of_key(k: &[u8]) -> Result<u32, MetaError> {
+pub(crate) fn chunk_of_key(k: &[u8]) -> Result<u32, MetaError> {
     keys::u32_at(k, 9).ok_or_else(|| MetaError::Storage("malformed chunk key".into()))
 }
 
 /// Paints a chunk's slices in order (later overlays earlier) into the
 /// non-overlapping segments a reader sees, sorted by position; holes
 /// (slice 0) are segments too.
-fn visible_segments(slices: &[SliceRec]) -> Vec<SliceRec> {
+pub(crate) fn visible_segments(slices: &[SliceRec]) -> Vec<SliceRec> {
     let mut segs: Vec<SliceRec> = Vec::new();
     for s in slices {
         let (a, b) = (s.pos, s.pos + s.len);
@@ -1259,7 +1267,7 @@ fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> 
 }
 
 /// The inode of a regular file (data is written only to those).
-fn regular_file(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
+pub(crate) fn regular_file(txn: &Txn, ino: u64) -> Result<Inode, MetaError> {
     let inode = get_inode(txn, ino)?;
     if inode.kind != Kind::File {
         return Err(err(EISDIR, "not a regular file"));

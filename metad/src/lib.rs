@@ -12,6 +12,8 @@
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
 //! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
+//! - `holes`: fallocate: allocation, and ranges zeroed as holes whose
+//!   hidden slices are freed;
 //! - `locks`: advisory file locks (fcntl and flock) of an inode;
 //! - `gc`: deletes the blocks of freed slices on the data servers;
 //! - `network`: Raft transport over gRPC;
@@ -29,6 +31,7 @@ pub mod duties;
 pub mod error;
 pub mod fs;
 pub mod gc;
+pub mod holes;
 pub mod keys;
 pub mod kv;
 pub mod locks;

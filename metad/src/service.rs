@@ -294,6 +294,20 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 },
             }
         }
+        PbOp::Fallocate(f) => Op::Fallocate {
+            ino: f.ino,
+            f: crate::holes::Fallocate {
+                offset: f.offset,
+                len: f.length,
+                keep_size: f.keep_size,
+                zero: f.zero,
+            },
+            mtime: if f.mtime_ns == 0 {
+                now_ns()
+            } else {
+                f.mtime_ns
+            },
+        },
         PbOp::Commit(c) => Op::Commit {
             ino: c.ino,
             chunks: c

@@ -18,6 +18,7 @@ use cairn_metad::fs::Kind;
 use cairn_metad::fs::RenameMode;
 use cairn_metad::fs::SetAttrs;
 use cairn_metad::fs::SliceRec;
+use cairn_metad::holes::Fallocate;
 use cairn_metad::kv::open_db;
 use cairn_metad::kv::Txn;
 use cairn_metad::MetaError;
@@ -169,7 +170,7 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
     };
     let name = pick(rng, &NAMES).as_bytes().to_vec();
     let now = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..17) {
+    match rng.gen_range(0..18) {
         0 | 1 => FsCommand::Create {
             parent: dir,
             name,
@@ -280,6 +281,16 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
                 .collect(),
             mtime: now,
         },
+        16 => FsCommand::Fallocate {
+            ino,
+            f: Fallocate {
+                offset: size(rng),
+                len: pick(rng, &[0, 1, 4096, 1 << 26, u64::MAX]),
+                keep_size: rng.gen(),
+                zero: rng.gen(),
+            },
+            mtime: now,
+        },
         _ if depth < 2 => FsCommand::Batch(
             (0..rng.gen_range(0..4))
                 .map(|_| command(rng, state, depth + 1))
@@ -324,6 +335,7 @@ fn is_whole(cmd: &FsCommand) -> bool {
         | FsCommand::Commit { .. }
         | FsCommand::Concat { .. }
         | FsCommand::Append { .. }
+        | FsCommand::Fallocate { .. }
         | FsCommand::AssertParent { .. } => true,
         _ => false,
     }

@@ -317,7 +317,18 @@ async fn retry_after_recovery_aborted_the_first_attempt_applies_it() -> anyhow::
         fail::cfg("txn::after_prepare", "1*sleep(4000)").map_err(anyhow::Error::msg)?;
         let first = cluster.mutate_as(home, op.clone(), client, 7).await?;
         fail::remove("txn::after_prepare");
-        assert!(first.is_err(), "the rolled-back attempt answered success");
+        // Rolled back, and said to be worth a retry (EAGAIN), not a failure.
+        let Err(status) = first else {
+            anyhow::bail!("the rolled-back attempt answered success");
+        };
+        assert!(
+            matches!(
+                cairn_proto::status::decode(&status),
+                cairn_proto::status::WireError::Errno { errno, .. }
+                    if errno == cairn_proto::status::EAGAIN
+            ),
+            "the rolled-back attempt answered {status:?}"
+        );
         assert!(meta.lookup(ROOT_INO, name.as_bytes()).await.is_err());
         let retry = cluster.mutate_as(home, op, client, 7).await?;
         assert!(retry.is_ok(), "retry answered {retry:?}");
@@ -325,6 +336,43 @@ async fn retry_after_recovery_aborted_the_first_attempt_applies_it() -> anyhow::
         assert!(
             made.is_ok(),
             "the retry answered success but applied nothing"
+        );
+        check_tree(&meta).await?;
+    }
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
+
+/// Through the client library's own retries (what the FUSE mount and the S3
+/// gateway use), a cross-shard mkdir and rmdir whose first attempt stalls
+/// until recovery rolls it back succeed: the rollback is answered EAGAIN and
+/// retried. It used to be EIO, which reached applications: the spurious EIO
+/// of `rm -rf` on a loaded machine (a cross-shard rmdir that outlived
+/// `txn-recover-after-ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_rolled_back_by_recovery_is_retried_not_failed() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    for round in 0..2 {
+        let name = remote_name(ROOT_INO, &format!("slow{round}-"));
+        // The first attempt stalls after its second prepare for longer than
+        // recovery waits; the retry finds the failpoint spent.
+        fail::cfg("txn::after_prepare", "1*off->1*sleep(4000)").map_err(anyhow::Error::msg)?;
+        let made = meta.mkdir(ROOT_INO, name.as_bytes(), 0o755).await;
+        fail::remove("txn::after_prepare");
+        made?;
+        meta.lookup(ROOT_INO, name.as_bytes()).await?;
+        fail::cfg("txn::after_prepare", "1*off->1*sleep(4000)").map_err(anyhow::Error::msg)?;
+        let removed = meta.rmdir(ROOT_INO, name.as_bytes()).await;
+        fail::remove("txn::after_prepare");
+        removed?;
+        let gone = meta.lookup(ROOT_INO, name.as_bytes()).await;
+        assert!(
+            gone.as_ref()
+                .is_err_and(|e| e.errno() == cairn_proto::status::ENOENT),
+            "after rmdir: {gone:?}"
         );
         check_tree(&meta).await?;
     }

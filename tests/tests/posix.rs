@@ -1,8 +1,9 @@
 //! POSIX details through a real mount that the broad scenario in `fuse.rs`
 //! does not pin down: setgid directories, times before 1970, st_blocks of
-//! sparse files, listing a removed directory and flock per open file
-//! description. Each test is named after the behaviour it defends and
-//! compares with what Linux's local file systems answer.
+//! sparse files, listing a removed directory, flock per open file
+//! description, fallocate's modes, O_TMPFILE's clean refusal, and `rm -rf`
+//! under concurrent load. Each test is named after the behaviour it defends
+//! and compares with what Linux's local file systems answer.
 
 use std::fs;
 use std::fs::File;
@@ -291,6 +292,316 @@ async fn reads_update_atime_under_relatime_rules() -> anyhow::Result<()> {
         assert_eq!(fs::metadata(&f)?.atime(), 946_684_800);
         fs::read(&f)?;
         assert!(atime_ns(&f)? > after_write);
+        Ok(())
+    })
+    .await
+}
+
+/// One worker's loop: build a directory holding a fifo, a symlink, a regular
+/// file and a subdirectory (with entries of its own) under `parent`, then
+/// `rm -rf` it; `rounds` times. Answers the stderr of every failed round.
+const MIXED_TREE_LOOP: &str = r#"
+parent="$1"; me="$2"; rounds="$3"
+i=0
+while [ "$i" -lt "$rounds" ]; do
+  d="$parent/$me-$i"
+  mkdir "$d" && mkfifo "$d/fifo" && ln -s fifo "$d/link" && echo data > "$d/file" \
+    && mkdir "$d/sub" && echo x > "$d/sub/f" && mkfifo "$d/sub/ff" && ln -s f "$d/sub/l" \
+    || { echo "round $i: building failed" >&2; exit 1; }
+  if ! err=$(rm -rf "$d" 2>&1); then echo "round $i: rm -rf: $err" >&2; exit 1; fi
+  if [ -e "$d" ] || [ -L "$d" ]; then echo "round $i: $d still there" >&2; exit 1; fi
+  i=$((i + 1))
+done
+"#;
+
+/// Lists `dir` recursively with attributes until `stop`, failing on any error
+/// but a vanished entry (the listing races the removals, which is expected).
+fn list_until(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<u64> {
+    let mut lists = 0;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let out = Command::new("ls")
+            .args(["-lRa"])
+            .arg(dir)
+            .env("LC_ALL", "C")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in stderr.lines() {
+            ensure!(
+                line.contains("No such file or directory"),
+                "ls -lRa while removing: {line}"
+            );
+        }
+        lists += 1;
+    }
+    Ok(lists)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rm_rf_of_mixed_directories_under_concurrent_load_never_fails() -> anyhow::Result<()> {
+    // `MIXED_RM_ROUNDS` makes it a longer hunt; the default keeps CI short.
+    let rounds: u32 = std::env::var("MIXED_RM_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let a = Mount::start(&cluster, "a").await?;
+    let b = Mount::start(&cluster, "b").await?;
+    let (root_a, root_b) = (a.path.clone(), b.path.clone());
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        // Siblings in one parent (its entries on one shard, the removed
+        // subdirectories on every shard), from both mounts at once.
+        fs::create_dir(root_a.join("par"))?;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let listers: Vec<_> = [&root_a, &root_b]
+                .into_iter()
+                .map(|root| {
+                    let (dir, stop) = (root.join("par"), &stop);
+                    s.spawn(move || list_until(&dir, stop))
+                })
+                .collect();
+            let workers: Vec<_> = (0..6)
+                .map(|w| {
+                    let root = if w % 3 == 2 { &root_b } else { &root_a };
+                    let parent = root.join("par");
+                    let rounds = rounds.to_string();
+                    s.spawn(move || {
+                        let me = format!("w{w}");
+                        let p = parent.to_string_lossy();
+                        let args = ["-c", MIXED_TREE_LOOP, "sh", &p, &me, &rounds];
+                        run("sh", &args, &parent)
+                    })
+                })
+                .collect();
+            let mut failures = Vec::new();
+            for w in workers {
+                if let Err(e) = w.join().map_err(|_| anyhow::anyhow!("worker panicked"))? {
+                    failures.push(e.to_string());
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            for l in listers {
+                if let Err(e) = l.join().map_err(|_| anyhow::anyhow!("lister panicked"))? {
+                    failures.push(e.to_string());
+                }
+            }
+            ensure!(failures.is_empty(), "{}", failures.join("\n"));
+            Ok(())
+        })?;
+        // Both mounts see the parent empty afterwards.
+        for root in [&root_a, &root_b] {
+            let left: Vec<_> = fs::read_dir(root.join("par"))?.collect();
+            ensure!(left.is_empty(), "left behind: {left:?}");
+        }
+        Ok(())
+    })
+    .await?;
+    drop((a, b));
+    // On failure, say which requests the mounts failed (logged at debug).
+    outcome.map_err(|e| {
+        let failed: Vec<String> = ["a.log", "b.log"]
+            .iter()
+            .filter_map(|l| fs::read_to_string(cluster.dir.path().join(l)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter(|l| l.contains("failed") && !l.contains("(errno 2)"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        e.context(failed.join("\n"))
+    })
+}
+
+/// `fallocate` (util-linux) with `args` on `file` in `dir`: Ok, or the
+/// error it printed.
+fn fallocate(dir: &Path, args: &[&str], file: &str) -> anyhow::Result<Result<(), String>> {
+    let out = Command::new("fallocate")
+        .args(args)
+        .arg(file)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .output()
+        .context("running fallocate")?;
+    Ok(if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}
+
+/// Every mode of fallocate(2) on one file, against a model of its bytes,
+/// through a mount started with `mount_args` (plain, or write-back).
+async fn fallocate_scenario(mount_args: &[&str]) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const MIB: usize = 1 << 20;
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let cache = cluster.dir.path().join("cache");
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let mut args = mount_args.to_vec();
+    if args.contains(&"--writeback") {
+        args.extend(["--cache-dir", cache_arg.as_str()]);
+    }
+    let mount = Mount::start_with(&cluster, "mnt", &args).await?;
+    let root = mount.path.clone();
+    let client = cluster.client();
+    let rt = tokio::runtime::Handle::current();
+    // Blocks held by the data server, as it reports them in the cluster map.
+    let blocks_reach = move |want: u64, what: &'static str| -> anyhow::Result<()> {
+        let client = client.clone();
+        rt.block_on(cairn_tests::wait_for(what, Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let map = client.meta.refresh_map().await;
+                map.is_ok_and(|m| m.data_nodes.iter().map(|n| n.blocks).sum::<u64>() == want)
+            }
+        }))
+    };
+    let model = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let f = root.join("f");
+        let check = |model: &[u8], what: &str| -> anyhow::Result<()> {
+            let got = fs::read(&f)?;
+            ensure!(got.len() == model.len(), "{what}: size {}", got.len());
+            let first = got.iter().zip(model).position(|(a, b)| a != b);
+            ensure!(first.is_none(), "{what}: first wrong byte at {first:?}");
+            Ok(())
+        };
+        // Two slices: 6 MiB (two 4 MiB blocks), then 1 MiB over [1, 2) MiB.
+        let mut model = cairn_tests::random_bytes(6 * MIB, 11);
+        fs::write(&f, &model)?;
+        let h = OpenOptions::new().write(true).open(&f)?;
+        h.write_all_at(&[0xab; MIB], MIB as u64)?;
+        drop(h);
+        model[MIB..2 * MIB].fill(0xab);
+        check(&model, "written")?;
+        blocks_reach(3, "the written blocks to be reported")?;
+        assert_eq!(fs::metadata(&f)?.blocks(), (6 * MIB / 512) as u64);
+
+        // A write not yet flushed (buffered in its handle, or staged), then
+        // a punch of the same range through another process: the punch wins
+        // for every descriptor, and the close commits nothing over it.
+        let h = OpenOptions::new().read(true).write(true).open(&f)?;
+        h.write_all_at(&[0xcd; 64 << 10], 4 * MIB as u64)?;
+        let range = ["-p", "-o", "4194304", "-l", "65536"];
+        fallocate(&root, &range, "f")?.map_err(anyhow::Error::msg)?;
+        model[4 * MIB..4 * MIB + (64 << 10)].fill(0);
+        let mut back = vec![1u8; 64 << 10];
+        h.read_exact_at(&mut back, 4 * MIB as u64)?;
+        ensure!(
+            back.iter().all(|&b| b == 0),
+            "the writer's fd reads the punched data"
+        );
+        check(&model, "punched after an unflushed write")?;
+        drop(h);
+        check(&model, "after the writer's close")?;
+
+        // PUNCH_HOLE|KEEP_SIZE over the second slice: it is hidden
+        // everywhere, so its block goes; the size stays; st_blocks drops.
+        fallocate(&root, &["-p", "-o", "1048576", "-l", "1048576"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model[MIB..2 * MIB].fill(0);
+        check(&model, "punched")?;
+        let stored = 6 * MIB - MIB - (64 << 10);
+        assert_eq!(fs::metadata(&f)?.blocks(), (stored / 512) as u64);
+        // The 1 MiB slice and the punched 64 KiB write are released.
+        blocks_reach(2, "the punched slices' blocks to go")?;
+
+        // ZERO_RANGE|KEEP_SIZE across the end: zeros up to it, same size.
+        fallocate(&root, &["-z", "-n", "-o", "5242880", "-l", "4194304"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model[5 * MIB..].fill(0);
+        check(&model, "zeroed, size kept")?;
+        // ZERO_RANGE past the end grows the file.
+        fallocate(&root, &["-z", "-o", "5767168", "-l", "2097152"], "f")?
+            .map_err(anyhow::Error::msg)?;
+        model.resize(5 * MIB + MIB / 2 + 2 * MIB, 0);
+        check(&model, "zeroed past the end")?;
+        // Mode 0 allocates (a longer file, the data intact); KEEP_SIZE
+        // allocates without changing the size.
+        fallocate(&root, &["-o", "0", "-l", "9437184"], "f")?.map_err(anyhow::Error::msg)?;
+        model.resize(9 * MIB, 0);
+        check(&model, "allocated")?;
+        fallocate(&root, &["-n", "-o", "0", "-l", "33554432"], "f")?.map_err(anyhow::Error::msg)?;
+        check(&model, "allocated, size kept")?;
+
+        // Modes Cairn lacks are EOPNOTSUPP and change nothing.
+        let before = fs::metadata(&f)?;
+        for refused in [
+            ["-c", "-o", "0", "-l", "1048576"],
+            ["-i", "-o", "0", "-l", "1048576"],
+        ] {
+            let e = fallocate(&root, &refused, "f")?
+                .err()
+                .context("refused mode accepted")?;
+            ensure!(e.contains("Operation not supported"), "{refused:?}: {e}");
+        }
+        check(&model, "after refused modes")?;
+        let after = fs::metadata(&f)?;
+        assert_eq!(
+            (after.len(), after.mtime(), after.mtime_nsec()),
+            (before.len(), before.mtime(), before.mtime_nsec())
+        );
+
+        // A small file (inline data): zeroed in place and cut at its end.
+        let small = root.join("small");
+        let mut tiny = cairn_tests::random_bytes(1000, 12);
+        fs::write(&small, &tiny)?;
+        fallocate(&root, &["-p", "-o", "100", "-l", "100"], "small")?
+            .map_err(anyhow::Error::msg)?;
+        fallocate(&root, &["-p", "-o", "900", "-l", "5000"], "small")?
+            .map_err(anyhow::Error::msg)?;
+        tiny[100..200].fill(0);
+        tiny[900..].fill(0);
+        assert_eq!(fs::read(&small)?, tiny);
+        Ok(model)
+    })
+    .await??;
+    // Another client reads what the mount left.
+    let got = cairn_tests::read_file(&cluster.client(), "/f").await?;
+    assert!(got == model, "another client reads other bytes");
+    drop(mount);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallocate_allocates_punches_and_zeroes_ranges() -> anyhow::Result<()> {
+    fallocate_scenario(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallocate_punch_wins_over_staged_writeback_writes() -> anyhow::Result<()> {
+    fallocate_scenario(&["--writeback"]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn o_tmpfile_fails_cleanly_and_programs_fall_back() -> anyhow::Result<()> {
+    on_mount(|root| {
+        // Linux's FUSE sends O_TMPFILE as FUSE_TMPFILE (opcode 51, protocol
+        // 7.37), which fuser does not decode: it answers ENOSYS, and the
+        // kernel turns that into EOPNOTSUPP (remembered for the mount).
+        // Asked twice: the second answer comes from the kernel's memory.
+        let script = r#"
+import errno, os, tempfile
+out = []
+for _ in range(2):
+    try:
+        os.close(os.open(".", os.O_TMPFILE | os.O_RDWR, 0o600))
+        out.append("opened")
+    except OSError as e:
+        # ENOTSUP and EOPNOTSUPP are one number on Linux.
+        out.append("EOPNOTSUPP" if e.errno == errno.EOPNOTSUPP else errno.errorcode[e.errno])
+# tempfile tries O_TMPFILE first, then falls back to a named file it unlinks.
+with tempfile.TemporaryFile(dir=".") as f:
+    f.write(b"scratch")
+    f.seek(0)
+    out.append(f.read().decode())
+print(" ".join(out))
+"#;
+        let out = run("python3", &["-c", script], &root)?;
+        assert_eq!(out.trim(), "EOPNOTSUPP EOPNOTSUPP scratch");
+        // Nothing was left behind by the refused opens or the fallback.
+        let left: Vec<_> = fs::read_dir(&root)?.collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
         Ok(())
     })
     .await
