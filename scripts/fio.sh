@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 command -v fio >/dev/null || { as_root apt-get install -y -qq fio >/dev/null; }
-cargo build --bin cairn
-CAIRN="$CARGO_TARGET_DIR/debug/cairn"
+cargo build --release --bin cairn
+CAIRN="$CARGO_TARGET_DIR/release/cairn"
 SIZE=${SIZE:-4G}
 COUNT=${COUNT:-10000}
 dir=$(mktemp -d "${BENCH_DIR:-/tmp}/cairn-fio.XXXXXX")

@@ -80,7 +80,7 @@ impl EntryCache {
             return Err(None);
         }
         if let Some(attr) = dir.names.get(name) {
-            return Ok(attr.clone());
+            return Ok(*attr);
         }
         dir.misses += 1;
         Err((dir.misses == 2).then_some(generation))
