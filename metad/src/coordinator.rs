@@ -969,41 +969,82 @@ impl MetaNode {
         // Inodes the entry commands above do not reach: those on other shards
         // (a same-shard Rename fixes its own shard's inodes itself). A moved
         // inode's ctime changes wherever it lives, as on local file systems, so
-        // `rename` behaves the same whichever shard placement drew.
+        // `rename` behaves the same whichever shard placement drew. A ctime
+        // alone is not worth a transaction (POSIX leaves it to the file
+        // system): `touches` are applied after the rename commits.
         let fixed_by_rename = |ino: u64| home == dst_home && ino_shard(ino) == home;
+        let mut touches = Vec::new();
         if !fixed_by_rename(src.ino) {
-            let cmd = if src.kind == Kind::Dir && parent != new_parent {
-                FsCommand::SetParent {
+            if src.kind == Kind::Dir && parent != new_parent {
+                let cmd = FsCommand::SetParent {
                     ino: src.ino,
                     parent: new_parent,
                     now,
-                }
+                };
+                actions.push((ino_shard(src.ino), cmd));
             } else {
-                touch(src.ino, now)
-            };
-            actions.push((ino_shard(src.ino), cmd));
+                touches.push((ino_shard(src.ino), touch(src.ino, now)));
+            }
         }
         if let Some(d) = dst.filter(|d| !fixed_by_rename(d.ino)) {
             let fix = match (mode, d.kind) {
-                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => FsCommand::SetParent {
-                    ino: d.ino,
-                    parent,
-                    now,
-                },
-                (RenameMode::Exchange, _) => touch(d.ino, now),
-                (_, Kind::Dir) => FsCommand::DropDir { ino: d.ino },
-                _ => FsCommand::AdjustNlink {
+                (RenameMode::Exchange, Kind::Dir) if parent != new_parent => {
+                    Some(FsCommand::SetParent {
+                        ino: d.ino,
+                        parent,
+                        now,
+                    })
+                }
+                (RenameMode::Exchange, _) => {
+                    touches.push((ino_shard(d.ino), touch(d.ino, now)));
+                    None
+                }
+                (_, Kind::Dir) => Some(FsCommand::DropDir { ino: d.ino }),
+                _ => Some(FsCommand::AdjustNlink {
                     ino: d.ino,
                     delta: -1,
                     now,
-                },
+                }),
             };
-            actions.push((ino_shard(d.ino), fix));
+            if let Some(fix) = fix {
+                actions.push((ino_shard(d.ino), fix));
+            }
         }
+        self.finish_rename(home, step, actions, touches, asserts, src, dst)
+            .await
+    }
+
+    /// Commits a rename's `actions` with its ancestry `asserts`, then the
+    /// ctime `touches` of renamed inodes on other shards: inside the
+    /// transaction when there is one anyway (no extra round), else after the
+    /// single-shard command, best effort.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_rename(
+        &self,
+        home: ShardId,
+        step: &Steps,
+        mut actions: Vec<(ShardId, FsCommand)>,
+        touches: Vec<(ShardId, FsCommand)>,
+        asserts: Vec<(u64, u64)>,
+        src: Entry,
+        dst: Option<Entry>,
+    ) -> Result<Reply, MetaError> {
         for (ino, parent) in asserts {
             actions.push((ino_shard(ino), FsCommand::AssertParent { ino, parent }));
         }
-        self.run_txn(home, step, actions).await?;
+        let one_shard = actions.iter().all(|(shard, _)| *shard == home);
+        if one_shard {
+            self.run_txn(home, step, actions).await?;
+            let touched = touches.into_iter().map(|(shard, cmd)| async move {
+                if let Err(e) = self.propose(shard, unkeyed(Command::Fs(cmd))).await {
+                    tracing::debug!(shard, "ctime of a renamed inode: {e}");
+                }
+            });
+            futures::future::join_all(touched).await;
+        } else {
+            actions.extend(touches);
+            self.run_txn(home, step, actions).await?;
+        }
         Ok(Reply::Renamed {
             moved: src,
             replaced: dst,
