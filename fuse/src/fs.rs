@@ -107,6 +107,8 @@ struct OpenFile {
     /// The mount's open files, to mark the inode's other handles stale after
     /// a commit (weak: the table holds this handle).
     files: std::sync::Weak<Mutex<HashMap<u64, Entry>>>,
+    /// The set-id bits were cleared (or absent) for an unprivileged writer.
+    privs_killed: bool,
 }
 
 /// The part of a handle other requests read and set without taking its lock
@@ -170,6 +172,25 @@ async fn settle(staging: &Option<Arc<Staging>>, ino: u64) {
     if let Some(staging) = staging {
         staging.wait_uploaded(ino).await;
     }
+}
+
+/// What a write by an unprivileged process does to a file's mode, as the
+/// kernel does it on its own write path: S_ISUID goes, and S_ISGID with it
+/// when the group may execute.
+async fn kill_set_id_bits(c: &Client, ino: u64) -> Result<(), ClientError> {
+    let a = c.meta.getattr(ino).await?;
+    let mut kill = libc::S_ISUID;
+    if a.perm & libc::S_IXGRP != 0 {
+        kill |= libc::S_ISGID;
+    }
+    if a.perm & kill != 0 {
+        let set = pb::SetAttr {
+            perm: Some(a.perm & 0o7777 & !kill),
+            ..Default::default()
+        };
+        c.meta.setattr(ino, set).await?;
+    }
+    Ok(())
 }
 
 /// Open files by file handle.
@@ -898,6 +919,7 @@ impl Filesystem for CairnFs {
                 stage: None,
                 shared,
                 files: Arc::downgrade(&files),
+                privs_killed: false,
             };
             insert_file(&files, fh, file);
             // The kernel keeps its page cache for a file unchanged (same mtime
@@ -1004,7 +1026,7 @@ impl Filesystem for CairnFs {
         fh: u64,
         offset: i64,
         data: &[u8],
-        _write_flags: u32,
+        write_flags: u32,
         flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
@@ -1013,12 +1035,19 @@ impl Filesystem for CairnFs {
             return reply.error(libc::EBADF);
         };
         let data = data.to_vec();
+        // Direct I/O writes (O_APPEND handles) bypass the kernel's own
+        // clearing of set-id bits: it asks the file system to do it.
+        let kill_privs = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
         // O_APPEND (the file's flags now, fcntl included): metad places the
         // data at the end when it commits, not at the kernel's offset.
         let append = flags & libc::O_APPEND != 0;
         self.spawn("write", reply, move |c, reply| async move {
             let mut h = handle.lock().await;
             h.reader = None;
+            if kill_privs && !h.privs_killed {
+                tri!(reply, kill_set_id_bits(&c, h.ino).await);
+                h.privs_killed = true;
+            }
             let offset = match u64::try_from(offset) {
                 Ok(_) if append => crate::writeback::AT_END,
                 Ok(o) => o,
@@ -1399,6 +1428,7 @@ impl Filesystem for CairnFs {
                 stage: None,
                 shared: Arc::default(),
                 files: Arc::downgrade(&files),
+                privs_killed: false,
             };
             insert_file(&files, fh, file);
             remember(&told, &attr);
