@@ -10,8 +10,10 @@
 //! changes), and open, getattr and reads do not consult it, so close-to-open
 //! holds as without it.
 //!
-//! A directory is listed after its second lookup miss within `ttl`, from the
-//! missed name on, one page: lookups in name order (the common walk) then hit.
+//! A directory is listed once two lookups that missed here found their name
+//! at metad within `ttl`, from the second name on, one page: lookups in name
+//! order (the common walk) then hit. Lookups of names that do not exist (the
+//! kernel's before a create, mkdir or rename) never cause a listing.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +47,16 @@ struct Dir {
     names: HashMap<Vec<u8>, pb::Attr>,
 }
 
+impl Dir {
+    fn new() -> Dir {
+        Dir {
+            since: Instant::now(),
+            misses: 0,
+            names: HashMap::new(),
+        }
+    }
+}
+
 impl EntryCache {
     pub fn new(ttl: Duration) -> Self {
         EntryCache {
@@ -57,33 +69,32 @@ impl EntryCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cached attributes of `name` in `parent`, if fresh. On a miss,
-    /// answers whether the caller should list the directory (its second
-    /// miss), with the generation to hand back to [`fill`](Self::fill).
-    pub fn get(&self, parent: u64, name: &[u8]) -> Result<pb::Attr, Option<u64>> {
+    /// The cached attributes of `name` in `parent`, if fresh.
+    pub fn get(&self, parent: u64, name: &[u8]) -> Option<pb::Attr> {
+        let mut state = self.lock();
+        let dir = state.dirs.get(&parent)?;
+        if dir.since.elapsed() >= self.ttl {
+            let dropped = dir.names.len();
+            state.dirs.remove(&parent);
+            state.entries -= dropped;
+            return None;
+        }
+        dir.names.get(name).copied()
+    }
+
+    /// Records that a lookup in `parent` missed here and found its name at
+    /// metad; answers, at the second such lookup, the generation to hand to
+    /// [`fill`](Self::fill) with a listing of the directory.
+    pub fn found(&self, parent: u64) -> Option<u64> {
         let mut state = self.lock();
         let generation = state.generation;
         let ttl = self.ttl;
-        let dir = state.dirs.entry(parent).or_insert_with(|| Dir {
-            since: Instant::now(),
-            misses: 0,
-            names: HashMap::new(),
-        });
+        let dir = state.dirs.entry(parent).or_insert_with(Dir::new);
         if dir.since.elapsed() >= ttl {
-            let dropped = dir.names.len();
-            *dir = Dir {
-                since: Instant::now(),
-                misses: 0,
-                names: HashMap::new(),
-            };
-            state.entries -= dropped;
-            return Err(None);
-        }
-        if let Some(attr) = dir.names.get(name) {
-            return Ok(*attr);
+            *dir = Dir::new();
         }
         dir.misses += 1;
-        Err((dir.misses == 2).then_some(generation))
+        (dir.misses == 2).then_some(generation)
     }
 
     /// Keeps the entries of a listing of `parent` that came with attributes,
@@ -98,11 +109,7 @@ impl EntryCache {
             state.entries = 0;
         }
         let mut added = 0;
-        let dir = state.dirs.entry(parent).or_insert_with(|| Dir {
-            since: Instant::now(),
-            misses: 0,
-            names: HashMap::new(),
-        });
+        let dir = state.dirs.entry(parent).or_insert_with(Dir::new);
         dir.since = Instant::now();
         for entry in listing {
             if let Some(attr) = entry.attr {
@@ -141,32 +148,33 @@ mod tests {
     }
 
     #[test]
-    fn lists_on_the_second_miss_and_forgets_on_mutation() {
+    fn lists_on_the_second_found_miss_and_forgets_on_mutation() {
         let cache = EntryCache::new(Duration::from_secs(60));
-        assert_eq!(cache.get(1, b"a"), Err(None));
-        let Err(Some(generation)) = cache.get(1, b"b") else {
-            panic!("the second miss asks for a listing");
+        assert!(cache.get(1, b"a").is_none());
+        assert_eq!(cache.found(1), None);
+        let Some(generation) = cache.found(1) else {
+            panic!("the second found miss asks for a listing");
         };
         cache.fill(1, generation, vec![entry("c", 3), entry("d", 4)]);
-        assert_eq!(cache.get(1, b"c").map(|a| a.ino), Ok(3));
+        assert_eq!(cache.get(1, b"c").map(|a| a.ino), Some(3));
         // Never a negative answer: a name missing from the listing is a miss.
-        assert!(cache.get(1, b"zz").is_err());
+        assert!(cache.get(1, b"zz").is_none());
         cache.invalidate();
-        assert!(cache.get(1, b"c").is_err());
+        assert!(cache.get(1, b"c").is_none());
         // A listing that began before a mutation is not kept.
-        cache.get(2, b"x").ok();
-        let Err(Some(generation)) = cache.get(2, b"y") else {
-            panic!("the second miss asks for a listing");
+        cache.found(2);
+        let Some(generation) = cache.found(2) else {
+            panic!("the second found miss asks for a listing");
         };
         cache.invalidate();
         cache.fill(2, generation, vec![entry("c", 3)]);
-        assert!(cache.get(2, b"c").is_err());
+        assert!(cache.get(2, b"c").is_none());
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
         let cache = EntryCache::new(Duration::ZERO);
         cache.fill(1, 0, vec![entry("c", 3)]);
-        assert!(cache.get(1, b"c").is_err());
+        assert!(cache.get(1, b"c").is_none());
     }
 }

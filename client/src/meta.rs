@@ -77,7 +77,11 @@ pub struct MetaClient {
     next_token: AtomicU64,
     /// Recently listed entries, for lookups (mounts only; see `entries.rs`).
     entries: Option<EntryCache>,
+    /// Access-time updates sent and not answered yet, by inode.
+    atimes: Mutex<HashMap<u64, PendingAtime>>,
 }
+
+type PendingAtime = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 struct LazyOpen {
     ino: u64,
@@ -123,6 +127,7 @@ impl MetaClient {
             lazy_opens: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             entries: None,
+            atimes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -301,25 +306,27 @@ impl MetaClient {
 
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
         validate_name(name).map_err(|e| ClientError::fs(e.errno(), e.to_string()))?;
-        let Some(cache) = &self.entries else {
-            return self.lookup_uncached(parent, name).await;
-        };
-        match cache.get(parent, name) {
-            Ok(attr) => Ok(attr),
-            Err(None) => self.lookup_uncached(parent, name).await,
-            Err(Some(generation)) => {
-                // A second miss in this directory: list the names that follow
-                // while looking this one up.
-                let (found, listing) = tokio::join!(
-                    self.lookup_uncached(parent, name),
-                    self.readdir_page(parent, name, LISTING_PAGE, true)
-                );
-                if let Ok((page, _)) = listing {
-                    cache.fill(parent, generation, page);
+        let attr = match &self.entries {
+            None => self.lookup_uncached(parent, name).await?,
+            Some(cache) => match cache.get(parent, name) {
+                Some(attr) => attr,
+                None => {
+                    let attr = self.lookup_uncached(parent, name).await?;
+                    if let Some(generation) = cache.found(parent) {
+                        // The second name found here: list the names after it.
+                        let page = self.readdir_page(parent, name, LISTING_PAGE, true);
+                        if let Ok((page, _)) = page.await {
+                            cache.fill(parent, generation, page);
+                        }
+                    }
+                    attr
                 }
-                found
-            }
+            },
+        };
+        if self.atime_settled(attr.ino).await {
+            return self.getattr(attr.ino).await;
         }
+        Ok(attr)
     }
 
     async fn lookup_uncached(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
@@ -338,6 +345,7 @@ impl MetaClient {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<pb::Attr> {
+        self.atime_settled(ino).await;
         let reply = self
             .call(ino_shard(ino), |mut c| async move {
                 c.get_attr(pb::GetAttrRequest { ino }).await
@@ -659,6 +667,53 @@ impl MetaClient {
     }
 
     /// Records a read's access: atime becomes the server's now, ctime stays.
+    /// An access-time update (relatime's, for an open to read) off the
+    /// caller's path: this client's getattr and lookup of the inode wait for
+    /// it, so the client reads its own atime; other clients see it once it
+    /// lands. A failed update is only logged (as a lost atime write is on a
+    /// local file system).
+    pub fn access_later(self: &Arc<Self>, ino: u64) {
+        let mut pending = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.contains_key(&ino) {
+            return;
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = me.access(ino).await {
+                tracing::debug!(ino, "access time update: {e}");
+            }
+            me.atimes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ino);
+        });
+        let done = async move {
+            let _ = task.await;
+        };
+        pending.insert(
+            ino,
+            futures::FutureExt::shared(futures::FutureExt::boxed(done)),
+        );
+    }
+
+    /// Waits for this client's access-time update of `ino`, if one is on its
+    /// way; answers whether there was one.
+    async fn atime_settled(&self, ino: u64) -> bool {
+        let pending = self
+            .atimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .cloned();
+        match pending {
+            Some(done) => {
+                done.await;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub async fn access(&self, ino: u64) -> Result<pb::Attr> {
         let op = Op::SetAttr(pb::SetAttrOp {
             ino,

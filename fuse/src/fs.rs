@@ -902,8 +902,9 @@ impl Filesystem for CairnFs {
             // small file's inline data); tracking the open costs no write.
             let (attr, reader) = tri!(reply, c.open_reader(ino).await);
             if flags & libc::O_ACCMODE != libc::O_WRONLY && relatime_due(&attr, SystemTime::now()) {
-                // An open for reading stands for the read (see relatime_due).
-                tri!(reply, c.meta.access(attr.ino).await);
+                // An open for reading stands for the read (see relatime_due);
+                // the update is not waited for (this mount's stat waits).
+                c.meta.access_later(attr.ino);
             }
             let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let shared = Arc::new(Shared {
