@@ -103,7 +103,16 @@ impl NetClient {
         }
         .map_err(|s| {
             let e = TransportError(format!("{}: {}", s.code(), s.message()));
-            RPCError::Unreachable(Unreachable::new(&e))
+            // Only a peer that cannot be reached makes openraft back off (it
+            // stops replicating to it for a while). An answer that missed its
+            // deadline (a slow fsync on a busy disk: appends get a heartbeat
+            // interval) is retried at once; backing off for it stalled every
+            // commit that needed that follower.
+            if s.code() == tonic::Code::Unavailable {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
         })?;
         let result: Result<Resp, RaftError<u64, E>> =
             bincode::deserialize(&reply.into_inner().payload).map_err(|e| {
