@@ -611,12 +611,8 @@ impl MetaNode {
                 return Ok(Applied::Earlier);
             }
         }
-        // Round 3: the decision, which finishes the home shard's part too.
-        let decide = TxnCommand::Decide {
-            id,
-            commit,
-            now_ms: now_ns() / 1_000_000,
-        };
+        // Round 3: the decision.
+        let decide = TxnCommand::Decide { id, commit };
         let decide = if commit {
             step.req(DECIDE_STEP, Command::Txn(decide))
         } else {
@@ -638,7 +634,7 @@ impl MetaNode {
             self.complete(home, decided_id).await?;
             return Ok(Applied::Earlier);
         }
-        // Round 4: the other participants finish at once.
+        // Rounds 4 and 5: the other participants finish at once, then home.
         self.finish_txn(home, id, &participants, committed).await?;
         match (committed, failure) {
             (true, _) => Ok(Applied::Now),
@@ -735,9 +731,10 @@ impl MetaNode {
         Ok(())
     }
 
-    /// Sends the decision to every participant at once; the record is then
-    /// forgotten in the background (recovery finishes and forgets it if this
-    /// node dies first).
+    /// Sends the decision to the participants other than `home` at once,
+    /// then to `home` (a new directory's inode exists before its name shows);
+    /// the record is then forgotten in the background (recovery finishes and
+    /// forgets it if this node dies first).
     async fn finish_txn(
         &self,
         home: ShardId,
@@ -746,16 +743,23 @@ impl MetaNode {
         commit: bool,
     ) -> Result<(), MetaError> {
         let now_ms = now_ns() / 1_000_000;
-        let finishes = participants.iter().map(|&shard| async move {
+        let finish = |shard: ShardId| async move {
             let finish = TxnCommand::Finish { id, commit, now_ms };
             self.propose(shard, unkeyed(Command::Txn(finish))).await?;
             fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
                 "failpoint txn::after_finish".into()
             )));
             Ok::<(), MetaError>(())
-        });
-        for result in futures::future::join_all(finishes).await {
+        };
+        let others = participants
+            .iter()
+            .filter(|&&s| s != home)
+            .map(|&s| finish(s));
+        for result in futures::future::join_all(others).await {
             result?;
+        }
+        if participants.contains(&home) {
+            finish(home).await?;
         }
         self.finished
             .lock()
@@ -796,11 +800,7 @@ impl MetaNode {
                     continue;
                 }
                 let result = async {
-                    let decide = TxnCommand::Decide {
-                        id,
-                        commit: false,
-                        now_ms,
-                    };
+                    let decide = TxnCommand::Decide { id, commit: false };
                     let committed = match self
                         .propose_local(shard, unkeyed(Command::Txn(decide)))
                         .await?

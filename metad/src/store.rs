@@ -900,7 +900,6 @@ mod tests {
             cmd: Command::Txn(crate::txn::TxnCommand::Decide {
                 id: 77,
                 commit: true,
-                now_ms: 1,
             }),
         };
         let resp = apply(&decide, 10);

@@ -10,18 +10,20 @@
 //!   they would write (`L<key>`). Nothing else may write a locked key (it gets
 //!   EAGAIN and retries), so the commands still succeed when the decision comes.
 //! - The coordinator *decides* commit (every participant prepared) or abort; the
-//!   first decision recorded wins, and the coordinator's own part is finished
-//!   in the same command.
-//! - Each other participant *finishes* (all at once): on commit it applies its
-//!   commands, on abort it drops them; either way it unlocks and leaves a
-//!   tombstone (`a<id>`, the finish time), so a prepare that arrives late
-//!   (after recovery aborted the transaction, or after it finished) is refused
-//!   instead of locking keys that nobody would ever unlock.
+//!   first decision recorded wins.
+//! - Each participant *finishes*, the other participants all at once and the
+//!   coordinator's shard last (so a new directory's inode exists before its
+//!   name is visible): on commit it applies its commands, on abort it drops
+//!   them; either way it unlocks and leaves a tombstone (`a<id>`, the finish
+//!   time), so a prepare that arrives late (after recovery aborted the
+//!   transaction, or after it finished) is refused instead of locking keys
+//!   that nobody would ever unlock.
 //! - The coordinator forgets records once every participant finished, many in
 //!   one command, off the operation's path.
 //!
-//! So a cross-shard operation costs four consensus rounds one after another
-//! (record, prepares, decision, finishes) whatever the number of shards.
+//! So a cross-shard operation costs five consensus rounds one after another
+//! (record, prepares, decision, other finishes, home finish) whatever the
+//! number of shards.
 //!
 //! Recovery: a coordinator leader finds records older than a few seconds,
 //! decides abort for those still preparing, and (re)sends finish to every
@@ -87,9 +89,8 @@ pub enum TxnCommand {
         cmds: Vec<FsCommand>,
         started_ms: i64,
     },
-    /// Coordinator: record the decision (the first one wins) and finish the
-    /// coordinator shard's own part accordingly.
-    Decide { id: u64, commit: bool, now_ms: i64 },
+    /// Coordinator: record the decision (the first one wins).
+    Decide { id: u64, commit: bool },
     /// Participant: apply or drop the intent, unlock, leave a tombstone.
     Finish { id: u64, commit: bool, now_ms: i64 },
     /// Coordinator: drop the records of finished transactions.
@@ -174,7 +175,7 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             prepare(txn, *id, *coordinator, cmds, *started_ms)?;
             Ok(txn_reply(*id, None))
         }
-        TxnCommand::Decide { id, commit, now_ms } => {
+        TxnCommand::Decide { id, commit } => {
             // Only recovery resolves a record its coordinator has not decided,
             // and recovery aborts: a record gone stands for an abort.
             let mut committed = false;
@@ -189,7 +190,6 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
                 }
                 committed = record.state == TxnState::Committed;
             }
-            finish(txn, *id, committed, *now_ms)?;
             Ok(txn_reply(*id, Some(committed)))
         }
         TxnCommand::Finish { id, commit, now_ms } => {
@@ -400,7 +400,6 @@ mod tests {
                 &TxnCommand::Decide {
                     id: 3,
                     commit: false,
-                    now_ms: 1,
                 },
             )
         })
@@ -418,7 +417,6 @@ mod tests {
                 &TxnCommand::Decide {
                     id: 3,
                     commit: true,
-                    now_ms: 1,
                 },
             )
         })
@@ -433,10 +431,10 @@ mod tests {
     }
 
     /// The coordinator's own part is prepared by the command that records
-    /// the transaction and applied by the one that decides it; a Begin whose
-    /// part does not prepare records nothing.
+    /// the transaction (a Begin whose part does not prepare records nothing)
+    /// and applied by its finish after the decision.
     #[test]
-    fn begin_prepares_and_decide_finishes_the_home_part() {
+    fn begin_prepares_the_home_part() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
@@ -461,23 +459,14 @@ mod tests {
         let decide = TxnCommand::Decide {
             id: 31,
             commit: true,
-            now_ms: 5,
         };
-        let r = run(&db, 1, |t| apply(t, &decide)).unwrap();
-        assert_eq!(
-            r,
-            Reply::Txn {
-                id: 31,
-                committed: Some(true)
-            }
-        );
+        run(&db, 1, |t| apply(t, &decide)).unwrap();
+        assert!(locked(&db), "the decision alone applies nothing");
+        run(&db, 1, |t| apply(t, &finish(31, true))).unwrap();
         assert!(!locked(&db));
         assert!(fs::get_entry(&Txn::new(&db, 1), ROOT_INO, b"d")
             .unwrap()
             .is_some());
-        // The home part is finished: a late prepare of it is refused.
-        let late = run(&db, 1, |t| apply(t, &prepare(31, "x", 0)));
-        assert!(matches!(late, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
         run(&db, 1, |t| apply(t, &TxnCommand::Forget { ids: vec![31] })).unwrap();
         assert!(records(&Txn::new(&db, 1)).unwrap().is_empty());
     }
@@ -520,11 +509,7 @@ mod tests {
             now_ms: 0,
         };
         run(&db, 1, |t| apply(t, &begin)).unwrap();
-        let decide = |commit| TxnCommand::Decide {
-            id: 5,
-            commit,
-            now_ms: 1,
-        };
+        let decide = |commit| TxnCommand::Decide { id: 5, commit };
         run(&db, 1, |t| apply(t, &decide(false))).unwrap();
         let late = run(&db, 1, |t| apply(t, &decide(true))).unwrap();
         assert_eq!(
