@@ -914,6 +914,26 @@ mod tests {
         assert!(remembered(&txn, &decide.key.unwrap()).unwrap().is_none());
     }
 
+    /// Two stores of shard 2 under `dir`: the first holds 20,000 inodes
+    /// applied up to index 20,001, the second is empty.
+    fn two_shards_one_filled(dir: &Path) -> (Arc<DB>, StateMachine, Arc<DB>, StateMachine) {
+        let open = |name: &str| {
+            let db = kv::open_db(&dir.join(name)).unwrap();
+            let sm = StateMachine::new(db.clone(), 2, dir.join(format!("{name}-snap")));
+            (db, sm)
+        };
+        let (db1, sm1) = open("a");
+        let (db2, sm2) = open("b");
+        let mut txn = Txn::new(&db1, 2);
+        for i in 0..20_000u32 {
+            txn.put(keys::inode(u64::from(i)), vec![7; 100]);
+        }
+        let applied = LogId::<u64>::new(openraft::CommittedLeaderId::new(1, 1), 20_001);
+        txn.put(keys::APPLIED.to_vec(), kv::encode(&applied).unwrap());
+        db1.write(txn.into_batch().unwrap()).unwrap();
+        (db1, sm1, db2, sm2)
+    }
+
     /// A shard of 20,000 keys goes through the snapshot files (built from one
     /// store, received and installed into another) and arrives whole; keys of
     /// the receiver that the snapshot lacks are gone.
@@ -922,26 +942,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let open = |name: &str| {
-                let db = kv::open_db(&dir.path().join(name)).unwrap();
-                let sm = StateMachine::new(db.clone(), 2, dir.path().join(format!("{name}-snap")));
-                (db, sm)
-            };
-            let (db1, mut sm1) = open("a");
-            let (db2, mut sm2) = open("b");
-            let mut txn = Txn::new(&db1, 2);
-            for i in 0..20_000u32 {
-                txn.put(keys::inode(u64::from(i)), vec![7; 100]);
-            }
-            txn.put(
-                keys::APPLIED.to_vec(),
-                kv::encode(&LogId::<u64>::new(
-                    openraft::CommittedLeaderId::new(1, 1),
-                    20_001,
-                ))
-                .unwrap(),
-            );
-            db1.write(txn.into_batch().unwrap()).unwrap();
+            let (db1, mut sm1, db2, mut sm2) = two_shards_one_filled(dir.path());
             let mut stale = Txn::new(&db2, 2);
             stale.put(keys::dentry(1, b"stale"), vec![1]);
             db2.write(stale.into_batch().unwrap()).unwrap();
@@ -989,20 +990,8 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let open = |name: &str| {
-                let db = kv::open_db(&dir.path().join(name)).unwrap();
-                let sm = StateMachine::new(db.clone(), 2, dir.path().join(format!("{name}-snap")));
-                (db, sm)
-            };
-            let (db1, mut sm1) = open("a");
-            let (db2, mut sm2) = open("b");
-            let mut txn = Txn::new(&db1, 2);
-            for i in 0..20_000u32 {
-                txn.put(keys::inode(u64::from(i)), vec![7; 100]);
-            }
+            let (db1, mut sm1, db2, mut sm2) = two_shards_one_filled(dir.path());
             let applied = LogId::<u64>::new(openraft::CommittedLeaderId::new(1, 1), 20_001);
-            txn.put(keys::APPLIED.to_vec(), kv::encode(&applied).unwrap());
-            db1.write(txn.into_batch().unwrap()).unwrap();
             let mut old = Txn::new(&db2, 2);
             old.put(keys::dentry(1, b"old"), vec![1]);
             db2.write(old.into_batch().unwrap()).unwrap();
