@@ -77,11 +77,10 @@ pub struct MetaClient {
     next_token: AtomicU64,
     /// Recently listed entries, for lookups (mounts only; see `entries.rs`).
     entries: Option<EntryCache>,
-    /// Access-time updates sent and not answered yet, by inode.
-    atimes: Mutex<HashMap<u64, PendingAtime>>,
+    /// Access-time updates sent and not answered yet: inode → this client's
+    /// clock when the read happened (see [`MetaClient::access_later`]).
+    atimes: Mutex<HashMap<u64, i64>>,
 }
-
-type PendingAtime = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 struct LazyOpen {
     ino: u64,
@@ -323,10 +322,7 @@ impl MetaClient {
                 }
             },
         };
-        if self.atime_settled(attr.ino).await {
-            return self.getattr(attr.ino).await;
-        }
-        Ok(attr)
+        Ok(self.with_pending_atime(attr))
     }
 
     async fn lookup_uncached(&self, parent: u64, name: &[u8]) -> Result<pb::Attr> {
@@ -345,15 +341,21 @@ impl MetaClient {
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<pb::Attr> {
-        self.atime_settled(ino).await;
+        // Read before asking: an update that lands meanwhile leaves the map
+        // and is in the answer.
+        let pending = self.pending_atime(ino);
         let reply = self
             .call(ino_shard(ino), |mut c| async move {
                 c.get_attr(pb::GetAttrRequest { ino }).await
             })
             .await?;
-        reply
+        let mut attr = reply
             .attr
-            .ok_or_else(|| ClientError::Data("getattr answered no attributes".into()))
+            .ok_or_else(|| ClientError::Data("getattr answered no attributes".into()))?;
+        if let Some(t) = pending {
+            attr.atime_ns = attr.atime_ns.max(t);
+        }
+        Ok(attr)
     }
 
     /// One page of a directory: entries after `after`, and whether more follow.
@@ -666,20 +668,23 @@ impl MetaClient {
         Self::expect_attr(self.mutate(ino_shard(ino), op).await?)
     }
 
-    /// Records a read's access: atime becomes the server's now, ctime stays.
     /// An access-time update (relatime's, for an open to read) off the
-    /// caller's path: this client's getattr and lookup of the inode wait for
-    /// it, so the client reads its own atime; other clients see it once it
-    /// lands. A failed update is only logged (as a lost atime write is on a
-    /// local file system).
+    /// caller's path, the way lazytime defers it on a local file system:
+    /// until it lands, this client's getattr and lookup show the read's time
+    /// (its own clock), so the mount reads its own atime without waiting;
+    /// other clients see it once it lands. A failed update is only logged (as
+    /// a lost atime write is on a local file system).
     pub fn access_later(self: &Arc<Self>, ino: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let mut pending = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.contains_key(&ino) {
-            return;
+        if pending.insert(ino, now).is_some() {
+            return; // one on its way already; it lands after this read
         }
         let me = self.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = me.access(ino).await {
+        tokio::spawn(async move {
+            if let Err(e) = me.access(ino, Some(now)).await {
                 tracing::debug!(ino, "access time update: {e}");
             }
             me.atimes
@@ -687,37 +692,29 @@ impl MetaClient {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&ino);
         });
-        let done = async move {
-            let _ = task.await;
-        };
-        pending.insert(
-            ino,
-            futures::FutureExt::shared(futures::FutureExt::boxed(done)),
-        );
     }
 
-    /// Waits for this client's access-time update of `ino`, if one is on its
-    /// way; answers whether there was one.
-    async fn atime_settled(&self, ino: u64) -> bool {
-        let pending = self
-            .atimes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&ino)
-            .cloned();
-        match pending {
-            Some(done) => {
-                done.await;
-                true
-            }
-            None => false,
+    /// The read time of this client's access-time update of `ino` on its way.
+    fn pending_atime(&self, ino: u64) -> Option<i64> {
+        let pending = self.atimes.lock().unwrap_or_else(|p| p.into_inner());
+        pending.get(&ino).copied()
+    }
+
+    fn with_pending_atime(&self, mut attr: pb::Attr) -> pb::Attr {
+        if let Some(t) = self.pending_atime(attr.ino) {
+            attr.atime_ns = attr.atime_ns.max(t);
         }
+        attr
     }
 
-    pub async fn access(&self, ino: u64) -> Result<pb::Attr> {
+    /// Records a read's access at `at` (the server's now when `None`).
+    pub async fn access(&self, ino: u64, at: Option<i64>) -> Result<pb::Attr> {
         let op = Op::SetAttr(pb::SetAttrOp {
             ino,
-            attr: None,
+            attr: Some(pb::SetAttr {
+                atime_ns: at,
+                ..Default::default()
+            }),
             access: true,
         });
         Self::expect_attr(self.mutate(ino_shard(ino), op).await?)

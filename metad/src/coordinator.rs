@@ -91,9 +91,10 @@ pub enum Op {
         ino: u64,
         set: SetAttrs,
     },
-    /// A read's access-time update.
+    /// A read's access-time update, at the read's time (`at`) if given.
     Access {
         ino: u64,
+        at: Option<i64>,
     },
     SetXattr {
         ino: u64,
@@ -158,7 +159,7 @@ impl Op {
             | Op::Rename { parent, .. } => ino_shard(*parent),
             Op::Link { new_parent, .. } => ino_shard(*new_parent),
             Op::SetAttr { ino, .. }
-            | Op::Access { ino }
+            | Op::Access { ino, .. }
             | Op::SetXattr { ino, .. }
             | Op::RemoveXattr { ino, .. }
             | Op::Commit { ino, .. }
@@ -428,7 +429,10 @@ impl MetaNode {
                     .await
             }
             Op::SetAttr { ino, set } => local(FsCommand::SetAttr { ino, set, now }).await,
-            Op::Access { ino } => local(FsCommand::Access { ino, now }).await,
+            Op::Access { ino, at } => {
+                let now = at.unwrap_or(now);
+                local(FsCommand::Access { ino, now }).await
+            }
             Op::SetXattr {
                 ino,
                 name,

@@ -201,7 +201,10 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 target: s.target.to_vec(),
             }
         }
-        PbOp::SetAttr(s) if s.access => Op::Access { ino: s.ino },
+        PbOp::SetAttr(s) if s.access => Op::Access {
+            ino: s.ino,
+            at: s.attr.and_then(|a| a.atime_ns),
+        },
         PbOp::SetAttr(s) => {
             let a = s.attr.unwrap_or_default();
             Op::SetAttr {
