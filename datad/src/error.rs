@@ -41,6 +41,19 @@ pub enum DataError {
         version: u64,
         current: u64,
     },
+    /// A write carried a chain version shard 0 has not issued for the group
+    /// (newer than its latest: a forged or corrupt version).
+    #[error(
+        "placement group {group}: chain version {version} was not issued by the cluster map (latest {latest})"
+    )]
+    UnknownChain {
+        group: u32,
+        version: u64,
+        latest: u64,
+    },
+    /// A write for a chain this node is not a member of.
+    #[error("placement group {group}: node {node} is not in chain version {version}")]
+    NotInChain { group: u32, version: u64, node: u64 },
     /// A block larger than the block size.
     #[error("block of {len} bytes exceeds the {max}-byte limit")]
     TooLarge { len: usize, max: usize },
@@ -84,6 +97,8 @@ impl DataError {
             DataError::NotFound(_)
             | DataError::ChecksumMismatch { .. }
             | DataError::StaleChain { .. }
+            | DataError::UnknownChain { .. }
+            | DataError::NotInChain { .. }
             | DataError::TooLarge { .. }
             | DataError::Conflict(_)
             | DataError::NoSpace(_)
@@ -137,7 +152,9 @@ impl From<DataError> for Status {
                 Status::unavailable(message)
             }
             DataError::Cold(_) => errno_status(EIO, message),
-            DataError::StaleChain { .. } => Status::failed_precondition(message),
+            DataError::StaleChain { .. }
+            | DataError::UnknownChain { .. }
+            | DataError::NotInChain { .. } => Status::failed_precondition(message),
             // A downstream fencing rejection is the caller's problem too; anything
             // else means the chain is broken and the write may succeed later.
             DataError::Replica { code, .. } => match code {

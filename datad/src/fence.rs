@@ -1,91 +1,206 @@
-//! Chain-version fencing: per placement group, the highest chain version this node
-//! has seen. A write carrying an older version comes from a writer with a stale
-//! view of the chain and is rejected, so an old head cannot keep writing after
-//! metad has rebuilt the chain. Versions only grow; a new highest version is made
-//! durable (in the store's index) before the write that carried it proceeds, so
-//! the fence survives a restart.
+//! Chain-version fencing against shard 0's chain table. Metad's shard 0 is the
+//! only authority on placement-group chains: every heartbeat answer carries its
+//! table, and this node admits a write only when the request's chain version is
+//! the one shard 0 issued last for that group and names this node as a member.
+//! An older version comes from a writer with a stale view of the chain (refused,
+//! as before); a newer one may be a change this node has not heard of yet, so it
+//! asks for a heartbeat at once and decides on the answer: a version shard 0
+//! never issued (a forged `u64::MAX`, say) is refused and remembered nowhere, so
+//! no writer can raise the fence for the others.
+//!
+//! A node without metad addresses (standalone: tests and tools) has no authority
+//! and admits every version.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use tokio::sync::Mutex;
+use cairn_proto::pb;
+use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::error::DataError;
-use crate::store::BlockStore;
+
+/// How long a write with a version newer than this node knows waits for the
+/// heartbeat answer that may confirm it.
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
+/// Chains as shard 0 last answered them, and how many answers came so far.
+#[derive(Default)]
+struct Table {
+    groups: HashMap<u32, pb::PlacementGroup>,
+    answers: u64,
+}
 
 /// The fencing table of one node.
 pub struct ChainFence {
-    store: BlockStore,
-    /// Held across the persisting write so that versions reach the disk in order.
-    versions: Mutex<HashMap<u32, u64>>,
+    node_id: u64,
+    /// `None`: standalone, no authority to check against.
+    table: Option<watch::Sender<Table>>,
+    /// A write is waiting on a fresher table: the heartbeat should beat now.
+    wanted: Notify,
+}
+
+enum Check {
+    Admit,
+    Refuse(DataError),
+    /// Newer than the table, or a group the table lacks: ask shard 0 again.
+    Unknown {
+        latest: u64,
+    },
 }
 
 impl ChainFence {
-    /// Loads the recorded versions from the store.
-    pub async fn load(store: BlockStore) -> Result<ChainFence, DataError> {
-        let versions = store.chain_versions().await?;
-        Ok(ChainFence {
-            store,
-            versions: Mutex::new(versions),
-        })
+    /// The fence of node `node_id`, learning chains from shard 0's heartbeat answers.
+    pub fn new(node_id: u64) -> ChainFence {
+        ChainFence {
+            node_id,
+            table: Some(watch::Sender::new(Table::default())),
+            wanted: Notify::new(),
+        }
     }
 
-    /// Admits a write for `group` at `version`, or rejects it as stale.
-    pub async fn admit(&self, group: u32, version: u64) -> Result<(), DataError> {
-        let mut versions = self.versions.lock().await;
-        let current = versions.get(&group).copied().unwrap_or(0);
-        if version < current {
-            return Err(DataError::StaleChain {
-                group,
-                version,
-                current,
+    /// The fence of a node with no metad: every version is admitted.
+    pub fn standalone(node_id: u64) -> ChainFence {
+        ChainFence {
+            node_id,
+            table: None,
+            wanted: Notify::new(),
+        }
+    }
+
+    /// Takes shard 0's chain table from a heartbeat answer.
+    pub fn learn(&self, groups: Vec<pb::PlacementGroup>) {
+        if let Some(table) = &self.table {
+            table.send_modify(|t| {
+                t.groups = groups.into_iter().map(|g| (g.id, g)).collect();
+                t.answers += 1;
             });
         }
-        if version > current {
-            self.store.record_chain_version(group, version).await?;
-            versions.insert(group, version);
-        }
-        Ok(())
     }
 
-    /// The highest version seen for `group` (0 if none).
-    pub async fn current(&self, group: u32) -> u64 {
-        self.versions.lock().await.get(&group).copied().unwrap_or(0)
+    /// Resolves when a write waits for a fresher table than the last answer.
+    pub async fn refresh_wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    /// Admits a write for `group` at `version`, or refuses it.
+    pub async fn admit(&self, group: u32, version: u64) -> Result<(), DataError> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        let mut answers = table.subscribe();
+        let seen = answers.borrow().answers;
+        match self.check(&answers.borrow(), group, version) {
+            Check::Admit => return Ok(()),
+            Check::Refuse(e) => return Err(e),
+            Check::Unknown { .. } => {}
+        }
+        self.wanted.notify_one();
+        let fresher = answers.wait_for(|t| t.answers > seen);
+        // A lost wait (no answer in time) leaves the version unknown below.
+        let _ = tokio::time::timeout(CONFIRM_WAIT, fresher).await;
+        let table = table.borrow();
+        match self.check(&table, group, version) {
+            Check::Admit => Ok(()),
+            Check::Refuse(e) => Err(e),
+            Check::Unknown { latest } => Err(DataError::UnknownChain {
+                group,
+                version,
+                latest,
+            }),
+        }
+    }
+
+    fn check(&self, table: &Table, group: u32, version: u64) -> Check {
+        let Some(g) = table.groups.get(&group) else {
+            return Check::Unknown { latest: 0 };
+        };
+        if version < g.version {
+            Check::Refuse(DataError::StaleChain {
+                group,
+                version,
+                current: g.version,
+            })
+        } else if version > g.version {
+            Check::Unknown { latest: g.version }
+        } else if !g.chain.contains(&self.node_id) {
+            Check::Refuse(DataError::NotInChain {
+                group,
+                version,
+                node: self.node_id,
+            })
+        } else {
+            Check::Admit
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
+    fn group(id: u32, version: u64, chain: &[u64]) -> pb::PlacementGroup {
+        pb::PlacementGroup {
+            id,
+            chain: chain.to_vec(),
+            version,
+        }
+    }
+
+    /// Answers every refresh the fence asks for with `groups` (a heartbeat).
+    fn answer_refreshes(fence: &Arc<ChainFence>, groups: Vec<pb::PlacementGroup>) {
+        let fence = Arc::clone(fence);
+        tokio::spawn(async move {
+            loop {
+                fence.refresh_wanted().await;
+                fence.learn(groups.clone());
+            }
+        });
+    }
+
     #[tokio::test]
-    async fn stale_versions_are_rejected_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = BlockStore::open(dir.path(), 0).await.unwrap();
-            let fence = ChainFence::load(store).await.unwrap();
-            fence.admit(1, 0).await.unwrap();
-            fence.admit(1, 5).await.unwrap();
-            fence.admit(1, 5).await.unwrap();
-            fence.admit(2, 3).await.unwrap();
-            let err = fence.admit(1, 4).await.unwrap_err();
+    async fn only_the_version_shard_0_issued_is_admitted() {
+        let fence = Arc::new(ChainFence::new(2));
+        fence.learn(vec![group(1, 5, &[1, 2, 3]), group(2, 3, &[1, 3])]);
+        answer_refreshes(&fence, vec![group(1, 5, &[1, 2, 3]), group(2, 3, &[1, 3])]);
+        fence.admit(1, 5).await.unwrap();
+        let stale = fence.admit(1, 4).await.unwrap_err();
+        assert!(
+            matches!(stale, DataError::StaleChain { current: 5, .. }),
+            "{stale}"
+        );
+        // Forged: never issued. Refused, and the fence did not move.
+        for forged in [6, u64::MAX] {
+            let err = fence.admit(1, forged).await.unwrap_err();
             assert!(
-                matches!(
-                    err,
-                    DataError::StaleChain {
-                        group: 1,
-                        version: 4,
-                        current: 5
-                    }
-                ),
+                matches!(err, DataError::UnknownChain { latest: 5, .. }),
                 "{err}"
             );
         }
-        let store = BlockStore::open(dir.path(), 0).await.unwrap();
-        let fence = ChainFence::load(store).await.unwrap();
-        assert_eq!(fence.current(1).await, 5);
-        assert_eq!(fence.current(2).await, 3);
-        assert!(fence.admit(2, 2).await.is_err());
+        fence.admit(1, 5).await.unwrap();
+        // A group this node is not a member of, and one shard 0 does not have.
+        let err = fence.admit(2, 3).await.unwrap_err();
+        assert!(matches!(err, DataError::NotInChain { .. }), "{err}");
+        let err = fence.admit(9, 1).await.unwrap_err();
+        assert!(matches!(err, DataError::UnknownChain { latest: 0, .. }));
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_waits_for_shard_0_to_confirm_it() {
+        let fence = Arc::new(ChainFence::new(2));
+        fence.learn(vec![group(1, 5, &[1, 2, 3])]);
+        // The chain changed; this node hears of it only when it asks.
+        answer_refreshes(&fence, vec![group(1, 6, &[2, 3])]);
         fence.admit(1, 6).await.unwrap();
-        assert_eq!(fence.current(1).await, 6);
+        assert!(fence.admit(1, 5).await.is_err(), "the old chain is fenced");
+    }
+
+    #[tokio::test]
+    async fn standalone_nodes_admit_every_version() {
+        let fence = ChainFence::standalone(1);
+        fence.admit(1, 0).await.unwrap();
+        fence.admit(1, u64::MAX).await.unwrap();
     }
 }

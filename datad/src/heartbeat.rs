@@ -1,7 +1,9 @@
 //! The heartbeat to metad: every period, `Meta.RegisterDataNode` with this node's
 //! id, address, capacity, used bytes and block count. That call both registers
 //! the node in the cluster map and keeps it alive there; the answer names the
-//! cluster's cold backend, which the node then uses.
+//! cluster's cold backend, which the node then uses, and carries shard 0's chain
+//! table, which the fence checks writes against. A write the fence cannot
+//! decide with the table it has asks for a beat at once.
 //!
 //! The metad that answered last (usually the cluster-map leader) is tried first,
 //! then the configured addresses in turn; a "not the leader" answer naming the
@@ -19,6 +21,7 @@ use tonic::Status;
 
 use std::sync::Arc;
 
+use crate::fence::ChainFence;
 use crate::tier::Tiering;
 use cairn_proto::channel::Channels;
 
@@ -29,6 +32,7 @@ pub struct Heartbeat {
     meta: Vec<String>,
     period: Duration,
     tiering: Arc<Tiering>,
+    fence: Arc<ChainFence>,
     channels: Channels,
     /// The metad that took the last heartbeat.
     last_good: Option<String>,
@@ -42,6 +46,7 @@ impl Heartbeat {
         meta: Vec<String>,
         period: Duration,
         tiering: Arc<Tiering>,
+        fence: Arc<ChainFence>,
     ) -> Heartbeat {
         // An RPC slower than a couple of periods is as good as lost.
         let timeout = (period * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
@@ -51,19 +56,23 @@ impl Heartbeat {
             meta,
             period,
             tiering,
+            fence,
             channels: Channels::with_timeouts(timeout, timeout),
             last_good: None,
         }
     }
 
-    /// Beats until `shutdown` is cancelled; the first beat is immediate.
+    /// Beats until `shutdown` is cancelled; the first beat is immediate, and
+    /// the fence's asking for a fresher table brings the next one forward.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.period);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let fence = Arc::clone(&self.fence);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
+                _ = fence.refresh_wanted() => ticks.reset(),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -131,6 +140,7 @@ impl Heartbeat {
             .map_err(|e| Status::invalid_argument(format!("bad metad address {addr}: {e}")))?;
         let reply = client.register_data_node(request).await?.into_inner();
         self.tiering.set_backend(reply.cold.as_ref());
+        self.fence.learn(reply.groups);
         Ok(())
     }
 }

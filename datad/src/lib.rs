@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::fence::ChainFence;
 use crate::heartbeat::Heartbeat;
 use crate::tier::Tiering;
 
@@ -71,7 +72,12 @@ pub async fn serve(
         cold_stop.clone(),
     ));
     let pressure = tokio::spawn(Arc::clone(&tiering).pressure_loop(cold_stop.clone()));
-    let service = DataService::new(config.id, Arc::clone(&tiering)).await?;
+    let fence = Arc::new(if config.meta.is_empty() {
+        ChainFence::standalone(config.id)
+    } else {
+        ChainFence::new(config.id)
+    });
+    let service = DataService::new(config.id, Arc::clone(&tiering), Arc::clone(&fence));
     let incoming = TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| DataError::Transport(e.to_string()))?;
 
@@ -86,6 +92,7 @@ pub async fn serve(
             config.meta.clone(),
             config.heartbeat(),
             Arc::clone(&tiering),
+            fence,
         );
         Some(tokio::spawn(beat.run(heartbeat_stop.clone())))
     };
@@ -300,41 +307,83 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_chain_version_is_rejected_and_nothing_stored() {
-        let (a, b, c) = three_nodes().await;
+    async fn writes_are_fenced_by_the_chain_table_of_shard_0() {
+        let meta = fake_meta(None).await;
+        meta.set_groups(vec![pb::PlacementGroup {
+            id: 3,
+            chain: vec![1, 2, 3],
+            version: 5,
+        }]);
+        let start = |id| Node::start(id, vec![meta.addr.clone()]);
+        let (a, b, c) = (start(1).await, start(2).await, start(3).await);
         let rest = vec![b.addr.clone(), c.addr.clone()];
         a.client()
             .put_block(put_request(1, b"current", 5, rest.clone()))
             .await
             .unwrap();
 
-        let err = a
+        // Older than the table, and newer than shard 0 ever issued (forged):
+        // refused on the head, nothing stored anywhere.
+        for (slice, version) in [(2, 4), (3, 6), (4, u64::MAX)] {
+            let err = a
+                .client()
+                .put_block(put_request(slice, b"fenced", version, rest.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            for node in [&a, &b, &c] {
+                let missing = get(node, slice).await.unwrap_err();
+                assert_eq!(errno(&missing), Some(ENOENT), "node {}", node.addr);
+            }
+        }
+        // A forged version sent to a replica directly poisons nothing either.
+        let err = c
             .client()
-            .put_block(put_request(2, b"stale", 4, rest.clone()))
+            .put_block(put_request(5, b"forged", u64::MAX, vec![]))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-        for node in [&a, &b, &c] {
-            let missing = get(node, 2).await.unwrap_err();
-            assert_eq!(errno(&missing), Some(ENOENT), "node {}", node.addr);
-        }
-
-        // A replica further down that has seen a newer chain fails the write too.
-        b.client()
-            .put_block(put_request(3, b"newer", 6, vec![]))
+        a.client()
+            .put_block(put_request(6, b"still current", 5, rest.clone()))
             .await
             .unwrap();
-        let err = a
+
+        // Shard 0 moves the chain on: the new version is confirmed at once
+        // (no waiting for the next beat) and the old one is fenced everywhere.
+        meta.set_groups(vec![pb::PlacementGroup {
+            id: 3,
+            chain: vec![1, 2, 3],
+            version: 6,
+        }]);
+        a.client()
+            .put_block(put_request(7, b"new chain", 6, rest.clone()))
+            .await
+            .unwrap();
+        let err = b
             .client()
-            .put_block(put_request(4, b"old head", 5, rest))
+            .put_block(put_request(8, b"old chain", 5, vec![]))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-        assert!(get(&c, 4).await.is_err());
+
+        // A node outside the chain takes no writes for it.
+        meta.set_groups(vec![pb::PlacementGroup {
+            id: 3,
+            chain: vec![1, 2],
+            version: 7,
+        }]);
+        let err = c
+            .client()
+            .put_block(put_request(9, b"not a member", 7, vec![]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("not in chain"), "{err:?}");
 
         for node in [a, b, c] {
             node.stop().await;
         }
+        meta.stop().await;
     }
 
     #[tokio::test]
@@ -382,7 +431,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn restart_keeps_blocks_and_fence() {
+    async fn restart_keeps_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             listen: "127.0.0.1:0".into(),
@@ -414,11 +463,6 @@ mod tests {
                     .await
                     .unwrap();
                 assert_eq!(&reply.into_inner().data[..], b"kept");
-                let err = client
-                    .put_block(put_request(78, b"stale", 8, vec![]))
-                    .await
-                    .unwrap_err();
-                assert_eq!(err.code(), Code::FailedPrecondition);
             }
             drop(client);
             stop.cancel();
@@ -431,10 +475,12 @@ mod tests {
     }
 
     /// A metad stand-in that answers only RegisterDataNode: either with
-    /// "not the leader" naming `leader`, or by recording the request.
+    /// "not the leader" naming `leader`, or by recording the request and
+    /// answering with the chain table `groups`.
     struct FakeMeta {
         leader: Option<String>,
         seen: mpsc::UnboundedSender<pb::RegisterDataNodeRequest>,
+        groups: Arc<std::sync::Mutex<Vec<pb::PlacementGroup>>>,
     }
 
     #[tonic::async_trait]
@@ -446,7 +492,10 @@ mod tests {
             let _ = self.seen.send(request.get_ref().clone());
             match &self.leader {
                 Some(leader) => Err(not_leader_status(Some((2, leader)))),
-                None => Ok(Response::new(pb::RegisterDataNodeReply { cold: None })),
+                None => Ok(Response::new(pb::RegisterDataNodeReply {
+                    cold: None,
+                    groups: self.groups.lock().unwrap().clone(),
+                })),
             }
         }
         async fn lookup(
@@ -544,22 +593,46 @@ mod tests {
     struct FakeMetaServer {
         addr: String,
         seen: mpsc::UnboundedReceiver<pb::RegisterDataNodeRequest>,
+        groups: Arc<std::sync::Mutex<Vec<pb::PlacementGroup>>>,
         stop: CancellationToken,
         task: JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    impl FakeMetaServer {
+        /// The chain table the next heartbeat answers carry.
+        fn set_groups(&self, groups: Vec<pb::PlacementGroup>) {
+            *self.groups.lock().unwrap() = groups;
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            tokio::time::timeout(WAIT, self.task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
     }
 
     async fn fake_meta(leader: Option<String>) -> FakeMetaServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (tx, seen) = mpsc::unbounded_channel();
+        let groups = Arc::default();
         let stop = CancellationToken::new();
         let incoming = TcpIncoming::from_listener(listener, true, None).unwrap();
+        let fake = FakeMeta {
+            leader,
+            seen: tx,
+            groups: Arc::clone(&groups),
+        };
         let server = Server::builder()
-            .add_service(MetaServer::new(FakeMeta { leader, seen: tx }))
+            .add_service(MetaServer::new(fake))
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         FakeMetaServer {
             addr,
             seen,
+            groups,
             stop,
             task: tokio::spawn(server),
         }
@@ -569,6 +642,11 @@ mod tests {
     async fn heartbeat_follows_the_leader_and_reports_usage() {
         let mut leader = fake_meta(None).await;
         let mut follower = fake_meta(Some(leader.addr.clone())).await;
+        leader.set_groups(vec![pb::PlacementGroup {
+            id: 3,
+            chain: vec![5],
+            version: 1,
+        }]);
         let meta = vec![dead_addr().await, follower.addr.clone()];
         let node = Node::start(5, meta).await;
 
@@ -607,12 +685,7 @@ mod tests {
         assert_eq!(follower_calls, 1);
 
         for server in [leader, follower] {
-            server.stop.cancel();
-            tokio::time::timeout(WAIT, server.task)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            server.stop().await;
         }
     }
 }

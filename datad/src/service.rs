@@ -42,7 +42,7 @@ pub struct DataService {
     node_id: u64,
     store: BlockStore,
     tiering: Arc<Tiering>,
-    fence: ChainFence,
+    fence: Arc<ChainFence>,
     peers: Arc<Channels>,
 }
 
@@ -50,17 +50,16 @@ pub struct DataService {
 const MAX_BLOCKS_PER_REQUEST: usize = 4096;
 
 impl DataService {
-    /// A service over the store of `tiering`, loading its fencing table.
-    pub async fn new(node_id: u64, tiering: Arc<Tiering>) -> Result<DataService, DataError> {
+    /// A service over the store of `tiering`, fencing writes with `fence`.
+    pub fn new(node_id: u64, tiering: Arc<Tiering>, fence: Arc<ChainFence>) -> DataService {
         let store = tiering.store().clone();
-        let fence = ChainFence::load(store.clone()).await?;
-        Ok(DataService {
+        DataService {
             node_id,
             store,
             tiering,
             fence,
             peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
-        })
+        }
     }
 
     /// The tonic server for this service, accepting full-size blocks.

@@ -60,6 +60,8 @@ use crate::error::DataError;
 pub const MAX_BLOCK_BYTES: usize = 4 << 20;
 
 const CF_BLOCKS: &str = "blocks";
+/// Chain versions that earlier releases persisted; unused (the fence follows
+/// shard 0's map), opened only so their indexes still open.
 const CF_CHAINS: &str = "chains";
 /// Puts of the same block are serialized by a striped lock; distinct blocks rarely
 /// share a stripe.
@@ -381,19 +383,6 @@ impl BlockStore {
             cold_bytes: self.inner.cold_bytes.load(Ordering::Relaxed),
             cold_blocks: self.inner.cold_count.load(Ordering::Relaxed),
         }
-    }
-
-    /// The highest chain version recorded for every placement group.
-    pub async fn chain_versions(&self) -> Result<HashMap<u32, u64>, DataError> {
-        let inner = Arc::clone(&self.inner);
-        spawn_blocking(move || inner.load_chain_versions()).await?
-    }
-
-    /// Durably records `version` as the highest chain version of `group`.
-    pub async fn record_chain_version(&self, group: u32, version: u64) -> Result<(), DataError> {
-        self.inner
-            .commit(vec![IndexWrite::PutChain(group, version)])
-            .await
     }
 
     /// Where a block's file lives (tests damage it on purpose).
@@ -826,22 +815,6 @@ impl Inner {
         Ok(gone.len() as u64)
     }
 
-    fn load_chain_versions(&self) -> Result<HashMap<u32, u64>, DataError> {
-        let chains = cf(&self.db, CF_CHAINS)?;
-        let mut versions = HashMap::new();
-        for item in self.db.iterator_cf(chains, IteratorMode::Start) {
-            let (key, value) = item?;
-            let group = <[u8; 4]>::try_from(&key[..])
-                .map(u32::from_be_bytes)
-                .map_err(|_| DataError::Db(format!("corrupt chain key {key:02x?}")))?;
-            let version = <[u8; 8]>::try_from(&value[..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| DataError::Db(format!("corrupt chain version of group {group}")))?;
-            versions.insert(group, version);
-        }
-        Ok(versions)
-    }
-
     fn send_commit(
         &self,
         writes: Vec<IndexWrite>,
@@ -860,13 +833,6 @@ impl Inner {
     fn commit_blocking(&self, writes: Vec<IndexWrite>) -> Result<(), DataError> {
         let wait = self.send_commit(writes)?;
         wait.blocking_recv()
-            .map_err(|_| committer_stopped())?
-            .map_err(DataError::Db)
-    }
-
-    async fn commit(&self, writes: Vec<IndexWrite>) -> Result<(), DataError> {
-        let wait = self.send_commit(writes)?;
-        wait.await
             .map_err(|_| committer_stopped())?
             .map_err(DataError::Db)
     }
@@ -893,7 +859,6 @@ fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), DataError> 
 
 enum IndexWrite {
     PutBlock(BlockId, BlockInfo),
-    PutChain(u32, u64),
 }
 
 struct CommitRequest {
@@ -952,14 +917,10 @@ fn commit_loop(db: &Db, mut rx: mpsc::UnboundedReceiver<CommitRequest>) {
 
 fn write_commits(db: &Db, requests: &[CommitRequest]) -> Result<(), DataError> {
     let blocks = cf(db, CF_BLOCKS)?;
-    let chains = cf(db, CF_CHAINS)?;
     let mut batch = WriteBatch::default();
     for write in requests.iter().flat_map(|r| &r.writes) {
         match write {
             IndexWrite::PutBlock(id, entry) => batch.put_cf(blocks, id.key(), entry.encode()),
-            IndexWrite::PutChain(group, version) => {
-                batch.put_cf(chains, group.to_be_bytes(), version.to_be_bytes())
-            }
         }
     }
     db.write_opt(batch, &synced())?;
@@ -1157,7 +1118,6 @@ mod tests {
             let store = BlockStore::open(dir.path(), 0).await.unwrap();
             store.put(id(21, 0), a.clone(), a_crc).await.unwrap();
             store.put(id(21, 1), b.clone(), b_crc).await.unwrap();
-            store.record_chain_version(4, 9).await.unwrap();
             // A file that never got its index entry, and a half-written temp file.
             stray_path = store.block_path(id(22, 0));
             fs::write(&stray_path, b"unfinished").unwrap();
@@ -1183,7 +1143,6 @@ mod tests {
         assert!(!tmp_path.exists());
         assert_eq!(store.stats().blocks, 1);
         assert_eq!(store.stats().used_bytes, 3000);
-        assert_eq!(store.chain_versions().await.unwrap().get(&4), Some(&9));
         // The dropped block can be written again.
         store.put(id(21, 1), b.clone(), b_crc).await.unwrap();
         assert_eq!(store.get(id(21, 1), 0, 0).await.unwrap().data, b);

@@ -709,7 +709,13 @@ impl pb::meta_server::Meta for MetaService {
             .node
             .read(MAP_SHARD, |txn| Ok(tier::config(txn)?.backend))
             .await?;
-        Ok(GrpcResponse::new(pb::RegisterDataNodeReply { cold }))
+        // Read on this leader after the beat applied: at least as new as any
+        // chain version a client was handed before it.
+        let groups = self.node.cluster_map_local().await?.groups;
+        Ok(GrpcResponse::new(pb::RegisterDataNodeReply {
+            cold,
+            groups,
+        }))
     }
 
     async fn get_tier(&self, _req: GrpcRequest<pb::GetTierRequest>) -> GrpcResult<pb::TierConfig> {

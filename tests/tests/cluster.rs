@@ -495,3 +495,75 @@ async fn unlinked_open_files_live_until_closed_or_lease_expiry() -> anyhow::Resu
     assert_eq!(errno(other.meta.getattr(kept).await), ENOENT);
     Ok(())
 }
+
+/// Chain versions come from shard 0 only: a PutBlock naming a version the
+/// cluster map never issued (u64::MAX, the old poison pill) is refused by every
+/// replica, stores nothing, and leaves the fence where shard 0 put it, so
+/// writers holding the real chain go on writing, restarts included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_chain_versions_are_refused_and_poison_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Spec::default()).await?;
+    let client = cluster.client();
+    let map = client.meta.refresh_map().await?;
+    let group = map.groups[0].clone();
+    let addr_of = |id: u64| {
+        map.data_nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.addr.clone())
+            .expect("chain member in the map")
+    };
+    let chain: Vec<String> = group.chain.iter().map(|&id| addr_of(id)).collect();
+    let data = bytes::Bytes::from_static(b"forged");
+    let put = |slice_id: u64, version: u64, rest: &[String]| pb::PutBlockRequest {
+        block: Some(pb::BlockId { slice_id, index: 0 }),
+        crc32c: crc32c::crc32c(&data),
+        data: data.clone(),
+        group: group.id,
+        chain_version: version,
+        rest: rest.to_vec(),
+    };
+    let channels = cairn_proto::channel::Channels::default();
+    // Through the head, and straight to each replica.
+    let mut attempts = vec![(chain[0].clone(), chain[1..].to_vec())];
+    attempts.extend(chain.iter().map(|a| (a.clone(), Vec::new())));
+    for (i, (addr, rest)) in attempts.iter().enumerate() {
+        for version in [group.version + 1, u64::MAX] {
+            let err = channels
+                .data(addr)?
+                .put_block(put(1_000_000 + i as u64, version, rest))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("not issued"), "{err:?}");
+        }
+    }
+    for addr in &chain {
+        for i in 0..attempts.len() as u64 {
+            let got = channels
+                .data(addr)?
+                .get_block(pb::GetBlockRequest {
+                    block: Some(pb::BlockId {
+                        slice_id: 1_000_000 + i,
+                        index: 0,
+                    }),
+                    offset: 0,
+                    len: 0,
+                })
+                .await;
+            assert!(got.is_err(), "a forged block was stored on {addr}");
+        }
+    }
+    // The real chain version still writes, before and after every datad restarts.
+    let payload = random_bytes(3 << 20, 7);
+    write_file(&client, "/before", &payload).await?;
+    for i in 0..cluster.datas.len() {
+        cluster.restart(cairn_tests::Role::Data, i)?;
+    }
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    write_file(&client, "/after", &payload).await?;
+    for path in ["/before", "/after"] {
+        assert_eq!(read_file(&cluster.client(), path).await?, payload, "{path}");
+    }
+    Ok(())
+}
