@@ -34,6 +34,15 @@ pub struct Config {
     pub capacity_bytes: u64,
     /// Period of the heartbeat to metad, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Seconds between the starts of two full scrub passes (every stored block
+    /// re-read and its crc32c checked, damaged copies repaired from another
+    /// replica); 0 turns the scrubber off.
+    pub scrub_interval_s: u64,
+    /// Most bytes per second the scrubber reads, in MB (10^6 bytes).
+    pub scrub_rate_mb_s: u64,
+    /// Blocks whose file was written less than this many seconds ago wait for
+    /// the next pass.
+    pub scrub_skip_younger_s: u64,
     /// The cold tier (the backend itself is set cluster-wide in metad).
     pub cold: ColdConfig,
 }
@@ -112,6 +121,9 @@ impl Default for Config {
             meta: vec!["127.0.0.1:7000".to_string()],
             capacity_bytes: 0,
             heartbeat_ms: 1000,
+            scrub_interval_s: 86_400,
+            scrub_rate_mb_s: 64,
+            scrub_skip_younger_s: 3600,
             cold: ColdConfig::default(),
         }
     }
@@ -162,6 +174,9 @@ impl Config {
         if self.heartbeat_ms == 0 {
             return bad("heartbeat-ms must be at least 1".into());
         }
+        if self.scrub_rate_mb_s == 0 {
+            return bad("scrub-rate-mb-s must be at least 1".into());
+        }
         self.cold.validate()
     }
 
@@ -173,6 +188,15 @@ impl Config {
     /// The heartbeat period.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// The scrubber's pacing, or `None` when it is off.
+    pub fn scrub(&self) -> Option<crate::scrub::Pacing> {
+        (self.scrub_interval_s > 0).then(|| crate::scrub::Pacing {
+            interval: Duration::from_secs(self.scrub_interval_s),
+            bytes_per_s: self.scrub_rate_mb_s.saturating_mul(1_000_000),
+            skip_younger: Duration::from_secs(self.scrub_skip_younger_s),
+        })
     }
 }
 
@@ -273,6 +297,13 @@ mod tests {
                     ..Config::default()
                 },
                 "heartbeat-ms",
+            ),
+            (
+                Config {
+                    scrub_rate_mb_s: 0,
+                    ..Config::default()
+                },
+                "scrub-rate-mb-s",
             ),
             (
                 Config {

@@ -7,35 +7,28 @@
 //!
 //! The metad that answered last (usually the cluster-map leader) is tried first,
 //! then the configured addresses in turn; a "not the leader" answer naming the
-//! leader is followed once. A failed heartbeat is logged and retried at the next
-//! tick; it never stops the node.
+//! leader is followed once ([`MetaLink`]). A failed heartbeat is logged and
+//! retried at the next tick; it never stops the node.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::pb;
-use cairn_proto::status::decode;
-use cairn_proto::status::WireError;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
-
-use std::sync::Arc;
 
 use crate::fence::ChainFence;
+use crate::meta::MetaLink;
 use crate::tier::Tiering;
-use cairn_proto::channel::Channels;
 
 /// The heartbeat loop of one node.
 pub struct Heartbeat {
     id: u64,
     advertise: String,
-    meta: Vec<String>,
     period: Duration,
     tiering: Arc<Tiering>,
     fence: Arc<ChainFence>,
-    channels: Channels,
-    /// The metad that took the last heartbeat.
-    last_good: Option<String>,
+    link: MetaLink,
 }
 
 impl Heartbeat {
@@ -53,12 +46,10 @@ impl Heartbeat {
         Heartbeat {
             id,
             advertise,
-            meta,
             period,
             tiering,
             fence,
-            channels: Channels::with_timeouts(timeout, timeout),
-            last_good: None,
+            link: MetaLink::new(meta, timeout),
         }
     }
 
@@ -94,53 +85,15 @@ impl Heartbeat {
             used_bytes: stats.used_bytes,
             blocks: stats.blocks,
         };
-        let mut candidates: Vec<String> = Vec::with_capacity(self.meta.len() + 1);
-        for addr in self.last_good.iter().chain(&self.meta) {
-            if !candidates.contains(addr) {
-                candidates.push(addr.clone());
-            }
-        }
-        let mut errors = Vec::new();
-        for addr in candidates {
-            let status = match self.register(&addr, request.clone()).await {
-                Ok(()) => {
-                    self.last_good = Some(addr.clone());
-                    return Ok(addr);
-                }
-                Err(status) => status,
-            };
-            errors.push(format!("{addr}: {}", status.message()));
-            if let WireError::NotLeader {
-                leader: Some((_, leader)),
-            } = decode(&status)
-            {
-                if leader != addr {
-                    match self.register(&leader, request.clone()).await {
-                        Ok(()) => {
-                            self.last_good = Some(leader.clone());
-                            return Ok(leader);
-                        }
-                        Err(s) => errors.push(format!("{leader}: {}", s.message())),
-                    }
-                }
-            }
-        }
-        self.last_good = None;
-        Err(errors.join("; "))
-    }
-
-    async fn register(
-        &self,
-        addr: &str,
-        request: pb::RegisterDataNodeRequest,
-    ) -> Result<(), Status> {
-        let mut client = self
-            .channels
-            .meta(addr)
-            .map_err(|e| Status::invalid_argument(format!("bad metad address {addr}: {e}")))?;
-        let reply = client.register_data_node(request).await?.into_inner();
+        let (reply, addr) = self
+            .link
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.register_data_node(request).await }
+            })
+            .await?;
         self.tiering.set_backend(reply.cold.as_ref());
         self.fence.learn(reply.groups);
-        Ok(())
+        Ok(addr)
     }
 }

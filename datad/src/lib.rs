@@ -4,8 +4,10 @@
 //! read) as files on local disk with a RocksDB index ([`store`]), serves them over
 //! the gRPC `Data` service ([`service`]), replicates writes down a chain of datads
 //! with chain-version fencing ([`fence`]), and reports its capacity and usage to
-//! metad with a periodic heartbeat ([`heartbeat`]), and moves blocks to and from
-//! the cluster's cold tier ([`tier`] over [`cold`]).
+//! metad with a periodic heartbeat ([`heartbeat`] over [`meta`]), moves blocks to
+//! and from the cluster's cold tier ([`tier`] over [`cold`]), and re-reads every
+//! block in the background, repairing damaged copies from other replicas
+//! ([`scrub`]).
 //!
 //! [`run`] is the whole daemon; [`serve`] is the same on a listener the caller
 //! bound (tests use ephemeral ports).
@@ -15,6 +17,8 @@ pub mod config;
 pub mod error;
 pub mod fence;
 pub mod heartbeat;
+pub mod meta;
+pub mod scrub;
 pub mod service;
 pub mod store;
 pub mod tier;
@@ -35,6 +39,7 @@ use tonic::transport::Server;
 
 use crate::fence::ChainFence;
 use crate::heartbeat::Heartbeat;
+use crate::scrub::Scrubber;
 use crate::tier::Tiering;
 
 /// Runs a datad: validates `config`, binds `listen`, and serves until `shutdown`
@@ -48,9 +53,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Data
 }
 
 /// Serves a datad on `listener` until `shutdown` is cancelled: opens the block
-/// store, serves the `Data` service, and heartbeats to metad. On shutdown it stops
-/// accepting, lets in-flight requests finish, stops the heartbeat and closes the
-/// store before returning. When `advertise` is unset, the listener's actual
+/// store, serves the `Data` service, heartbeats to metad and scrubs. On shutdown
+/// it stops accepting, lets in-flight requests finish, stops the heartbeat and
+/// the scrubber and closes the store before returning. When `advertise` is unset, the listener's actual
 /// address is advertised (so port 0 works).
 pub async fn serve(
     config: Config,
@@ -77,7 +82,19 @@ pub async fn serve(
     } else {
         ChainFence::new(config.id)
     });
-    let service = DataService::new(config.id, Arc::clone(&tiering), Arc::clone(&fence));
+    let mut service = DataService::new(config.id, Arc::clone(&tiering), Arc::clone(&fence));
+    let scrub_stop = shutdown.child_token();
+    let scrub = match config.scrub() {
+        Some(pacing) => {
+            let scrubber = Scrubber::new(config.id, store.clone(), pacing, config.meta.clone());
+            service = service.with_scrub(scrubber.counters());
+            Some(tokio::spawn(scrubber.run(scrub_stop.clone())))
+        }
+        None => {
+            tracing::info!("scrubbing is off (scrub-interval-s = 0)");
+            None
+        }
+    };
     let incoming = TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| DataError::Transport(e.to_string()))?;
 
@@ -105,7 +122,13 @@ pub async fn serve(
         .await;
 
     heartbeat_stop.cancel();
+    scrub_stop.cancel();
     cold_stop.cancel();
+    if let Some(task) = scrub {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "scrub task failed");
+        }
+    }
     if let Err(e) = pressure.await {
         tracing::error!(error = %e, "capacity-pressure task failed");
     }

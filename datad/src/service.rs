@@ -9,6 +9,7 @@
 //! A failed put may leave copies on some replicas; they are unreferenced and are
 //! collected by GC like any other orphan.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tonic::Status;
 
 use crate::error::DataError;
 use crate::fence::ChainFence;
+use crate::scrub::ScrubCounters;
 use crate::store::BlockId;
 use crate::store::BlockStore;
 use crate::store::MAX_BLOCK_BYTES;
@@ -44,6 +46,8 @@ pub struct DataService {
     tiering: Arc<Tiering>,
     fence: Arc<ChainFence>,
     peers: Arc<Channels>,
+    /// The scrubber's counters; `None` when it is off.
+    scrub: Option<Arc<ScrubCounters>>,
 }
 
 /// Most blocks one `TierBlocks` or `DeleteBlocks` request may name.
@@ -59,7 +63,14 @@ impl DataService {
             tiering,
             fence,
             peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
+            scrub: None,
         }
+    }
+
+    /// Reports the scrubber's counters in `Stat`.
+    pub fn with_scrub(mut self, counters: Arc<ScrubCounters>) -> DataService {
+        self.scrub = Some(counters);
+        self
     }
 
     /// The tonic server for this service, accepting full-size blocks.
@@ -199,6 +210,9 @@ impl Data for DataService {
     ) -> Result<Response<pb::DataStatReply>, Status> {
         let stats = self.store.stats();
         let counters = &self.tiering.counters;
+        let scrub = |f: fn(&ScrubCounters) -> &AtomicU64| {
+            self.scrub.as_ref().map(|c| f(c).load(Ordering::Relaxed))
+        };
         Ok(Response::new(pb::DataStatReply {
             id: self.node_id,
             capacity_bytes: stats.capacity_bytes,
@@ -214,6 +228,13 @@ impl Data for DataService {
             moved_to_cold: counters.moved_to_cold.load(Ordering::Relaxed),
             fetched_from_cold: counters.fetched_from_cold.load(Ordering::Relaxed),
             cold_failures: counters.failures.load(Ordering::Relaxed),
+            scrub_passes: scrub(|c| &c.passes),
+            scrub_blocks_checked: scrub(|c| &c.blocks_checked),
+            scrub_bytes_checked: scrub(|c| &c.bytes_checked),
+            scrub_bad_found: scrub(|c| &c.bad_found),
+            scrub_repaired: scrub(|c| &c.repaired),
+            scrub_unrepairable: scrub(|c| &c.unrepairable),
+            scrub_last_pass_end_ms: scrub(|c| &c.last_pass_end_ms),
         }))
     }
 

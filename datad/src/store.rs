@@ -40,6 +40,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use rocksdb::ColumnFamily;
@@ -220,6 +222,19 @@ pub struct StoreStats {
     pub cold_blocks: u64,
 }
 
+/// What [`BlockStore::verify`] found of a block's local copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// The file holds the block's bytes (this many).
+    Intact(u32),
+    /// The file is damaged: wrong length or crc32c, unreadable, or missing.
+    Damaged(String),
+    /// The file is younger than asked for; not read.
+    Young,
+    /// No local copy to check: the block was deleted or is cold.
+    NotLocal,
+}
+
 /// The verified bytes of a read.
 #[derive(Debug, Clone)]
 pub struct BlockRead {
@@ -383,6 +398,38 @@ impl BlockStore {
             cold_bytes: self.inner.cold_bytes.load(Ordering::Relaxed),
             cold_blocks: self.inner.cold_count.load(Ordering::Relaxed),
         }
+    }
+
+    /// Up to `limit` indexed blocks in id order, starting after `after` (from
+    /// the first block when `None`): how the scrubber walks the store.
+    pub async fn list(
+        &self,
+        after: Option<BlockId>,
+        limit: usize,
+    ) -> Result<Vec<(BlockId, BlockInfo)>, DataError> {
+        let inner = Arc::clone(&self.inner);
+        spawn_blocking(move || inner.list_blocking(after, limit)).await?
+    }
+
+    /// Re-reads a block's local file and checks it against the index entry;
+    /// a file modified less than `skip_younger` ago is not read. Holds the
+    /// block's stripe, so a concurrent put, delete or tier move is never
+    /// mistaken for damage.
+    pub async fn verify(&self, id: BlockId, skip_younger: Duration) -> Result<Verified, DataError> {
+        self.with_stripe(id, move |inner| inner.verify_blocking(id, skip_younger))
+            .await
+    }
+
+    /// Replaces a block's damaged or missing local file with `data`, which must
+    /// match the index entry (length and crc32c; else
+    /// [`DataError::ChecksumMismatch`] and nothing changes). The file is
+    /// written aside, synced and renamed over the old one, so a reader sees the
+    /// old file or the new one. Answers `false`, writing nothing, when the
+    /// block has no local copy to repair any more (deleted, or moved to the
+    /// cold tier): a repair never brings a block back.
+    pub async fn repair(&self, id: BlockId, data: Bytes) -> Result<bool, DataError> {
+        self.with_stripe(id, move |inner| inner.repair_blocking(id, &data))
+            .await
     }
 
     /// Where a block's file lives (tests damage it on purpose).
@@ -655,6 +702,108 @@ impl Inner {
         self.cold_count.fetch_sub(1, Ordering::Relaxed);
         self.touch(id);
         Ok(entry)
+    }
+
+    fn list_blocking(
+        &self,
+        after: Option<BlockId>,
+        limit: usize,
+    ) -> Result<Vec<(BlockId, BlockInfo)>, DataError> {
+        let blocks = cf(&self.db, CF_BLOCKS)?;
+        let start = after.map(|id| id.key());
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(blocks, mode) {
+            let (key, value) = item?;
+            let id = BlockId::from_key(&key)
+                .ok_or_else(|| DataError::Db(format!("corrupt index key {key:02x?}")))?;
+            if Some(id) == after {
+                continue;
+            }
+            out.push((id, BlockInfo::decode(id, &value)?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Called with the block's stripe held.
+    fn verify_blocking(&self, id: BlockId, skip_younger: Duration) -> Result<Verified, DataError> {
+        let Some(entry) = self.entry(id)? else {
+            return Ok(Verified::NotLocal);
+        };
+        if !entry.tier.is_local() {
+            return Ok(Verified::NotLocal);
+        }
+        let path = block_path(&self.blocks_dir, id);
+        let modified = match fs::metadata(&path) {
+            Ok(meta) => meta.modified().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Verified::Damaged("file missing".into()))
+            }
+            Err(e) => return Ok(Verified::Damaged(format!("unreadable: {e}"))),
+        };
+        // A clock step back makes a file look young: it waits for a later pass.
+        let young = modified.is_some_and(|at| {
+            SystemTime::now()
+                .duration_since(at)
+                .map_or(true, |age| age < skip_younger)
+        });
+        if young {
+            return Ok(Verified::Young);
+        }
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Verified::Damaged("file missing".into()))
+            }
+            Err(e) => return Ok(Verified::Damaged(format!("unreadable: {e}"))),
+        };
+        if data.len() != entry.len as usize {
+            return Ok(Verified::Damaged(format!(
+                "{} bytes, expected {}",
+                data.len(),
+                entry.len
+            )));
+        }
+        let actual = crc32c::crc32c(&data);
+        if actual != entry.crc {
+            return Ok(Verified::Damaged(format!(
+                "crc32c {actual:#010x}, expected {:#010x}",
+                entry.crc
+            )));
+        }
+        Ok(Verified::Intact(entry.len))
+    }
+
+    /// Called with the block's stripe held.
+    fn repair_blocking(&self, id: BlockId, data: &[u8]) -> Result<bool, DataError> {
+        let Some(entry) = self.entry(id)? else {
+            return Ok(false);
+        };
+        if !entry.tier.is_local() {
+            return Ok(false);
+        }
+        let actual = crc32c::crc32c(data);
+        if actual != entry.crc || data.len() != entry.len as usize {
+            return Err(DataError::ChecksumMismatch {
+                block: id,
+                expected: entry.crc,
+                actual,
+            });
+        }
+        let path = block_path(&self.blocks_dir, id);
+        let tmp = path.with_file_name(format!("{id}.tmp"));
+        let result = write_durably(&tmp, &path, data);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        Ok(true)
     }
 
     fn coldest_blocking(&self, want: u64) -> Result<Vec<(BlockId, BlockInfo)>, DataError> {
