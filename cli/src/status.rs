@@ -84,6 +84,7 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
         problems.push("no placement groups yet".into());
     }
     println!("capacity: {used} of {cap} bytes used");
+    healing_status(&client, &map).await;
     tier_status(&client, &map).await;
     if let Err(e) = client.meta.getattr(ROOT_INO).await {
         problems.push(format!("root directory unavailable: {e}"));
@@ -96,6 +97,32 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
             println!("problem: {p}");
         }
         bail!("cluster is not serving requests")
+    }
+}
+
+/// Per live data node: its chains in sync (resync) and what its scrubber found.
+async fn healing_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
+    println!("healing:");
+    for n in map.data_nodes.iter().filter(|n| n.alive) {
+        match client.data.stat(&n.addr).await {
+            Ok(s) => {
+                let scrub = match s.scrub_passes {
+                    None => "scrub off".to_string(),
+                    Some(passes) => format!(
+                        "scrub: {passes} passes, {} blocks checked, {} bad, {} repaired, {} unrepairable",
+                        s.scrub_blocks_checked.unwrap_or(0),
+                        s.scrub_bad_found.unwrap_or(0),
+                        s.scrub_repaired.unwrap_or(0),
+                        s.scrub_unrepairable.unwrap_or(0),
+                    ),
+                };
+                println!(
+                    "  data node {}: groups in sync {}/{}, {} blocks copied in; {scrub}",
+                    n.id, s.resync_groups_synced, s.resync_groups_member, s.resync_blocks_copied
+                );
+            }
+            Err(e) => println!("  data node {}: {e}", n.id),
+        }
     }
 }
 

@@ -242,44 +242,79 @@ impl DataClient {
             .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
-    /// Reads a block range from the first replica that has it intact.
+    /// Reads a block range from the first replica that has it intact: the
+    /// chain's members (again with a fresh map when none had it), then every
+    /// other live data node, since a copy may sit outside the current chain (a
+    /// member that left it, a new one still syncing elsewhere).
     async fn fetch(&self, slice_id: u64, index: u32, offset: u32, len: u32) -> Result<Bytes> {
         let mut last_err = ClientError::Unavailable("no replica tried".into());
+        let mut tried: Vec<String> = Vec::new();
         for refresh in [false, true] {
             let chain = self.chain(slice_id, index, refresh).await?;
-            for addr in &self.healthy_first(chain.addrs) {
-                let mut client = self.grpc(addr)?;
-                let reply = client
-                    .get_block(pb::GetBlockRequest {
-                        block: Some(pb::BlockId { slice_id, index }),
-                        offset,
-                        len,
-                    })
-                    .await;
-                match reply {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        // A whole block is checked here too; ranges are checked by the server.
-                        if offset == 0 && len == 0 && crc32c::crc32c(&r.data) != r.block_crc32c {
-                            last_err = ClientError::Data(format!(
-                                "block {slice_id}/{index} from {addr}: checksum mismatch"
-                            ));
-                            continue;
-                        }
-                        return Ok(r.data);
-                    }
-                    Err(s) => {
-                        tracing::debug!(addr, "block {slice_id}/{index}: {}", s.message());
-                        last_err = from_status(&s);
-                        if last_err.is_transient() {
-                            self.suspect(addr);
-                        }
-                    }
+            for addr in self.healthy_first(chain.addrs) {
+                match self.fetch_from(&addr, slice_id, index, offset, len).await {
+                    Ok(data) => return Ok(data),
+                    Err(e) => last_err = e,
                 }
+                if !tried.contains(&addr) {
+                    tried.push(addr);
+                }
+            }
+        }
+        let map = self.meta.map().await?;
+        let others: Vec<String> = map
+            .data_nodes
+            .iter()
+            .filter(|n| n.alive && !tried.contains(&n.addr))
+            .map(|n| n.addr.clone())
+            .collect();
+        for addr in others {
+            match self.fetch_from(&addr, slice_id, index, offset, len).await {
+                Ok(data) => return Ok(data),
+                Err(e) => last_err = e,
             }
         }
         Err(ClientError::Data(format!(
             "block {slice_id}/{index} unreadable on every replica: {last_err}"
         )))
+    }
+
+    /// One replica's copy of a block range (a whole block checked here too;
+    /// ranges are checked by the server).
+    async fn fetch_from(
+        &self,
+        addr: &str,
+        slice_id: u64,
+        index: u32,
+        offset: u32,
+        len: u32,
+    ) -> Result<Bytes> {
+        let reply = self
+            .grpc(addr)?
+            .get_block(pb::GetBlockRequest {
+                block: Some(pb::BlockId { slice_id, index }),
+                offset,
+                len,
+            })
+            .await;
+        match reply {
+            Ok(r) => {
+                let r = r.into_inner();
+                if offset == 0 && len == 0 && crc32c::crc32c(&r.data) != r.block_crc32c {
+                    return Err(ClientError::Data(format!(
+                        "block {slice_id}/{index} from {addr}: checksum mismatch"
+                    )));
+                }
+                Ok(r.data)
+            }
+            Err(s) => {
+                tracing::debug!(addr, "block {slice_id}/{index}: {}", s.message());
+                let e = from_status(&s);
+                if e.is_transient() {
+                    self.suspect(addr);
+                }
+                Err(e)
+            }
+        }
     }
 }

@@ -43,6 +43,12 @@ pub struct Config {
     /// Blocks whose file was written less than this many seconds ago wait for
     /// the next pass.
     pub scrub_skip_younger_s: u64,
+    /// How often, in milliseconds, the chains this node is in are compared
+    /// with the versions it synced (see `resync.rs`); a changed chain is
+    /// synced then.
+    pub resync_check_ms: u64,
+    /// Most bytes per second resync copies in from other replicas, in MB.
+    pub resync_rate_mb_s: u64,
     /// The cold tier (the backend itself is set cluster-wide in metad).
     pub cold: ColdConfig,
 }
@@ -124,6 +130,8 @@ impl Default for Config {
             scrub_interval_s: 86_400,
             scrub_rate_mb_s: 64,
             scrub_skip_younger_s: 3600,
+            resync_check_ms: 2000,
+            resync_rate_mb_s: 200,
             cold: ColdConfig::default(),
         }
     }
@@ -176,6 +184,9 @@ impl Config {
         }
         if self.scrub_rate_mb_s == 0 {
             return bad("scrub-rate-mb-s must be at least 1".into());
+        }
+        if self.resync_check_ms == 0 || self.resync_rate_mb_s == 0 {
+            return bad("resync-check-ms and resync-rate-mb-s must be at least 1".into());
         }
         self.cold.validate()
     }

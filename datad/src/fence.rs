@@ -78,6 +78,22 @@ impl ChainFence {
         }
     }
 
+    /// The chains this node is a member of, as shard 0 last answered them.
+    pub fn member_groups(&self) -> Vec<pb::PlacementGroup> {
+        let Some(table) = &self.table else {
+            return Vec::new();
+        };
+        let table = table.borrow();
+        let mut groups: Vec<pb::PlacementGroup> = table
+            .groups
+            .values()
+            .filter(|g| g.chain.contains(&self.node_id))
+            .cloned()
+            .collect();
+        groups.sort_by_key(|g| g.id);
+        groups
+    }
+
     /// Resolves when a write waits for a fresher table than the last answer.
     pub async fn refresh_wanted(&self) {
         self.wanted.notified().await

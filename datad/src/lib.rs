@@ -7,7 +7,7 @@
 //! metad with a periodic heartbeat ([`heartbeat`] over [`meta`]), moves blocks to
 //! and from the cluster's cold tier ([`tier`] over [`cold`]), and re-reads every
 //! block in the background, repairing damaged copies from other replicas
-//! ([`scrub`]).
+//! ([`scrub`]), and copies in the blocks of chains it newly joined ([`resync`]).
 //!
 //! [`run`] is the whole daemon; [`serve`] is the same on a listener the caller
 //! bound (tests use ephemeral ports).
@@ -18,6 +18,7 @@ pub mod error;
 pub mod fence;
 pub mod heartbeat;
 pub mod meta;
+pub mod resync;
 pub mod scrub;
 pub mod service;
 pub mod store;
@@ -27,6 +28,7 @@ pub use config::Config;
 pub use error::DataError;
 pub use service::DataService;
 use std::sync::Arc;
+use std::time::Duration;
 pub use store::BlockId;
 pub use store::BlockStore;
 pub use store::StoreStats;
@@ -39,6 +41,7 @@ use tonic::transport::Server;
 
 use crate::fence::ChainFence;
 use crate::heartbeat::Heartbeat;
+use crate::resync::Resync;
 use crate::scrub::Scrubber;
 use crate::tier::Tiering;
 
@@ -83,17 +86,31 @@ pub async fn serve(
         ChainFence::new(config.id)
     });
     let mut service = DataService::new(config.id, Arc::clone(&tiering), Arc::clone(&fence));
-    let scrub_stop = shutdown.child_token();
+    let jobs_stop = shutdown.child_token();
     let scrub = match config.scrub() {
         Some(pacing) => {
             let scrubber = Scrubber::new(config.id, store.clone(), pacing, config.meta.clone());
             service = service.with_scrub(scrubber.counters());
-            Some(tokio::spawn(scrubber.run(scrub_stop.clone())))
+            Some(tokio::spawn(scrubber.run(jobs_stop.clone())))
         }
         None => {
             tracing::info!("scrubbing is off (scrub-interval-s = 0)");
             None
         }
+    };
+    let resync = if config.meta.is_empty() {
+        None
+    } else {
+        let resync = Resync::new(
+            config.id,
+            store.clone(),
+            Arc::clone(&fence),
+            config.meta.clone(),
+            Duration::from_millis(config.resync_check_ms),
+            config.resync_rate_mb_s.saturating_mul(1_000_000),
+        );
+        service = service.with_resync(resync.counters());
+        Some(tokio::spawn(resync.run(jobs_stop.clone())))
     };
     let incoming = TcpIncoming::from_listener(listener, true, None)
         .map_err(|e| DataError::Transport(e.to_string()))?;
@@ -122,11 +139,13 @@ pub async fn serve(
         .await;
 
     heartbeat_stop.cancel();
-    scrub_stop.cancel();
+    jobs_stop.cancel();
     cold_stop.cancel();
-    if let Some(task) = scrub {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "scrub task failed");
+    for (job, task) in [("scrub", scrub), ("resync", resync)] {
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "{job} task failed");
+            }
         }
     }
     if let Err(e) = pressure.await {

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::ids::placement_group;
 use cairn_proto::pb;
 use cairn_proto::pb::data_server::Data;
 use cairn_proto::pb::data_server::DataServer;
@@ -25,6 +26,7 @@ use tonic::Status;
 
 use crate::error::DataError;
 use crate::fence::ChainFence;
+use crate::resync::ResyncCounters;
 use crate::scrub::ScrubCounters;
 use crate::store::BlockId;
 use crate::store::BlockStore;
@@ -48,10 +50,15 @@ pub struct DataService {
     peers: Arc<Channels>,
     /// The scrubber's counters; `None` when it is off.
     scrub: Option<Arc<ScrubCounters>>,
+    /// The resync job's counters; `None` on a standalone node.
+    resync: Option<Arc<ResyncCounters>>,
 }
 
-/// Most blocks one `TierBlocks` or `DeleteBlocks` request may name.
+/// Most blocks one `TierBlocks` or `DeleteBlocks` request may name (and one
+/// `ListBlocks` answer hold, about).
 const MAX_BLOCKS_PER_REQUEST: usize = 4096;
+/// Index pages of `MAX_BLOCKS_PER_REQUEST` one `ListBlocks` call scans at most.
+const LIST_SCAN_PAGES: usize = 16;
 
 impl DataService {
     /// A service over the store of `tiering`, fencing writes with `fence`.
@@ -64,7 +71,14 @@ impl DataService {
             fence,
             peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
             scrub: None,
+            resync: None,
         }
+    }
+
+    /// Reports the resync job's counters in `Stat`.
+    pub fn with_resync(mut self, counters: Arc<ResyncCounters>) -> DataService {
+        self.resync = Some(counters);
+        self
     }
 
     /// Reports the scrubber's counters in `Stat`.
@@ -213,6 +227,11 @@ impl Data for DataService {
         let scrub = |f: fn(&ScrubCounters) -> &AtomicU64| {
             self.scrub.as_ref().map(|c| f(c).load(Ordering::Relaxed))
         };
+        let resync = |f: fn(&ResyncCounters) -> &AtomicU64| {
+            self.resync
+                .as_ref()
+                .map_or(0, |c| f(c).load(Ordering::Relaxed))
+        };
         Ok(Response::new(pb::DataStatReply {
             id: self.node_id,
             capacity_bytes: stats.capacity_bytes,
@@ -235,6 +254,52 @@ impl Data for DataService {
             scrub_repaired: scrub(|c| &c.repaired),
             scrub_unrepairable: scrub(|c| &c.unrepairable),
             scrub_last_pass_end_ms: scrub(|c| &c.last_pass_end_ms),
+            resync_groups_synced: resync(|c| &c.groups_synced),
+            resync_groups_member: resync(|c| &c.groups_member),
+            resync_blocks_copied: resync(|c| &c.blocks_copied),
+            resync_bytes_copied: resync(|c| &c.bytes_copied),
+        }))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<pb::ListBlocksRequest>,
+    ) -> Result<Response<pb::ListBlocksReply>, Status> {
+        let req = request.into_inner();
+        if req.groups_total == 0 || req.groups.iter().any(|g| *g >= req.groups_total) {
+            return Err(DataError::Invalid(format!(
+                "groups {:?} outside 0..{}",
+                req.groups, req.groups_total
+            ))
+            .into());
+        }
+        let limit = (req.limit as usize).clamp(1, MAX_BLOCKS_PER_REQUEST);
+        let mut after = req.after.map(|b| block_id(Some(b))).transpose()?;
+        let mut blocks = Vec::new();
+        // Scans a bounded stretch of the index per call, matches or not.
+        for _ in 0..LIST_SCAN_PAGES {
+            let page = self.store.list(after, MAX_BLOCKS_PER_REQUEST).await?;
+            let Some((last, _)) = page.last() else {
+                return Ok(Response::new(pb::ListBlocksReply { blocks, next: None }));
+            };
+            after = Some(*last);
+            for (id, info) in page {
+                let group = placement_group(id.slice_id, id.index, req.groups_total);
+                if info.tier.is_local() && req.groups.contains(&group) {
+                    blocks.push(pb::ListedBlock {
+                        block: Some(pb_block_id(id)),
+                        len: info.len,
+                        crc32c: info.crc,
+                    });
+                }
+            }
+            if blocks.len() >= limit {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListBlocksReply {
+            blocks,
+            next: after.map(pb_block_id),
         }))
     }
 

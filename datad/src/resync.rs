@@ -1,0 +1,286 @@
+//! Group resync: how a replica new to a chain gets the blocks written before it
+//! joined. When shard 0 rebuilds a chain (a member died and another node took
+//! its place), new writes reach the new member through the chain at once, but
+//! the group's older blocks sit only on the members that were there before. The
+//! resync job of every datad compares, for each group it is a member of, the
+//! chain version it last synced with the one shard 0 answers now (the fence's
+//! table, refreshed by every heartbeat); for a group that moved on it lists the
+//! blocks the other members hold (`ListBlocks`) and copies in each one it lacks
+//! (`GetBlock`, crc32c checked against the listing and again by the store).
+//! The group counts as synced at that version once every other member was
+//! listed to the end; a member that could not be reached leaves it for the
+//! next round. A node that starts knows no synced version, so it syncs every
+//! group once: what it missed while down comes back too.
+//!
+//! Until it has a block, the new member answers ENOENT for it and readers go
+//! on to the next replica; copying is paced (`resync-rate-mb-s`).
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use cairn_proto::channel::Channels;
+use cairn_proto::pb;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::ChainFence;
+use crate::meta::MetaLink;
+use crate::scrub::pace_delay;
+use crate::store::BlockId;
+use crate::store::BlockStore;
+
+/// Blocks one `ListBlocks` page asks for.
+const PAGE: u32 = 1024;
+/// How long connecting to metad or a replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one listing page or one block fetch may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the resync job has done since the node started.
+#[derive(Debug, Default)]
+pub struct ResyncCounters {
+    /// Groups of this node in sync at their current chain version.
+    pub groups_synced: AtomicU64,
+    /// Groups this node is a member of.
+    pub groups_member: AtomicU64,
+    pub blocks_copied: AtomicU64,
+    pub bytes_copied: AtomicU64,
+}
+
+/// The resync job of one node.
+pub struct Resync {
+    node_id: u64,
+    store: BlockStore,
+    fence: Arc<ChainFence>,
+    meta: MetaLink,
+    peers: Channels,
+    /// How often the fence's table is compared with what was synced.
+    interval: Duration,
+    bytes_per_s: u64,
+    counters: Arc<ResyncCounters>,
+    /// Group → the chain version it was last synced at.
+    synced: HashMap<u32, u64>,
+}
+
+impl Resync {
+    pub fn new(
+        node_id: u64,
+        store: BlockStore,
+        fence: Arc<ChainFence>,
+        meta: Vec<String>,
+        interval: Duration,
+        bytes_per_s: u64,
+    ) -> Resync {
+        Resync {
+            node_id,
+            store,
+            fence,
+            meta: MetaLink::new(meta, CALL_TIMEOUT),
+            peers: Channels::with_timeouts(CONNECT_TIMEOUT, CALL_TIMEOUT),
+            interval,
+            bytes_per_s,
+            counters: Arc::new(ResyncCounters::default()),
+            synced: HashMap::new(),
+        }
+    }
+
+    /// The counters, shared with whoever reports them.
+    pub fn counters(&self) -> Arc<ResyncCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Compares and syncs every interval until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                () = self.round() => {}
+            }
+        }
+    }
+
+    /// Syncs the groups whose chain moved on since they were last synced.
+    async fn round(&mut self) {
+        let member = self.fence.member_groups();
+        let stale: Vec<pb::PlacementGroup> = member
+            .iter()
+            .filter(|g| self.synced.get(&g.id) != Some(&g.version))
+            .cloned()
+            .collect();
+        self.report(member.len(), member.len() - stale.len());
+        if stale.is_empty() {
+            return;
+        }
+        let map = match self.meta.cluster_map().await {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(error = %e, "resync: cluster map unavailable; retrying");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let mut failed: Vec<u32> = Vec::new();
+        for (addr, groups) in peers_of(&map, self.node_id, &stale) {
+            if let Err(e) = self.copy_from(&addr, &map, &groups, started).await {
+                tracing::warn!(peer = %addr, ?groups, error = %e, "resync: peer not synced; retrying");
+                failed.extend(groups);
+            }
+        }
+        for g in &stale {
+            if !failed.contains(&g.id) {
+                self.synced.insert(g.id, g.version);
+                tracing::debug!(group = g.id, version = g.version, "resync: group in sync");
+            }
+        }
+        let member = self.fence.member_groups();
+        let synced = member
+            .iter()
+            .filter(|g| self.synced.get(&g.id) == Some(&g.version))
+            .count();
+        self.report(member.len(), synced);
+    }
+
+    fn report(&self, member: usize, synced: usize) {
+        let c = &self.counters;
+        c.groups_member.store(member as u64, Ordering::Relaxed);
+        c.groups_synced.store(synced as u64, Ordering::Relaxed);
+    }
+
+    /// Copies in every block of `groups` the peer at `addr` holds and this
+    /// node lacks.
+    async fn copy_from(
+        &self,
+        addr: &str,
+        map: &pb::ClusterMap,
+        groups: &[u32],
+        started: Instant,
+    ) -> Result<(), String> {
+        let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
+        let mut after = None;
+        loop {
+            let page = client
+                .list_blocks(pb::ListBlocksRequest {
+                    groups_total: map.groups.len() as u32,
+                    groups: groups.to_vec(),
+                    after,
+                    limit: PAGE,
+                })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            for listed in page.blocks {
+                let Some(b) = listed.block else { continue };
+                let id = BlockId {
+                    slice_id: b.slice_id,
+                    index: b.index,
+                };
+                if self
+                    .store
+                    .info(id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    continue;
+                }
+                let reply = client
+                    .get_block(pb::GetBlockRequest {
+                        block: Some(b),
+                        offset: 0,
+                        len: 0,
+                    })
+                    .await;
+                let data = match reply {
+                    Ok(r) => r.into_inner().data,
+                    // Deleted since the listing: nothing to copy.
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(format!("block {id}: {}", s.message())),
+                };
+                if crc32c::crc32c(&data) != listed.crc32c || data.len() != listed.len as usize {
+                    return Err(format!("block {id}: copy does not match its listing"));
+                }
+                let len = data.len() as u64;
+                self.store
+                    .put(id, data, listed.crc32c)
+                    .await
+                    .map_err(|e| format!("storing block {id}: {e}"))?;
+                let c = &self.counters;
+                c.blocks_copied.fetch_add(1, Ordering::Relaxed);
+                let copied = c.bytes_copied.fetch_add(len, Ordering::Relaxed) + len;
+                let wait = pace_delay(copied, self.bytes_per_s, started.elapsed());
+                tokio::time::sleep(wait).await;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// For each other live member of the `stale` groups' chains, its address and
+/// the stale groups it serves, in address order.
+fn peers_of(
+    map: &pb::ClusterMap,
+    me: u64,
+    stale: &[pb::PlacementGroup],
+) -> BTreeMap<String, Vec<u32>> {
+    let mut peers: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for g in stale {
+        for id in g.chain.iter().filter(|id| **id != me) {
+            if let Some(n) = map.data_nodes.iter().find(|n| n.id == *id && n.alive) {
+                peers.entry(n.addr.clone()).or_default().push(g.id);
+            }
+        }
+    }
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, alive: bool) -> pb::DataNodeInfo {
+        pb::DataNodeInfo {
+            id,
+            addr: format!("127.0.0.1:{id}"),
+            alive,
+            ..Default::default()
+        }
+    }
+
+    fn group(id: u32, chain: &[u64]) -> pb::PlacementGroup {
+        pb::PlacementGroup {
+            id,
+            chain: chain.to_vec(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn peers_are_the_other_live_members_of_stale_groups() {
+        let map = pb::ClusterMap {
+            data_nodes: vec![node(1, true), node(2, true), node(3, false), node(4, true)],
+            ..Default::default()
+        };
+        let stale = vec![group(0, &[1, 2, 3]), group(5, &[4, 1])];
+        let peers = peers_of(&map, 1, &stale);
+        let expect: BTreeMap<String, Vec<u32>> = [
+            ("127.0.0.1:2".to_string(), vec![0]),
+            ("127.0.0.1:4".to_string(), vec![5]),
+        ]
+        .into();
+        assert_eq!(peers, expect);
+    }
+}

@@ -1,0 +1,188 @@
+//! Self-healing of data on a real cluster (1 metad, 5 datad, replication 3):
+//! a data server killed for good under writes leaves its chains, the nodes that
+//! take its place copy in the blocks written before they joined, and every
+//! block is back on 3 live replicas with every file's bytes intact; a rolling
+//! restart of every data server loses no read and no write.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::ensure;
+use cairn_client::Client;
+use cairn_proto::channel::Channels;
+use cairn_proto::pb;
+use cairn_tests::random_bytes;
+use cairn_tests::read_file;
+use cairn_tests::wait_for;
+use cairn_tests::write_file;
+use cairn_tests::Cluster;
+use cairn_tests::Role;
+use cairn_tests::Spec;
+
+/// How long re-replication of this test's few MiB may take once the dead node
+/// is out of the chains (data-node-timeout 2 s, resync checks every 200 ms).
+const HEAL_BOUND: Duration = Duration::from_secs(30);
+
+fn spec() -> Spec {
+    Spec {
+        metas: 1,
+        replication: 1,
+        datas: 5,
+        data_replication: 3,
+        placement_groups: 16,
+        block_size: 1 << 20,
+        datad_toml: "resync-check-ms = 200\n",
+        ..Spec::default()
+    }
+}
+
+/// How many live data nodes hold each block (from their `ListBlocks`).
+async fn replica_counts(client: &Client) -> anyhow::Result<HashMap<(u64, u32), usize>> {
+    let map = client.meta.refresh_map().await?;
+    let total = map.groups.len() as u32;
+    let channels = Channels::default();
+    let mut counts = HashMap::new();
+    for node in map.data_nodes.iter().filter(|n| n.alive) {
+        let mut after = None;
+        loop {
+            let page = channels
+                .data(&node.addr)?
+                .list_blocks(pb::ListBlocksRequest {
+                    groups_total: total,
+                    groups: (0..total).collect(),
+                    after,
+                    limit: 4096,
+                })
+                .await?
+                .into_inner();
+            for b in page.blocks.iter().filter_map(|b| b.block.as_ref()) {
+                *counts.entry((b.slice_id, b.index)).or_insert(0) += 1;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Writes `/f{first}..` files of 3.5 MiB (4 blocks each); answers them.
+async fn write_files(
+    client: &std::sync::Arc<Client>,
+    first: u64,
+    n: u64,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for i in first..first + n {
+        let path = format!("/f{i}");
+        let data = random_bytes((7 << 20) / 2, i);
+        write_file(client, &path, &data).await?;
+        files.push((path, data));
+    }
+    Ok(files)
+}
+
+async fn check_files(
+    client: &std::sync::Arc<Client>,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    for (path, data) in files {
+        ensure!(&read_file(client, path).await? == data, "{path} differs");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_server_lost_for_good_is_replaced_and_every_block_has_3_replicas_again(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(spec()).await?;
+    let client = cluster.client();
+    let mut files = write_files(&client, 0, 8).await?;
+    let before = replica_counts(&client).await?;
+    ensure!(before.len() == 32, "{} blocks", before.len());
+    ensure!(before.values().all(|&c| c == 3), "{before:?}");
+
+    // Node 1 dies for good while a writer goes on.
+    cluster.datas[0].kill();
+    let writer = {
+        let client = cluster.client();
+        tokio::spawn(async move { write_files(&client, 100, 4).await })
+    };
+    files.extend(writer.await??);
+
+    let healed = wait_for("every block on 3 live replicas", HEAL_BOUND, || async {
+        replica_counts(&client).await.is_ok_and(|counts| {
+            before.keys().all(|b| counts.contains_key(b))
+                && counts.len() == 48
+                && counts.values().all(|&c| c == 3)
+        })
+    })
+    .await;
+    if let Err(e) = healed {
+        let counts = replica_counts(&client).await?;
+        let short: Vec<_> = counts.iter().filter(|(_, &c)| c != 3).collect();
+        anyhow::bail!("{e}; {} blocks, not on 3 replicas: {short:?}", counts.len());
+    }
+    check_files(&cluster.client(), &files).await?;
+
+    // Every live node reports all its chains in sync, and copied something in.
+    let map = client.meta.refresh_map().await?;
+    let mut copied = 0;
+    for node in map.data_nodes.iter().filter(|n| n.alive) {
+        let s = client.data.stat(&node.addr).await?;
+        ensure!(
+            s.resync_groups_member > 0 && s.resync_groups_synced == s.resync_groups_member,
+            "node {}: {}/{} groups in sync",
+            node.id,
+            s.resync_groups_synced,
+            s.resync_groups_member
+        );
+        copied += s.resync_blocks_copied;
+    }
+    ensure!(copied > 0, "nothing was copied");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_data_server_loses_no_read_and_no_write() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(spec()).await?;
+    let client = cluster.client();
+    let mut files = write_files(&client, 0, 4).await?;
+    for i in 0..cluster.datas.len() {
+        // Down long enough to leave its chains (2 s without a heartbeat), so
+        // the chains it held move on and it comes back outside them.
+        cluster.datas[i].kill();
+        files.extend(write_files(&client, 10 * (i as u64 + 1), 1).await?);
+        let id = cluster.datas[i].id;
+        wait_for(
+            "the node to leave the map's live set",
+            HEAL_BOUND,
+            || async {
+                client
+                    .meta
+                    .refresh_map()
+                    .await
+                    .is_ok_and(|m| m.data_nodes.iter().any(|n| n.id == id && !n.alive))
+            },
+        )
+        .await?;
+        check_files(&client, &files).await?;
+        cluster.restart(Role::Data, i)?;
+        cluster.wait_ready(HEAL_BOUND).await?;
+        check_files(&cluster.client(), &files).await?;
+    }
+    // Redundancy is whole again (nodes back outside their old chains keep
+    // their copies too, so some blocks have more than 3).
+    wait_for(
+        "every block on 3 live replicas or more",
+        HEAL_BOUND,
+        || async {
+            replica_counts(&client)
+                .await
+                .is_ok_and(|c| c.len() == 36 && c.values().all(|&n| n >= 3))
+        },
+    )
+    .await?;
+    Ok(())
+}
