@@ -6,6 +6,7 @@ mod bench_tier;
 mod daemons;
 mod fs;
 mod mount;
+mod node;
 mod s3;
 mod status;
 mod tier;
@@ -63,6 +64,12 @@ enum Command {
     /// Nodes, shards and leaders, placement groups, capacity; exits 0 only when
     /// the cluster serves requests.
     Status,
+    /// Data servers: list them, drain one (its chains move elsewhere with no
+    /// loss of redundancy), remove a drained one, or make one active again.
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
     /// Hot/cold tiering: the cold backend, policies, runs, status, restores.
     Tier {
         #[command(subcommand)]
@@ -148,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cache { command } => mount::cache(command),
             Command::Warmup(args) => mount::warmup(seeds, args).await,
             Command::Status => status::run(seeds).await,
+            Command::Node { command } => node::run(seeds, command).await,
             Command::Tier { command } => tier::run(seeds, command).await,
             Command::Bench(args) => bench::run(seeds, args).await,
             Command::BenchS3(args) => bench_s3::run(seeds, args).await,

@@ -63,20 +63,21 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
         problems.push("no live data node".into());
     }
     let want = (map.replication as usize).min(alive.max(1));
-    let degraded = map
-        .groups
-        .iter()
-        .filter(|g| {
-            g.chain.len() < want
-                || g.chain
-                    .iter()
-                    .any(|id| !map.data_nodes.iter().any(|n| n.id == *id && n.alive))
-        })
-        .count();
+    // Degraded: fewer live members serving (in sync) than the replication.
+    let serving = |g: &cairn_proto::pb::PlacementGroup| {
+        g.chain
+            .iter()
+            .filter(|id| !g.syncing.contains(id))
+            .filter(|id| map.data_nodes.iter().any(|n| n.id == **id && n.alive))
+            .count()
+    };
+    let degraded = map.groups.iter().filter(|g| serving(g) < want).count();
+    let syncing = map.groups.iter().filter(|g| !g.syncing.is_empty()).count();
     println!(
-        "placement groups: {} ({} degraded), replication {}, block size {}",
+        "placement groups: {} ({} degraded, {} syncing), replication {}, block size {}",
         map.groups.len(),
         degraded,
+        syncing,
         map.replication,
         map.block_size
     );

@@ -288,6 +288,19 @@ impl MetaClient {
         .await
     }
 
+    /// Sets what the operator wants of a data node (drain, remove, activate).
+    pub async fn set_data_node_state(&self, id: u64, state: pb::DataNodeState) -> Result<()> {
+        self.call(MAP_SHARD, |mut c| async move {
+            c.set_data_node_state(pb::SetDataNodeStateRequest {
+                id,
+                state: state as i32,
+            })
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Changes the tiering state (checked by metad).
     pub async fn update_tier(&self, update: pb::update_tier_request::Update) -> Result<()> {
         self.call(MAP_SHARD, |mut c| {

@@ -8,6 +8,11 @@
 //! never issued (a forged `u64::MAX`, say) is refused and remembered nowhere, so
 //! no writer can raise the fence for the others.
 //!
+//! An admitted write holds an [`Admission`] until it is stored here and down
+//! the chain; [`ChainFence::barrier`] waits for every one admitted before it,
+//! so a replica listing this node's blocks to sync (see `resync.rs`) misses no
+//! write acknowledged under an older chain.
+//!
 //! A node without metad addresses (standalone: tests and tools) has no authority
 //! and admits every version.
 
@@ -17,6 +22,8 @@ use std::time::Duration;
 use cairn_proto::pb;
 use tokio::sync::watch;
 use tokio::sync::Notify;
+use tokio::sync::OwnedRwLockReadGuard;
+use tokio::sync::RwLock;
 
 use crate::error::DataError;
 
@@ -38,6 +45,14 @@ pub struct ChainFence {
     table: Option<watch::Sender<Table>>,
     /// A write is waiting on a fresher table: the heartbeat should beat now.
     wanted: Notify,
+    /// Held shared by admitted writes in flight, exclusively by a barrier.
+    in_flight: std::sync::Arc<RwLock<()>>,
+}
+
+/// A write admitted and not yet finished (stored here and down the chain).
+#[derive(Debug)]
+pub struct Admission {
+    _held: OwnedRwLockReadGuard<()>,
 }
 
 enum Check {
@@ -56,6 +71,7 @@ impl ChainFence {
             node_id,
             table: Some(watch::Sender::new(Table::default())),
             wanted: Notify::new(),
+            in_flight: Default::default(),
         }
     }
 
@@ -65,6 +81,7 @@ impl ChainFence {
             node_id,
             table: None,
             wanted: Notify::new(),
+            in_flight: Default::default(),
         }
     }
 
@@ -99,25 +116,34 @@ impl ChainFence {
         self.wanted.notified().await
     }
 
-    /// Admits a write for `group` at `version`, or refuses it.
-    pub async fn admit(&self, group: u32, version: u64) -> Result<(), DataError> {
+    /// Admits a write for `group` at `version`, or refuses it; the write
+    /// holds the answer until it is finished.
+    pub async fn admit(&self, group: u32, version: u64) -> Result<Admission, DataError> {
+        let admission = Admission {
+            _held: self.in_flight.clone().read_owned().await,
+        };
         let Some(table) = &self.table else {
-            return Ok(());
+            return Ok(admission);
         };
         let mut answers = table.subscribe();
         let seen = answers.borrow().answers;
         match self.check(&answers.borrow(), group, version) {
-            Check::Admit => return Ok(()),
+            Check::Admit => return Ok(admission),
             Check::Refuse(e) => return Err(e),
             Check::Unknown { .. } => {}
         }
+        // Not held while waiting for shard 0: a barrier does not wait on it.
+        drop(admission);
         self.wanted.notify_one();
         let fresher = answers.wait_for(|t| t.answers > seen);
         // A lost wait (no answer in time) leaves the version unknown below.
         let _ = tokio::time::timeout(CONFIRM_WAIT, fresher).await;
+        let admission = Admission {
+            _held: self.in_flight.clone().read_owned().await,
+        };
         let table = table.borrow();
         match self.check(&table, group, version) {
-            Check::Admit => Ok(()),
+            Check::Admit => Ok(admission),
             Check::Refuse(e) => Err(e),
             Check::Unknown { latest } => Err(DataError::UnknownChain {
                 group,
@@ -125,6 +151,37 @@ impl ChainFence {
                 latest,
             }),
         }
+    }
+
+    /// Waits until this node knows every group of `at` at its version or a
+    /// newer one (asking shard 0 when not) and no write admitted before is in
+    /// flight; refuses a version shard 0 has not issued.
+    pub async fn barrier(&self, at: &[pb::GroupVersion]) -> Result<(), DataError> {
+        if let Some(table) = &self.table {
+            let behind = |t: &Table| {
+                at.iter()
+                    .find(|a| t.groups.get(&a.group).is_none_or(|g| g.version < a.version))
+                    .map(|a| (a.group, a.version))
+            };
+            let mut answers = table.subscribe();
+            let seen = answers.borrow().answers;
+            if behind(&answers.borrow()).is_some() {
+                self.wanted.notify_one();
+                let fresher = answers.wait_for(|t| t.answers > seen);
+                let _ = tokio::time::timeout(CONFIRM_WAIT, fresher).await;
+            }
+            let behind = behind(&table.borrow());
+            if let Some((group, version)) = behind {
+                let latest = table.borrow().groups.get(&group).map_or(0, |g| g.version);
+                return Err(DataError::UnknownChain {
+                    group,
+                    version,
+                    latest,
+                });
+            }
+        }
+        drop(self.in_flight.write().await);
+        Ok(())
     }
 
     fn check(&self, table: &Table, group: u32, version: u64) -> Check {
@@ -162,6 +219,7 @@ mod tests {
             id,
             chain: chain.to_vec(),
             version,
+            syncing: Vec::new(),
         }
     }
 
@@ -211,6 +269,34 @@ mod tests {
         answer_refreshes(&fence, vec![group(1, 6, &[2, 3])]);
         fence.admit(1, 6).await.unwrap();
         assert!(fence.admit(1, 5).await.is_err(), "the old chain is fenced");
+    }
+
+    #[tokio::test]
+    async fn a_barrier_waits_for_the_version_and_for_writes_in_flight() {
+        let fence = Arc::new(ChainFence::new(2));
+        fence.learn(vec![group(1, 5, &[1, 2, 3])]);
+        answer_refreshes(&fence, vec![group(1, 5, &[1, 2, 3])]);
+        let at = |version| vec![pb::GroupVersion { group: 1, version }];
+        // A version shard 0 has not issued is refused.
+        assert!(matches!(
+            fence.barrier(&at(6)).await,
+            Err(DataError::UnknownChain { latest: 5, .. })
+        ));
+        // A write in flight holds the barrier back until it is finished.
+        let write = fence.admit(1, 5).await.unwrap();
+        let barrier = tokio::spawn({
+            let fence = Arc::clone(&fence);
+            async move { fence.barrier(&at(5)).await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !barrier.is_finished(),
+            "the barrier passed a write in flight"
+        );
+        drop(write);
+        barrier.await.unwrap().unwrap();
     }
 
     #[tokio::test]

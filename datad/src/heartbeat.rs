@@ -3,7 +3,8 @@
 //! the node in the cluster map and keeps it alive there; the answer names the
 //! cluster's cold backend, which the node then uses, and carries shard 0's chain
 //! table, which the fence checks writes against. A write the fence cannot
-//! decide with the table it has asks for a beat at once.
+//! decide with the table it has asks for a beat at once. The beat also reports
+//! the groups this node finished syncing into (see `resync.rs`).
 //!
 //! The metad that answered last (usually the cluster-map leader) is tried first,
 //! then the configured addresses in turn; a "not the leader" answer naming the
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fence::ChainFence;
 use crate::meta::MetaLink;
+use crate::resync::SyncState;
 use crate::tier::Tiering;
 
 /// The heartbeat loop of one node.
@@ -28,6 +30,7 @@ pub struct Heartbeat {
     period: Duration,
     tiering: Arc<Tiering>,
     fence: Arc<ChainFence>,
+    synced: Arc<SyncState>,
     link: MetaLink,
 }
 
@@ -40,6 +43,7 @@ impl Heartbeat {
         period: Duration,
         tiering: Arc<Tiering>,
         fence: Arc<ChainFence>,
+        synced: Arc<SyncState>,
     ) -> Heartbeat {
         // An RPC slower than a couple of periods is as good as lost.
         let timeout = (period * 2).clamp(Duration::from_secs(1), Duration::from_secs(10));
@@ -49,6 +53,7 @@ impl Heartbeat {
             period,
             tiering,
             fence,
+            synced,
             link: MetaLink::new(meta, timeout),
         }
     }
@@ -84,6 +89,7 @@ impl Heartbeat {
             capacity_bytes: stats.capacity_bytes,
             used_bytes: stats.used_bytes,
             blocks: stats.blocks,
+            synced: self.synced.report(self.id, &self.fence),
         };
         let (reply, addr) = self
             .link

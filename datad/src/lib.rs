@@ -98,8 +98,11 @@ pub async fn serve(
             None
         }
     };
-    let resync = if config.meta.is_empty() {
-        None
+    // A node with metads heartbeats to them and resyncs the chains it joins.
+    let heartbeat_stop = shutdown.child_token();
+    let (heartbeat, resync) = if config.meta.is_empty() {
+        tracing::warn!("no metad addresses configured: this node will not register");
+        (None, None)
     } else {
         let resync = Resync::new(
             config.id,
@@ -110,16 +113,6 @@ pub async fn serve(
             config.resync_rate_mb_s.saturating_mul(1_000_000),
         );
         service = service.with_resync(resync.counters());
-        Some(tokio::spawn(resync.run(jobs_stop.clone())))
-    };
-    let incoming = TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| DataError::Transport(e.to_string()))?;
-
-    let heartbeat_stop = shutdown.child_token();
-    let heartbeat = if config.meta.is_empty() {
-        tracing::warn!("no metad addresses configured: this node will not register");
-        None
-    } else {
         let beat = Heartbeat::new(
             config.id,
             advertise.clone(),
@@ -127,9 +120,15 @@ pub async fn serve(
             config.heartbeat(),
             Arc::clone(&tiering),
             fence,
+            resync.state(),
         );
-        Some(tokio::spawn(beat.run(heartbeat_stop.clone())))
+        (
+            Some(tokio::spawn(beat.run(heartbeat_stop.clone()))),
+            Some(tokio::spawn(resync.run(jobs_stop.clone()))),
+        )
     };
+    let incoming = TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| DataError::Transport(e.to_string()))?;
     drop(store);
 
     tracing::info!(id = config.id, listen = %local, %advertise, "datad serving");
@@ -355,6 +354,7 @@ mod tests {
             id: 3,
             chain: vec![1, 2, 3],
             version: 5,
+            syncing: Vec::new(),
         }]);
         let start = |id| Node::start(id, vec![meta.addr.clone()]);
         let (a, b, c) = (start(1).await, start(2).await, start(3).await);
@@ -396,6 +396,7 @@ mod tests {
             id: 3,
             chain: vec![1, 2, 3],
             version: 6,
+            syncing: Vec::new(),
         }]);
         a.client()
             .put_block(put_request(7, b"new chain", 6, rest.clone()))
@@ -413,6 +414,7 @@ mod tests {
             id: 3,
             chain: vec![1, 2],
             version: 7,
+            syncing: Vec::new(),
         }]);
         let err = c
             .client()
@@ -618,6 +620,12 @@ mod tests {
         ) -> Result<Response<pb::GetLockReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn set_data_node_state(
+            &self,
+            _: Request<pb::SetDataNodeStateRequest>,
+        ) -> Result<Response<pb::SetDataNodeStateReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn get_tier(
             &self,
             _: Request<pb::GetTierRequest>,
@@ -688,6 +696,7 @@ mod tests {
             id: 3,
             chain: vec![5],
             version: 1,
+            syncing: Vec::new(),
         }]);
         let meta = vec![dead_addr().await, follower.addr.clone()];
         let node = Node::start(5, meta).await;

@@ -1,16 +1,18 @@
 //! Group resync: how a replica new to a chain gets the blocks written before it
-//! joined. When shard 0 rebuilds a chain (a member died and another node took
-//! its place), new writes reach the new member through the chain at once, but
-//! the group's older blocks sit only on the members that were there before. The
-//! resync job of every datad compares, for each group it is a member of, the
-//! chain version it last synced with the one shard 0 answers now (the fence's
-//! table, refreshed by every heartbeat); for a group that moved on it lists the
-//! blocks the other members hold (`ListBlocks`) and copies in each one it lacks
-//! (`GetBlock`, crc32c checked against the listing and again by the store).
-//! The group counts as synced at that version once every other member was
-//! listed to the end; a member that could not be reached leaves it for the
-//! next round. A node that starts knows no synced version, so it syncs every
-//! group once: what it missed while down comes back too.
+//! joined. When shard 0 adds a member to a chain that had members (one died,
+//! one drains), the newcomer is *syncing* there (`PlacementGroup.syncing`):
+//! new writes reach it through the chain at once, but the group's older
+//! blocks sit only on the members that were there before. The resync job of
+//! every datad looks, in the fence's table (refreshed by every heartbeat), for
+//! the groups it syncs into and has not synced at their current version; for
+//! those it lists the blocks the other members hold (`ListBlocks`, which each
+//! answers only once it knows that version and no write it admitted under an
+//! older one is in flight, so nothing acknowledged is missed) and copies in
+//! each one it lacks (`GetBlock`, crc32c checked against the listing and
+//! again by the store). Once every other live member was listed to the end,
+//! the group is synced at that version and the heartbeat reports it
+//! ([`SyncState`]); shard 0 then counts the node as serving. A member that
+//! could not be reached leaves the group for the next round.
 //!
 //! Until it has a block, the new member answers ENOENT for it and readers go
 //! on to the next replica; copying is paced (`resync-rate-mb-s`).
@@ -44,12 +46,52 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the resync job has done since the node started.
 #[derive(Debug, Default)]
 pub struct ResyncCounters {
-    /// Groups of this node in sync at their current chain version.
+    /// Groups of this node not waiting on a resync (serving there, or synced
+    /// at the current chain version).
     pub groups_synced: AtomicU64,
     /// Groups this node is a member of.
     pub groups_member: AtomicU64,
     pub blocks_copied: AtomicU64,
     pub bytes_copied: AtomicU64,
+}
+
+/// The groups this node has synced into, by the chain version it synced at;
+/// shared by the resync job (which fills it) and the heartbeat (which reports
+/// the ones shard 0 still counts as syncing).
+#[derive(Default)]
+pub struct SyncState {
+    synced: std::sync::Mutex<HashMap<u32, u64>>,
+}
+
+impl SyncState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, u64>> {
+        self.synced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Of `groups`, those node `me` syncs into and has not synced at their version.
+    fn stale(&self, me: u64, groups: &[pb::PlacementGroup]) -> Vec<pb::PlacementGroup> {
+        let synced = self.lock();
+        groups
+            .iter()
+            .filter(|g| g.syncing.contains(&me) && synced.get(&g.id) != Some(&g.version))
+            .cloned()
+            .collect()
+    }
+
+    /// What the heartbeat reports: groups `me` still syncs into (in the
+    /// fence's table) that it synced at their current version.
+    pub fn report(&self, me: u64, fence: &ChainFence) -> Vec<pb::GroupVersion> {
+        let synced = self.lock();
+        fence
+            .member_groups()
+            .into_iter()
+            .filter(|g| g.syncing.contains(&me) && synced.get(&g.id) == Some(&g.version))
+            .map(|g| pb::GroupVersion {
+                group: g.id,
+                version: g.version,
+            })
+            .collect()
+    }
 }
 
 /// The resync job of one node.
@@ -63,8 +105,7 @@ pub struct Resync {
     interval: Duration,
     bytes_per_s: u64,
     counters: Arc<ResyncCounters>,
-    /// Group → the chain version it was last synced at.
-    synced: HashMap<u32, u64>,
+    state: Arc<SyncState>,
 }
 
 impl Resync {
@@ -85,8 +126,13 @@ impl Resync {
             interval,
             bytes_per_s,
             counters: Arc::new(ResyncCounters::default()),
-            synced: HashMap::new(),
+            state: Arc::default(),
         }
+    }
+
+    /// What this job has synced, for the heartbeat to report.
+    pub fn state(&self) -> Arc<SyncState> {
+        Arc::clone(&self.state)
     }
 
     /// The counters, shared with whoever reports them.
@@ -95,7 +141,7 @@ impl Resync {
     }
 
     /// Compares and syncs every interval until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -110,14 +156,10 @@ impl Resync {
         }
     }
 
-    /// Syncs the groups whose chain moved on since they were last synced.
-    async fn round(&mut self) {
+    /// Syncs the groups this node syncs into and has not synced at their version.
+    async fn round(&self) {
         let member = self.fence.member_groups();
-        let stale: Vec<pb::PlacementGroup> = member
-            .iter()
-            .filter(|g| self.synced.get(&g.id) != Some(&g.version))
-            .cloned()
-            .collect();
+        let stale = self.state.stale(self.node_id, &member);
         self.report(member.len(), member.len() - stale.len());
         if stale.is_empty() {
             return;
@@ -132,23 +174,28 @@ impl Resync {
         let started = Instant::now();
         let mut failed: Vec<u32> = Vec::new();
         for (addr, groups) in peers_of(&map, self.node_id, &stale) {
-            if let Err(e) = self.copy_from(&addr, &map, &groups, started).await {
+            let at: Vec<pb::GroupVersion> = stale
+                .iter()
+                .filter(|g| groups.contains(&g.id))
+                .map(|g| pb::GroupVersion {
+                    group: g.id,
+                    version: g.version,
+                })
+                .collect();
+            if let Err(e) = self.copy_from(&addr, &map, at, started).await {
                 tracing::warn!(peer = %addr, ?groups, error = %e, "resync: peer not synced; retrying");
                 failed.extend(groups);
             }
         }
         for g in &stale {
             if !failed.contains(&g.id) {
-                self.synced.insert(g.id, g.version);
-                tracing::debug!(group = g.id, version = g.version, "resync: group in sync");
+                self.state.lock().insert(g.id, g.version);
+                tracing::info!(group = g.id, version = g.version, "resync: group in sync");
             }
         }
         let member = self.fence.member_groups();
-        let synced = member
-            .iter()
-            .filter(|g| self.synced.get(&g.id) == Some(&g.version))
-            .count();
-        self.report(member.len(), synced);
+        let stale = self.state.stale(self.node_id, &member).len();
+        self.report(member.len(), member.len() - stale);
     }
 
     fn report(&self, member: usize, synced: usize) {
@@ -157,24 +204,26 @@ impl Resync {
         c.groups_synced.store(synced as u64, Ordering::Relaxed);
     }
 
-    /// Copies in every block of `groups` the peer at `addr` holds and this
-    /// node lacks.
+    /// Copies in every block of the groups `at` the peer at `addr` holds and
+    /// this node lacks.
     async fn copy_from(
         &self,
         addr: &str,
         map: &pb::ClusterMap,
-        groups: &[u32],
+        at: Vec<pb::GroupVersion>,
         started: Instant,
     ) -> Result<(), String> {
+        let groups: Vec<u32> = at.iter().map(|g| g.group).collect();
         let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
         let mut after = None;
         loop {
             let page = client
                 .list_blocks(pb::ListBlocksRequest {
                     groups_total: map.groups.len() as u32,
-                    groups: groups.to_vec(),
+                    groups: groups.clone(),
                     after,
                     limit: PAGE,
+                    at: at.clone(),
                 })
                 .await
                 .map_err(|s| s.message().to_string())?
@@ -265,6 +314,7 @@ mod tests {
             id,
             chain: chain.to_vec(),
             version: 1,
+            syncing: Vec::new(),
         }
     }
 

@@ -420,6 +420,7 @@ mod tests {
                     id: g,
                     chain: chain.to_vec(),
                     version: 1,
+                    syncing: Vec::new(),
                 })
                 .collect(),
             ..Default::default()

@@ -121,7 +121,8 @@ impl DataService {
                 actual,
             });
         }
-        self.fence.admit(req.group, req.chain_version).await?;
+        // Held until the block is stored here and down the chain.
+        let _admitted = self.fence.admit(req.group, req.chain_version).await?;
 
         let local = self.store.put(id, req.data.clone(), req.crc32c);
         let downstream = self.forward(id, &req);
@@ -272,6 +273,9 @@ impl Data for DataService {
                 req.groups, req.groups_total
             ))
             .into());
+        }
+        if !req.at.is_empty() {
+            self.fence.barrier(&req.at).await?;
         }
         let limit = (req.limit as usize).clamp(1, MAX_BLOCKS_PER_REQUEST);
         let mut after = req.after.map(|b| block_id(Some(b))).transpose()?;

@@ -3,9 +3,19 @@
 //! slice-id allocator.
 //!
 //! Chains are stable: when the set of live data nodes changes, a chain keeps its
-//! live members in order and is topped up with other live nodes, and its version
-//! goes up so data servers fence writers holding the old chain.
+//! live members in order and is topped up with other active live nodes, and its
+//! version goes up so data servers fence writers holding the old chain.
+//!
+//! Replica states, per group: a member that joined a chain that already had
+//! members is *syncing* (at the chain's tail, written to, read from last) until
+//! it reports, in a heartbeat, that it copied in the group's older blocks at the
+//! current version ([`MapCommand::Synced`]); then it *serves*. An operator's
+//! node states: a *draining* node takes no new memberships and leaves each
+//! chain once `replication` active members serve it (so redundancy never drops
+//! below target while it empties); a *removed* node (allowed only once it is in
+//! no chain) is out of the map and its heartbeats are refused.
 
+use cairn_proto::pb;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -43,6 +53,16 @@ pub struct Layout {
     pub dead_after_ms: i64,
 }
 
+/// What an operator wants of a data node (stored apart from [`DataNode`], whose
+/// encoding old logs hold).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum NodeState {
+    #[default]
+    Active,
+    Draining,
+    Removed,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum MapCommand {
     /// Sets the layout once; later calls keep the first one.
@@ -53,6 +73,18 @@ pub enum MapCommand {
     CheckLiveness { now_ms: i64 },
     /// Hands out `count` slice ids.
     AllocSliceIds { count: u32 },
+    /// An operator sets a data node's state (see the module doc).
+    SetNodeState {
+        id: u64,
+        state: NodeState,
+        now_ms: i64,
+    },
+    /// Data node `node` copied in these groups at these chain versions.
+    Synced {
+        node: u64,
+        groups: Vec<(u32, u64)>,
+        now_ms: i64,
+    },
 }
 
 pub fn layout(txn: &Txn) -> Result<Option<Layout>, MetaError> {
@@ -79,6 +111,33 @@ pub fn groups(txn: &Txn) -> Result<Vec<(u32, Group)>, MetaError> {
     Ok(out)
 }
 
+pub fn node_state(txn: &Txn, id: u64) -> Result<NodeState, MetaError> {
+    Ok(txn.get_as(&keys::node_state(id))?.unwrap_or_default())
+}
+
+/// The members of group `g`'s chain still syncing.
+pub fn syncing(txn: &Txn, g: u32) -> Result<Vec<u64>, MetaError> {
+    Ok(txn.get_as(&keys::group_syncing(g))?.unwrap_or_default())
+}
+
+impl NodeState {
+    pub fn to_pb(self) -> pb::DataNodeState {
+        match self {
+            NodeState::Active => pb::DataNodeState::DataNodeActive,
+            NodeState::Draining => pb::DataNodeState::DataNodeDraining,
+            NodeState::Removed => pb::DataNodeState::DataNodeRemoved,
+        }
+    }
+
+    pub fn from_pb(state: pb::DataNodeState) -> NodeState {
+        match state {
+            pb::DataNodeState::DataNodeActive => NodeState::Active,
+            pb::DataNodeState::DataNodeDraining => NodeState::Draining,
+            pb::DataNodeState::DataNodeRemoved => NodeState::Removed,
+        }
+    }
+}
+
 pub fn is_alive(node: &DataNode, now_ms: i64, dead_after_ms: i64) -> bool {
     now_ms - node.last_heartbeat_ms < dead_after_ms
 }
@@ -96,6 +155,12 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
             Ok(Reply::None)
         }
         MapCommand::Heartbeat { node, now_ms } => {
+            if node_state(txn, node.id)? == NodeState::Removed {
+                return Err(MetaError::Invalid(format!(
+                    "data node {} was removed from the cluster",
+                    node.id
+                )));
+            }
             let known: Option<DataNode> = txn.get_as(&keys::data_node(node.id))?;
             let dead_after = dead_after(txn)?;
             let rebuild = match &known {
@@ -122,58 +187,152 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
                 count: *count,
             })
         }
+        MapCommand::SetNodeState { id, state, now_ms } => {
+            set_node_state(txn, *id, *state)?;
+            rebuild_chains(txn, *now_ms)?;
+            Ok(Reply::None)
+        }
+        MapCommand::Synced {
+            node,
+            groups,
+            now_ms,
+        } => {
+            for (g, version) in groups {
+                let current: Option<Group> = txn.get_as(&keys::group(*g))?;
+                let mut still = syncing(txn, *g)?;
+                if current.is_some_and(|c| c.version == *version) && still.contains(node) {
+                    still.retain(|n| n != node);
+                    put_syncing(txn, *g, &still)?;
+                    // A changed replica state is a new chain version.
+                    bump(txn, *g)?;
+                }
+            }
+            rebuild_chains(txn, *now_ms)?;
+            Ok(Reply::None)
+        }
     }
 }
 
-/// Recomputes every chain from the live data nodes; a chain whose members change
-/// gets a new version.
+fn set_node_state(txn: &mut Txn, id: u64, state: NodeState) -> Result<(), MetaError> {
+    if txn.get_as::<DataNode>(&keys::data_node(id))?.is_none() {
+        return Err(MetaError::Fs(crate::types::Errno::new(
+            cairn_proto::status::ENOENT,
+            format!("no data node {id}"),
+        )));
+    }
+    if state == NodeState::Removed {
+        let member_of = groups(txn)?
+            .into_iter()
+            .filter(|(_, g)| g.chain.contains(&id))
+            .count();
+        if member_of > 0 {
+            return Err(MetaError::Invalid(format!(
+                "data node {id} is still in {member_of} chains: drain it first"
+            )));
+        }
+        txn.delete(keys::data_node(id));
+    }
+    txn.put_as(keys::node_state(id), &state)
+}
+
+fn put_syncing(txn: &mut Txn, g: u32, syncing: &[u64]) -> Result<(), MetaError> {
+    if syncing.is_empty() {
+        txn.delete(keys::group_syncing(g));
+        Ok(())
+    } else {
+        txn.put_as(keys::group_syncing(g), &syncing.to_vec())
+    }
+}
+
+fn bump(txn: &mut Txn, g: u32) -> Result<(), MetaError> {
+    if let Some(mut group) = txn.get_as::<Group>(&keys::group(g))? {
+        group.version += 1;
+        txn.put_as(keys::group(g), &group)?;
+    }
+    Ok(())
+}
+
+/// Recomputes every chain from the live data nodes and their states; a chain
+/// whose members or replica states change gets a new version.
 fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
     let Some(layout) = layout(txn)? else {
         return Ok(());
     };
-    let mut live: Vec<u64> = data_nodes(txn)?
-        .iter()
-        .filter(|n| is_alive(n, now_ms, layout.dead_after_ms))
-        .map(|n| n.id)
-        .collect();
+    let mut live: Vec<(u64, NodeState)> = Vec::new();
+    for n in data_nodes(txn)? {
+        let state = node_state(txn, n.id)?;
+        if is_alive(&n, now_ms, layout.dead_after_ms) && state != NodeState::Removed {
+            live.push((n.id, state));
+        }
+    }
     live.sort_unstable();
     if live.is_empty() {
         return Ok(());
     }
-    let want = (layout.replication as usize).min(live.len());
+    let active = |id: &u64| live.contains(&(*id, NodeState::Active));
+    let want = (layout.replication as usize).min(live.iter().filter(|(id, _)| active(id)).count());
     for g in 0..layout.groups {
         // The group's preferred order: live nodes rotated by the group id, so
         // chain heads (and load) spread over the nodes.
         let start = g as usize % live.len();
         let preferred: Vec<u64> = (0..live.len())
-            .map(|k| live[(start + k) % live.len()])
+            .map(|k| live[(start + k) % live.len()].0)
             .collect();
         let old: Option<Group> = txn.get_as(&keys::group(g))?;
+        let old_syncing = syncing(txn, g)?;
         // Members stay members while alive (their blocks stay reachable); only
-        // missing replicas are filled, in preferred order.
+        // missing active replicas are filled, in preferred order.
         let mut members: Vec<u64> = old
             .as_ref()
             .map(|o| {
                 o.chain
                     .iter()
                     .copied()
-                    .filter(|id| live.contains(id))
+                    .filter(|id| live.iter().any(|(l, _)| l == id))
                     .collect()
             })
             .unwrap_or_default();
-        for candidate in &preferred {
-            if members.len() >= want {
+        let mut syncing: Vec<u64> = old_syncing
+            .iter()
+            .copied()
+            .filter(|id| members.contains(id))
+            .collect();
+        // A chain that kept no member has nothing to copy from: its new
+        // members serve at once.
+        let had_members = !members.is_empty();
+        for candidate in preferred.iter().filter(|id| active(id)) {
+            if members.iter().filter(|id| active(id)).count() >= want {
                 break;
             }
             if !members.contains(candidate) {
                 members.push(*candidate);
+                if had_members {
+                    syncing.push(*candidate);
+                }
             }
         }
+        // Draining members leave once `want` active members serve.
+        let serving_active = members
+            .iter()
+            .filter(|id| active(id) && !syncing.contains(id))
+            .count();
+        if serving_active >= want {
+            members.retain(|id| active(id));
+        }
+        // Serving members in preferred order, then syncing ones in the order
+        // they joined.
         let mut chain = members;
-        chain.sort_by_key(|id| preferred.iter().position(|p| p == id));
-        if old.as_ref().map(|o| &o.chain) != Some(&chain) {
+        chain.sort_by_key(|id| {
+            (
+                syncing.iter().position(|s| s == id),
+                preferred.iter().position(|p| p == id),
+            )
+        });
+        let changed = old.as_ref().map(|o| &o.chain) != Some(&chain) || old_syncing != syncing;
+        if changed {
             let version = old.map(|o| o.version + 1).unwrap_or(1);
             txn.put_as(keys::group(g), &Group { chain, version })?;
+            put_syncing(txn, g, &syncing)?;
         }
     }
     Ok(())
@@ -219,6 +378,8 @@ mod tests {
         for id in 1..=3 {
             beat(&db, id, 1000);
         }
+        // Nodes 2 and 3 joined chains node 1 was already in.
+        settle(&db, 1000);
         let gs = groups(&Txn::new(&db, 0)).unwrap();
         assert_eq!(gs.len(), 6);
         assert!(gs.iter().all(|(_, g)| g.chain.len() == 3));
@@ -256,5 +417,170 @@ mod tests {
                 count: 5
             }
         );
+    }
+
+    fn try_run(db: &rocksdb::DB, cmd: MapCommand) -> Result<Reply, MetaError> {
+        let mut txn = Txn::new(db, 0);
+        let r = apply(&mut txn, &cmd)?;
+        db.write(txn.into_batch().unwrap()).unwrap();
+        Ok(r)
+    }
+
+    fn chains(db: &rocksdb::DB) -> Vec<(u32, Group, Vec<u64>)> {
+        let txn = Txn::new(db, 0);
+        groups(&txn)
+            .unwrap()
+            .into_iter()
+            .map(|(id, g)| (id, g, syncing(&txn, id).unwrap()))
+            .collect()
+    }
+
+    /// Every syncing member reports its group in sync.
+    fn settle(db: &rocksdb::DB, now_ms: i64) {
+        for (id, _, s) in chains(db) {
+            for node in s {
+                let version = chains(db)[id as usize].1.version;
+                let groups = vec![(id, version)];
+                run(
+                    db,
+                    MapCommand::Synced {
+                        node,
+                        groups,
+                        now_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn new_members_sync_before_serving_and_a_draining_node_leaves_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(
+            &db,
+            MapCommand::Init(Layout {
+                groups: 6,
+                replication: 3,
+                block_size: 4 << 20,
+                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            }),
+        );
+        for id in 1..=4 {
+            beat(&db, id, 1000);
+        }
+        settle(&db, 1000);
+        let start = chains(&db);
+        assert!(start
+            .iter()
+            .all(|(_, g, s)| g.chain.len() == 3 && s.is_empty()));
+        let held_by_1: Vec<u32> = start
+            .iter()
+            .filter(|(_, g, _)| g.chain.contains(&1))
+            .map(|(id, _, _)| *id)
+            .collect();
+        assert!(!held_by_1.is_empty());
+
+        let now_ms = 1000;
+        let drain = |state| MapCommand::SetNodeState {
+            id: 1,
+            state,
+            now_ms,
+        };
+        run(&db, drain(NodeState::Draining));
+        let draining = chains(&db);
+        for (id, g, s) in &draining {
+            let before = &start[*id as usize].1;
+            if held_by_1.contains(id) {
+                // Node 1 stays until its replacement serves: 4 members, one syncing at the tail.
+                assert_eq!(g.chain.len(), 4, "group {id}: {g:?}");
+                assert!(g.chain.contains(&1));
+                assert_eq!(s.len(), 1);
+                assert_eq!(g.chain.last(), s.first());
+                assert_eq!(g.version, before.version + 1);
+            } else {
+                assert_eq!((g, s.is_empty()), (before, true), "group {id} untouched");
+            }
+        }
+        let err = try_run(&db, drain(NodeState::Removed)).unwrap_err();
+        assert!(err.to_string().contains("drain it first"), "{err}");
+
+        // A report at an old version changes nothing; at the current one the
+        // new member serves and node 1 leaves.
+        let (g0, group0, syncing0) = draining
+            .iter()
+            .find(|(id, _, _)| held_by_1.contains(id))
+            .cloned()
+            .unwrap();
+        let new = syncing0[0];
+        let synced = |version| MapCommand::Synced {
+            node: new,
+            groups: vec![(g0, version)],
+            now_ms,
+        };
+        run(&db, synced(group0.version - 1));
+        assert_eq!(chains(&db)[g0 as usize].1, group0);
+        run(&db, synced(group0.version));
+        let (_, after, s) = &chains(&db)[g0 as usize];
+        assert!(s.is_empty());
+        assert_eq!(after.chain.len(), 3);
+        assert!(!after.chain.contains(&1) && after.chain.contains(&new));
+        assert!(after.version > group0.version);
+
+        // Every other group too; then node 1 is in no chain and can go.
+        settle(&db, now_ms);
+        assert!(chains(&db)
+            .iter()
+            .all(|(_, g, s)| !g.chain.contains(&1) && s.is_empty()));
+        run(&db, drain(NodeState::Removed));
+        assert!(data_nodes(&Txn::new(&db, 0))
+            .unwrap()
+            .iter()
+            .all(|n| n.id != 1));
+        let node = DataNode {
+            id: 1,
+            addr: "127.0.0.1:1".into(),
+            capacity: 100,
+            used: 0,
+            blocks: 0,
+            last_heartbeat_ms: 0,
+        };
+        let err = try_run(&db, MapCommand::Heartbeat { node, now_ms }).unwrap_err();
+        assert!(err.to_string().contains("removed"), "{err}");
+    }
+
+    #[test]
+    fn a_dead_members_replacement_syncs_and_a_new_chain_serves_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(
+            &db,
+            MapCommand::Init(Layout {
+                groups: 4,
+                replication: 2,
+                block_size: 4 << 20,
+                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            }),
+        );
+        // The first chains have no earlier members: nothing to sync from.
+        beat(&db, 1, 1000);
+        assert!(chains(&db)
+            .iter()
+            .all(|(_, g, s)| g.chain == [1] && s.is_empty()));
+        beat(&db, 2, 1000);
+        settle(&db, 1000);
+        assert!(chains(&db)
+            .iter()
+            .all(|(_, g, s)| g.chain.len() == 2 && s.is_empty()));
+        beat(&db, 3, 1000);
+        // Node 2 dies: node 3 replaces it, syncing from node 1.
+        let later = 1000 + DEFAULT_DEAD_AFTER_MS;
+        beat(&db, 1, later);
+        beat(&db, 3, later);
+        run(&db, MapCommand::CheckLiveness { now_ms: later });
+        for (id, g, s) in chains(&db) {
+            assert_eq!(g.chain, vec![1, 3], "group {id}");
+            assert_eq!(s, vec![3], "group {id}");
+        }
     }
 }

@@ -48,9 +48,11 @@ pub const GROUP: u8 = b'G';
 pub const TIER: u8 = b'T';
 pub const META: u8 = b'm';
 pub const COUNTER: u8 = b'n';
+pub const NODE_STATE: u8 = b'W';
+pub const GROUP_SYNCING: u8 = b'Y';
 
 /// Every tag, for the distinctness test and for readers of raw dumps.
-pub const TAGS: [u8; 23] = [
+pub const TAGS: [u8; 25] = [
     INODE,
     DENTRY,
     CHUNK,
@@ -74,6 +76,8 @@ pub const TAGS: [u8; 23] = [
     TIER,
     META,
     COUNTER,
+    NODE_STATE,
+    GROUP_SYNCING,
 ];
 
 /// The last applied log id.
@@ -181,6 +185,14 @@ pub fn data_node(id: u64) -> Vec<u8> {
 }
 pub fn group(id: u32) -> Vec<u8> {
     key(GROUP, &[&id.to_be_bytes()])
+}
+/// What an operator wants of data node `id` (absent: active).
+pub fn node_state(id: u64) -> Vec<u8> {
+    key(NODE_STATE, &[&id.to_be_bytes()])
+}
+/// The members of group `id`'s chain still syncing (absent: none).
+pub fn group_syncing(id: u32) -> Vec<u8> {
+    key(GROUP_SYNCING, &[&id.to_be_bytes()])
 }
 pub fn tier_backend() -> Vec<u8> {
     key(TIER, &[b"b"])

@@ -431,11 +431,17 @@ impl MetaNode {
     pub async fn cluster_map_local(&self) -> Result<pb::ClusterMap, MetaError> {
         let (layout, nodes, groups) = self
             .read(MAP_SHARD, |txn| {
-                Ok((
-                    cluster::layout(txn)?,
-                    cluster::data_nodes(txn)?,
-                    cluster::groups(txn)?,
-                ))
+                let mut nodes = Vec::new();
+                for n in cluster::data_nodes(txn)? {
+                    let state = cluster::node_state(txn, n.id)?;
+                    nodes.push((n, state));
+                }
+                let mut groups = Vec::new();
+                for (id, g) in cluster::groups(txn)? {
+                    let syncing = cluster::syncing(txn, id)?;
+                    groups.push((id, g, syncing));
+                }
+                Ok((cluster::layout(txn)?, nodes, groups))
             })
             .await?;
         let now_ms = now_ns() / 1_000_000;
@@ -459,7 +465,7 @@ impl MetaNode {
                 .collect(),
             data_nodes: nodes
                 .iter()
-                .map(|n| pb::DataNodeInfo {
+                .map(|(n, state)| pb::DataNodeInfo {
                     id: n.id,
                     addr: n.addr.clone(),
                     capacity_bytes: n.capacity,
@@ -467,14 +473,16 @@ impl MetaNode {
                     blocks: n.blocks,
                     alive: cluster::is_alive(n, now_ms, dead_after),
                     last_heartbeat_ms: n.last_heartbeat_ms,
+                    state: state.to_pb() as i32,
                 })
                 .collect(),
             groups: groups
                 .into_iter()
-                .map(|(id, g)| pb::PlacementGroup {
+                .map(|(id, g, syncing)| pb::PlacementGroup {
                     id,
                     chain: g.chain,
                     version: g.version,
+                    syncing,
                 })
                 .collect(),
             replication: layout.map(|l| l.replication).unwrap_or(0),

@@ -692,8 +692,58 @@ impl pb::meta_server::Meta for MetaService {
             blocks: req.blocks,
             last_heartbeat_ms: 0,
         };
-        let cmd = MapCommand::Heartbeat {
-            node,
+        let id = node.id;
+        let now_ms = now_ns() / 1_000_000;
+        let map = |cmd| Request {
+            key: None,
+            cmd: Command::Map(cmd),
+        };
+        self.node
+            .propose_local(MAP_SHARD, map(MapCommand::Heartbeat { node, now_ms }))
+            .await?;
+        let cold = self
+            .node
+            .read(MAP_SHARD, |txn| Ok(tier::config(txn)?.backend))
+            .await?;
+        // Read on this leader after the beat applied: at least as new as any
+        // chain version a client was handed before it.
+        let mut groups = self.node.cluster_map_local().await?.groups;
+        // Groups the node reports in sync at their current version: it serves them.
+        let synced: Vec<(u32, u64)> = req
+            .synced
+            .iter()
+            .filter(|s| {
+                groups
+                    .iter()
+                    .any(|g| g.id == s.group && g.version == s.version && g.syncing.contains(&id))
+            })
+            .map(|s| (s.group, s.version))
+            .collect();
+        if !synced.is_empty() {
+            let cmd = MapCommand::Synced {
+                node: id,
+                groups: synced,
+                now_ms,
+            };
+            self.node.propose_local(MAP_SHARD, map(cmd)).await?;
+            groups = self.node.cluster_map_local().await?.groups;
+        }
+        Ok(GrpcResponse::new(pb::RegisterDataNodeReply {
+            cold,
+            groups,
+        }))
+    }
+
+    async fn set_data_node_state(
+        &self,
+        req: GrpcRequest<pb::SetDataNodeStateRequest>,
+    ) -> GrpcResult<pb::SetDataNodeStateReply> {
+        let req = req.into_inner();
+        let state = pb::DataNodeState::try_from(req.state)
+            .map_err(|_| MetaError::Invalid(format!("unknown data node state {}", req.state)))?;
+        let cmd = MapCommand::SetNodeState {
+            id: req.id,
+            state: cluster::NodeState::from_pb(state),
             now_ms: now_ns() / 1_000_000,
         };
         self.node
@@ -705,17 +755,7 @@ impl pb::meta_server::Meta for MetaService {
                 },
             )
             .await?;
-        let cold = self
-            .node
-            .read(MAP_SHARD, |txn| Ok(tier::config(txn)?.backend))
-            .await?;
-        // Read on this leader after the beat applied: at least as new as any
-        // chain version a client was handed before it.
-        let groups = self.node.cluster_map_local().await?.groups;
-        Ok(GrpcResponse::new(pb::RegisterDataNodeReply {
-            cold,
-            groups,
-        }))
+        Ok(GrpcResponse::new(pb::SetDataNodeStateReply {}))
     }
 
     async fn get_tier(&self, _req: GrpcRequest<pb::GetTierRequest>) -> GrpcResult<pb::TierConfig> {

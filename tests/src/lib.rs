@@ -291,7 +291,7 @@ impl Cluster {
                 &config,
                 format!(
                     "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nmeta = [{}]\n\
-                     heartbeat-ms = 200\ncapacity-bytes = {}\n{}\n",
+                     heartbeat-ms = 200\nresync-check-ms = 100\ncapacity-bytes = {}\n{}\n",
                     cluster.dir.path().join(format!("datad{id}")).display(),
                     meta_list.join(", "),
                     spec.capacity_bytes,
@@ -346,6 +346,7 @@ impl Cluster {
             let chains = !map.groups.is_empty()
                 && map.groups.iter().all(|g| {
                     g.chain.len() == want_chain
+                        && g.syncing.is_empty()
                         && g.chain.iter().all(|id| {
                             map.data_nodes
                                 .iter()

@@ -20,7 +20,7 @@ use cairn_tests::Role;
 use cairn_tests::Spec;
 
 /// How long re-replication of this test's few MiB may take once the dead node
-/// is out of the chains (data-node-timeout 2 s, resync checks every 200 ms).
+/// is out of the chains (data-node-timeout 2 s, resync checks every 100 ms).
 const HEAL_BOUND: Duration = Duration::from_secs(30);
 
 fn spec() -> Spec {
@@ -31,7 +31,6 @@ fn spec() -> Spec {
         data_replication: 3,
         placement_groups: 16,
         block_size: 1 << 20,
-        datad_toml: "resync-check-ms = 200\n",
         ..Spec::default()
     }
 }
@@ -52,6 +51,7 @@ async fn replica_counts(client: &Client) -> anyhow::Result<HashMap<(u64, u32), u
                     groups: (0..total).collect(),
                     after,
                     limit: 4096,
+                    at: Vec::new(),
                 })
                 .await?
                 .into_inner();
@@ -184,5 +184,80 @@ async fn a_rolling_restart_of_every_data_server_loses_no_read_and_no_write() -> 
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Runs the `cairn` CLI against the cluster; answers (success, stdout + stderr).
+fn cairn(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(cairn_tests::cairn_bin()?)
+        .args(args)
+        .env("CAIRN_META", cluster.meta_addrs().join(","))
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_removed(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(spec()).await?;
+    let client = cluster.client();
+    let mut files = write_files(&client, 0, 6).await?;
+    let before = replica_counts(&client).await?;
+    ensure!(before.len() == 24 && before.values().all(|&c| c == 3));
+
+    let (ok, out) = cairn(&cluster, &["node", "remove", "1"])?;
+    ensure!(!ok && out.contains("drain it first"), "{out}");
+    let (ok, out) = cairn(&cluster, &["node", "drain", "1"])?;
+    ensure!(ok, "{out}");
+    let writer = {
+        let client = cluster.client();
+        tokio::spawn(async move { write_files(&client, 100, 3).await })
+    };
+    // Every poll checks that no block known before has fewer than 3 copies.
+    let below = std::sync::Mutex::new(Vec::new());
+    wait_for("node 1 to leave every chain", HEAL_BOUND, || async {
+        if let Ok(counts) = replica_counts(&client).await {
+            for (b, _) in before
+                .iter()
+                .filter(|(b, _)| counts.get(b).is_none_or(|&c| c < 3))
+            {
+                below.lock().unwrap().push(*b);
+            }
+        }
+        client.meta.refresh_map().await.is_ok_and(|m| {
+            m.groups
+                .iter()
+                .all(|g| !g.chain.contains(&1) && g.syncing.is_empty())
+        })
+    })
+    .await?;
+    files.extend(writer.await??);
+    let below = below.into_inner().unwrap();
+    ensure!(
+        below.is_empty(),
+        "blocks under 3 copies while draining: {below:?}"
+    );
+
+    let (ok, out) = cairn(&cluster, &["node", "remove", "1"])?;
+    ensure!(ok, "{out}");
+    let (ok, out) = cairn(&cluster, &["node", "list"])?;
+    ensure!(
+        ok && !out
+            .lines()
+            .skip(1)
+            .any(|l| l.trim_start().starts_with("1 ")),
+        "{out}"
+    );
+    // Its disk can go: every block still has 3 copies without it.
+    cluster.datas[0].kill();
+    let counts = replica_counts(&client).await?;
+    ensure!(counts.len() == 36, "{} blocks", counts.len());
+    ensure!(counts.values().all(|&c| c >= 3), "{counts:?}");
+    check_files(&cluster.client(), &files).await?;
     Ok(())
 }
