@@ -118,8 +118,12 @@ async fn healing_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
                     ),
                 };
                 println!(
-                    "  data node {}: groups in sync {}/{}, {} blocks copied in; {scrub}",
-                    n.id, s.resync_groups_synced, s.resync_groups_member, s.resync_blocks_copied
+                    "  data node {}: groups in sync {}/{}, {} blocks copied in, {} left-behind copies dropped; {scrub}",
+                    n.id,
+                    s.resync_groups_synced,
+                    s.resync_groups_member,
+                    s.resync_blocks_copied,
+                    s.resync_blocks_dropped
                 );
             }
             Err(e) => println!("  data node {}: {e}", n.id),

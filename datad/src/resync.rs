@@ -16,6 +16,14 @@
 //!
 //! Until it has a block, the new member answers ENOENT for it and readers go
 //! on to the next replica; copying is paced (`resync-rate-mb-s`).
+//!
+//! The other way round, the same job sweeps the copies this node keeps of
+//! groups whose chain it is no longer in (it drained, a rebalancing move took
+//! the group away, or it was replaced while down): once every serving member
+//! of the group (as many as the replication, all live) lists a block, the
+//! local copy is dropped; a copy some member lacks stays, as it may be the
+//! last one. A sweep runs at start, whenever this node leaves a chain, and
+//! again later while copies were kept.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -35,6 +43,8 @@ use crate::meta::MetaLink;
 use crate::scrub::pace_delay;
 use crate::store::BlockId;
 use crate::store::BlockStore;
+use crate::store::Tier;
+use cairn_proto::ids::placement_group;
 
 /// Blocks one `ListBlocks` page asks for.
 const PAGE: u32 = 1024;
@@ -42,6 +52,10 @@ const PAGE: u32 = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one listing page or one block fetch may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// When a sweep kept copies (a member lacked them, or was down), the next one.
+const SWEEP_RETRY: Duration = Duration::from_secs(30);
+/// Most left-behind copies one sweep looks at.
+const SWEEP_MAX: usize = 100_000;
 
 /// What the resync job has done since the node started.
 #[derive(Debug, Default)]
@@ -53,6 +67,8 @@ pub struct ResyncCounters {
     pub groups_member: AtomicU64,
     pub blocks_copied: AtomicU64,
     pub bytes_copied: AtomicU64,
+    /// Copies of groups this node left, dropped once their members held them.
+    pub blocks_dropped: AtomicU64,
 }
 
 /// The groups this node has synced into, by the chain version it synced at;
@@ -106,6 +122,10 @@ pub struct Resync {
     bytes_per_s: u64,
     counters: Arc<ResyncCounters>,
     state: Arc<SyncState>,
+    /// The groups this node was a member of at the last round.
+    last_member: Vec<u32>,
+    /// When the next sweep of left-behind copies is due; `None`: once a chain is left.
+    sweep_due: Option<Instant>,
 }
 
 impl Resync {
@@ -127,6 +147,8 @@ impl Resync {
             bytes_per_s,
             counters: Arc::new(ResyncCounters::default()),
             state: Arc::default(),
+            last_member: Vec::new(),
+            sweep_due: Some(Instant::now()),
         }
     }
 
@@ -141,7 +163,7 @@ impl Resync {
     }
 
     /// Compares and syncs every interval until `stop` is cancelled.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -156,14 +178,31 @@ impl Resync {
         }
     }
 
-    /// Syncs the groups this node syncs into and has not synced at their version.
-    async fn round(&self) {
+    /// Syncs the groups this node syncs into and has not synced at their
+    /// version, then sweeps left-behind copies when due.
+    async fn round(&mut self) {
         let member = self.fence.member_groups();
+        let ids: Vec<u32> = member.iter().map(|g| g.id).collect();
+        if self.last_member.iter().any(|g| !ids.contains(g)) {
+            self.sweep_due = Some(Instant::now());
+        }
+        self.last_member = ids;
         let stale = self.state.stale(self.node_id, &member);
         self.report(member.len(), member.len() - stale.len());
-        if stale.is_empty() {
-            return;
+        if !stale.is_empty() {
+            self.resync(&stale).await;
         }
+        if self.sweep_due.is_some_and(|due| due <= Instant::now()) {
+            let kept = self.sweep().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "resync: sweep failed; retrying later");
+                1
+            });
+            self.sweep_due = (kept > 0).then(|| Instant::now() + SWEEP_RETRY);
+        }
+    }
+
+    /// Copies in the blocks of `stale` groups from their other members.
+    async fn resync(&self, stale: &[pb::PlacementGroup]) {
         let map = match self.meta.cluster_map().await {
             Ok(map) => map,
             Err(e) => {
@@ -173,7 +212,7 @@ impl Resync {
         };
         let started = Instant::now();
         let mut failed: Vec<u32> = Vec::new();
-        for (addr, groups) in peers_of(&map, self.node_id, &stale) {
+        for (addr, groups) in peers_of(&map, self.node_id, stale) {
             let at: Vec<pb::GroupVersion> = stale
                 .iter()
                 .filter(|g| groups.contains(&g.id))
@@ -187,7 +226,7 @@ impl Resync {
                 failed.extend(groups);
             }
         }
-        for g in &stale {
+        for g in stale {
             if !failed.contains(&g.id) {
                 self.state.lock().insert(g.id, g.version);
                 tracing::info!(group = g.id, version = g.version, "resync: group in sync");
@@ -196,6 +235,140 @@ impl Resync {
         let member = self.fence.member_groups();
         let stale = self.state.stale(self.node_id, &member).len();
         self.report(member.len(), member.len() - stale);
+    }
+
+    /// Drops the copies of groups this node is not in that every serving
+    /// member holds; answers how many left-behind copies it kept.
+    async fn sweep(&self) -> Result<usize, String> {
+        let map = self.meta.cluster_map().await?;
+        let total = map.groups.len() as u32;
+        if total == 0 {
+            return Ok(0);
+        }
+        let mine = |g: u32| {
+            map.groups
+                .iter()
+                .any(|p| p.id == g && p.chain.contains(&self.node_id))
+        };
+        let mut left: BTreeMap<u32, Vec<BlockId>> = BTreeMap::new();
+        let (mut found, mut after) = (0, None);
+        while found < SWEEP_MAX {
+            let page = self
+                .store
+                .list(after, 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (id, info) in page {
+                let g = placement_group(id.slice_id, id.index, total);
+                // Only plain local copies: a cold one's object is shared.
+                if info.tier == Tier::Hot && !mine(g) {
+                    left.entry(g).or_default().push(id);
+                    found += 1;
+                }
+            }
+        }
+        if left.is_empty() {
+            return Ok(0);
+        }
+        // Every serving member of each group, as many as the replication, all live.
+        let mut holders: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for g in map.groups.iter().filter(|g| left.contains_key(&g.id)) {
+            let serving: Vec<&pb::DataNodeInfo> = g
+                .chain
+                .iter()
+                .filter(|id| !g.syncing.contains(id))
+                .filter_map(|id| map.data_nodes.iter().find(|n| n.id == *id && n.alive))
+                .collect();
+            if serving.len() >= map.replication as usize
+                && serving.len() == g.chain.len() - g.syncing.len()
+            {
+                holders.insert(g.id, serving.iter().map(|n| n.addr.clone()).collect());
+            }
+        }
+        let mut listed: HashMap<String, std::collections::HashSet<BlockId>> = HashMap::new();
+        let mut peers: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (g, addrs) in &holders {
+            for addr in addrs {
+                peers.entry(addr.clone()).or_default().push(*g);
+            }
+        }
+        for (addr, groups) in peers {
+            match self.list(&addr, total, groups).await {
+                Ok(ids) => {
+                    listed.insert(addr, ids);
+                }
+                Err(e) => tracing::debug!(peer = %addr, error = %e, "sweep: listing failed"),
+            }
+        }
+        let member_now: Vec<u32> = self.fence.member_groups().iter().map(|g| g.id).collect();
+        let mut drop = Vec::new();
+        let mut kept = 0;
+        for (g, ids) in left {
+            let everywhere = |id: &BlockId| {
+                holders.get(&g).is_some_and(|addrs| {
+                    addrs
+                        .iter()
+                        .all(|a| listed.get(a).is_some_and(|l| l.contains(id)))
+                })
+            };
+            for id in ids {
+                if !member_now.contains(&g) && everywhere(&id) {
+                    drop.push(id);
+                } else {
+                    kept += 1;
+                }
+            }
+        }
+        if !drop.is_empty() {
+            let n = self.store.delete(drop).await.map_err(|e| e.to_string())?;
+            self.counters.blocks_dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::info!(
+                dropped = n,
+                kept,
+                "resync: dropped copies of groups this node left"
+            );
+        }
+        Ok(kept)
+    }
+
+    /// Every block the peer at `addr` holds of `groups`.
+    async fn list(
+        &self,
+        addr: &str,
+        total: u32,
+        groups: Vec<u32>,
+    ) -> Result<std::collections::HashSet<BlockId>, String> {
+        let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
+        let mut out = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = client
+                .list_blocks(pb::ListBlocksRequest {
+                    groups_total: total,
+                    groups: groups.clone(),
+                    after,
+                    limit: PAGE,
+                    at: Vec::new(),
+                })
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            out.extend(
+                page.blocks
+                    .iter()
+                    .filter_map(|b| b.block.as_ref())
+                    .map(|b| BlockId {
+                        slice_id: b.slice_id,
+                        index: b.index,
+                    }),
+            );
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
     fn report(&self, member: usize, synced: usize) {

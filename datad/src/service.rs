@@ -259,6 +259,7 @@ impl Data for DataService {
             resync_groups_member: resync(|c| &c.groups_member),
             resync_blocks_copied: resync(|c| &c.blocks_copied),
             resync_bytes_copied: resync(|c| &c.bytes_copied),
+            resync_blocks_dropped: resync(|c| &c.blocks_dropped),
         }))
     }
 

@@ -14,6 +14,11 @@
 //! chain once `replication` active members serve it (so redundancy never drops
 //! below target while it empties); a *removed* node (allowed only once it is in
 //! no chain) is out of the map and its heartbeats are refused.
+//!
+//! Rebalancing ([`rebalance`], at each liveness check): while every chain is
+//! whole and settled, a group of the node in the most chains moves to the node
+//! in the fewest (a syncing newcomer, the old member *leaving* once it
+//! serves), one group at a time, until memberships differ by at most one.
 
 use cairn_proto::pb;
 use serde::Deserialize;
@@ -61,6 +66,15 @@ pub enum NodeState {
     Active,
     Draining,
     Removed,
+}
+
+/// The states of a group's members that are not plain serving.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ReplicaStates {
+    /// Members still copying in the group's older blocks (at the chain's tail).
+    pub syncing: Vec<u64>,
+    /// Members that leave once `replication` others serve (a rebalancing move).
+    pub leaving: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -115,9 +129,9 @@ pub fn node_state(txn: &Txn, id: u64) -> Result<NodeState, MetaError> {
     Ok(txn.get_as(&keys::node_state(id))?.unwrap_or_default())
 }
 
-/// The members of group `g`'s chain still syncing.
-pub fn syncing(txn: &Txn, g: u32) -> Result<Vec<u64>, MetaError> {
-    Ok(txn.get_as(&keys::group_syncing(g))?.unwrap_or_default())
+/// The replica states of group `g`'s members.
+pub fn states(txn: &Txn, g: u32) -> Result<ReplicaStates, MetaError> {
+    Ok(txn.get_as(&keys::group_states(g))?.unwrap_or_default())
 }
 
 impl NodeState {
@@ -177,6 +191,7 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
         }
         MapCommand::CheckLiveness { now_ms } => {
             rebuild_chains(txn, *now_ms)?;
+            rebalance(txn, *now_ms)?;
             Ok(Reply::None)
         }
         MapCommand::AllocSliceIds { count } => {
@@ -199,10 +214,10 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
         } => {
             for (g, version) in groups {
                 let current: Option<Group> = txn.get_as(&keys::group(*g))?;
-                let mut still = syncing(txn, *g)?;
-                if current.is_some_and(|c| c.version == *version) && still.contains(node) {
-                    still.retain(|n| n != node);
-                    put_syncing(txn, *g, &still)?;
+                let mut states = states(txn, *g)?;
+                if current.is_some_and(|c| c.version == *version) && states.syncing.contains(node) {
+                    states.syncing.retain(|n| n != node);
+                    put_states(txn, *g, &states)?;
                     // A changed replica state is a new chain version.
                     bump(txn, *g)?;
                 }
@@ -235,12 +250,12 @@ fn set_node_state(txn: &mut Txn, id: u64, state: NodeState) -> Result<(), MetaEr
     txn.put_as(keys::node_state(id), &state)
 }
 
-fn put_syncing(txn: &mut Txn, g: u32, syncing: &[u64]) -> Result<(), MetaError> {
-    if syncing.is_empty() {
-        txn.delete(keys::group_syncing(g));
+fn put_states(txn: &mut Txn, g: u32, states: &ReplicaStates) -> Result<(), MetaError> {
+    if *states == ReplicaStates::default() {
+        txn.delete(keys::group_states(g));
         Ok(())
     } else {
-        txn.put_as(keys::group_syncing(g), &syncing.to_vec())
+        txn.put_as(keys::group_states(g), states)
     }
 }
 
@@ -252,13 +267,9 @@ fn bump(txn: &mut Txn, g: u32) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// Recomputes every chain from the live data nodes and their states; a chain
-/// whose members or replica states change gets a new version.
-fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
-    let Some(layout) = layout(txn)? else {
-        return Ok(());
-    };
-    let mut live: Vec<(u64, NodeState)> = Vec::new();
+/// The live data nodes (removed ones aside) with their states, by id.
+fn live_nodes(txn: &Txn, layout: &Layout, now_ms: i64) -> Result<Vec<(u64, NodeState)>, MetaError> {
+    let mut live = Vec::new();
     for n in data_nodes(txn)? {
         let state = node_state(txn, n.id)?;
         if is_alive(&n, now_ms, layout.dead_after_ms) && state != NodeState::Removed {
@@ -266,6 +277,16 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         }
     }
     live.sort_unstable();
+    Ok(live)
+}
+
+/// Recomputes every chain from the live data nodes and their states; a chain
+/// whose members or replica states change gets a new version.
+fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
+    let Some(layout) = layout(txn)? else {
+        return Ok(());
+    };
+    let live = live_nodes(txn, &layout, now_ms)?;
     if live.is_empty() {
         return Ok(());
     }
@@ -279,9 +300,8 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
             .map(|k| live[(start + k) % live.len()].0)
             .collect();
         let old: Option<Group> = txn.get_as(&keys::group(g))?;
-        let old_syncing = syncing(txn, g)?;
-        // Members stay members while alive (their blocks stay reachable); only
-        // missing active replicas are filled, in preferred order.
+        let old_states = states(txn, g)?;
+        // Members stay members while alive (their blocks stay reachable).
         let mut members: Vec<u64> = old
             .as_ref()
             .map(|o| {
@@ -292,50 +312,105 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
                     .collect()
             })
             .unwrap_or_default();
-        let mut syncing: Vec<u64> = old_syncing
-            .iter()
-            .copied()
-            .filter(|id| members.contains(id))
-            .collect();
-        // A chain that kept no member has nothing to copy from: its new
-        // members serve at once.
+        let mut states = ReplicaStates {
+            syncing: old_states.syncing.clone(),
+            leaving: old_states.leaving.clone(),
+        };
+        states.syncing.retain(|id| members.contains(id));
+        states.leaving.retain(|id| members.contains(id));
+        // Members that stay: active and not moving away.
+        let stays = |id: &u64, s: &ReplicaStates| active(id) && !s.leaving.contains(id);
+        // Missing staying replicas are filled in preferred order. A chain that
+        // kept no member has nothing to copy from: its new members serve at once.
         let had_members = !members.is_empty();
         for candidate in preferred.iter().filter(|id| active(id)) {
-            if members.iter().filter(|id| active(id)).count() >= want {
+            if members.iter().filter(|id| stays(id, &states)).count() >= want {
                 break;
             }
             if !members.contains(candidate) {
                 members.push(*candidate);
                 if had_members {
-                    syncing.push(*candidate);
+                    states.syncing.push(*candidate);
                 }
             }
         }
-        // Draining members leave once `want` active members serve.
-        let serving_active = members
+        // Draining and leaving members go once `want` staying members serve.
+        let serving = members
             .iter()
-            .filter(|id| active(id) && !syncing.contains(id))
+            .filter(|id| stays(id, &states) && !states.syncing.contains(id))
             .count();
-        if serving_active >= want {
-            members.retain(|id| active(id));
+        if serving >= want {
+            members.retain(|id| stays(id, &states));
+            states.leaving.clear();
         }
         // Serving members in preferred order, then syncing ones in the order
         // they joined.
         let mut chain = members;
         chain.sort_by_key(|id| {
             (
-                syncing.iter().position(|s| s == id),
+                states.syncing.iter().position(|s| s == id),
                 preferred.iter().position(|p| p == id),
             )
         });
-        let changed = old.as_ref().map(|o| &o.chain) != Some(&chain) || old_syncing != syncing;
-        if changed {
+        if old.as_ref().map(|o| &o.chain) != Some(&chain) || old_states != states {
             let version = old.map(|o| o.version + 1).unwrap_or(1);
             txn.put_as(keys::group(g), &Group { chain, version })?;
-            put_syncing(txn, g, &syncing)?;
+            put_states(txn, g, &states)?;
         }
     }
     Ok(())
+}
+
+/// One rebalancing move, only while every chain is whole and settled: when
+/// the active live nodes' chain memberships differ by two or more, one group of
+/// the busiest node gets the idlest as a syncing member and the busiest as
+/// leaving; the move finishes when the newcomer serves (see `Synced`). One
+/// group at a time bounds the data in motion.
+fn rebalance(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
+    let Some(layout) = layout(txn)? else {
+        return Ok(());
+    };
+    let active: Vec<u64> = live_nodes(txn, &layout, now_ms)?
+        .into_iter()
+        .filter(|(_, s)| *s == NodeState::Active)
+        .map(|(id, _)| id)
+        .collect();
+    let want = (layout.replication as usize).min(active.len());
+    let all = groups(txn)?;
+    let mut load: Vec<(usize, u64)> = active.iter().map(|id| (0, *id)).collect();
+    for (g, group) in &all {
+        let settled = states(txn, *g)? == ReplicaStates::default();
+        if !settled
+            || group.chain.len() != want
+            || !group.chain.iter().all(|id| active.contains(id))
+        {
+            return Ok(());
+        }
+        for entry in load.iter_mut().filter(|(_, id)| group.chain.contains(id)) {
+            entry.0 += 1;
+        }
+    }
+    load.sort_unstable();
+    let (Some(&(least, idle)), Some(&(most, busy))) = (load.first(), load.last()) else {
+        return Ok(());
+    };
+    if most < least + 2 {
+        return Ok(());
+    }
+    let Some((g, mut group)) = all
+        .into_iter()
+        .find(|(_, group)| group.chain.contains(&busy) && !group.chain.contains(&idle))
+    else {
+        return Ok(());
+    };
+    group.chain.push(idle);
+    group.version += 1;
+    txn.put_as(keys::group(g), &group)?;
+    let states = ReplicaStates {
+        syncing: vec![idle],
+        leaving: vec![busy],
+    };
+    put_states(txn, g, &states)
 }
 
 #[cfg(test)]
@@ -431,7 +506,7 @@ mod tests {
         groups(&txn)
             .unwrap()
             .into_iter()
-            .map(|(id, g)| (id, g, syncing(&txn, id).unwrap()))
+            .map(|(id, g)| (id, g, states(&txn, id).unwrap().syncing))
             .collect()
     }
 
@@ -582,5 +657,58 @@ mod tests {
             assert_eq!(g.chain, vec![1, 3], "group {id}");
             assert_eq!(s, vec![3], "group {id}");
         }
+    }
+
+    #[test]
+    fn a_new_node_takes_groups_one_move_at_a_time_until_even() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(
+            &db,
+            MapCommand::Init(Layout {
+                groups: 8,
+                replication: 2,
+                block_size: 4 << 20,
+                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            }),
+        );
+        for id in 1..=3 {
+            beat(&db, id, 1000);
+        }
+        settle(&db, 1000);
+        beat(&db, 4, 1000);
+        let memberships = |db: &rocksdb::DB| -> Vec<usize> {
+            (1..=4)
+                .map(|id| {
+                    chains(db)
+                        .iter()
+                        .filter(|(_, g, _)| g.chain.contains(&id))
+                        .count()
+                })
+                .collect()
+        };
+        assert_eq!(memberships(&db)[3], 0, "no vacancy for node 4 yet");
+        let check = MapCommand::CheckLiveness { now_ms: 1000 };
+        for _ in 0..16 {
+            run(&db, check.clone());
+            let moving: Vec<_> = chains(&db)
+                .into_iter()
+                .filter(|(_, _, s)| !s.is_empty())
+                .collect();
+            if moving.is_empty() {
+                break;
+            }
+            // One move at a time, and no member leaves before the newcomer serves.
+            assert_eq!(moving.len(), 1, "{moving:?}");
+            assert_eq!(moving[0].1.chain.len(), 3);
+            run(&db, check.clone());
+            assert_eq!(
+                chains(&db).iter().filter(|(_, _, s)| !s.is_empty()).count(),
+                1
+            );
+            settle(&db, 1000);
+            assert!(chains(&db).iter().all(|(_, g, _)| g.chain.len() == 2));
+        }
+        assert_eq!(memberships(&db), vec![4, 4, 4, 4]);
     }
 }

@@ -49,7 +49,7 @@ pub const TIER: u8 = b'T';
 pub const META: u8 = b'm';
 pub const COUNTER: u8 = b'n';
 pub const NODE_STATE: u8 = b'W';
-pub const GROUP_SYNCING: u8 = b'Y';
+pub const GROUP_STATES: u8 = b'Y';
 
 /// Every tag, for the distinctness test and for readers of raw dumps.
 pub const TAGS: [u8; 25] = [
@@ -77,7 +77,7 @@ pub const TAGS: [u8; 25] = [
     META,
     COUNTER,
     NODE_STATE,
-    GROUP_SYNCING,
+    GROUP_STATES,
 ];
 
 /// The last applied log id.
@@ -190,9 +190,9 @@ pub fn group(id: u32) -> Vec<u8> {
 pub fn node_state(id: u64) -> Vec<u8> {
     key(NODE_STATE, &[&id.to_be_bytes()])
 }
-/// The members of group `id`'s chain still syncing (absent: none).
-pub fn group_syncing(id: u32) -> Vec<u8> {
-    key(GROUP_SYNCING, &[&id.to_be_bytes()])
+/// The replica states of group `id`'s members (absent: all serving).
+pub fn group_states(id: u32) -> Vec<u8> {
+    key(GROUP_STATES, &[&id.to_be_bytes()])
 }
 pub fn tier_backend() -> Vec<u8> {
     key(TIER, &[b"b"])

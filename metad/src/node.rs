@@ -438,7 +438,7 @@ impl MetaNode {
                 }
                 let mut groups = Vec::new();
                 for (id, g) in cluster::groups(txn)? {
-                    let syncing = cluster::syncing(txn, id)?;
+                    let syncing = cluster::states(txn, id)?.syncing;
                     groups.push((id, g, syncing));
                 }
                 Ok((cluster::layout(txn)?, nodes, groups))

@@ -282,36 +282,54 @@ impl Cluster {
                 child: None,
             });
         }
-        let meta_list: Vec<String> = metas.iter().map(|(_, a)| format!("\"{a}\"")).collect();
-        for i in 0..spec.datas {
-            let id = i as u64 + 1;
-            let addr = format!("127.0.0.1:{}", free_port()?);
-            let config = cluster.dir.path().join(format!("datad{id}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nmeta = [{}]\n\
-                     heartbeat-ms = 200\nresync-check-ms = 100\ncapacity-bytes = {}\n{}\n",
-                    cluster.dir.path().join(format!("datad{id}")).display(),
-                    meta_list.join(", "),
-                    spec.capacity_bytes,
-                    spec.datad_toml,
-                ),
-            )?;
-            cluster.datas.push(Daemon {
-                role: Role::Data,
-                id,
-                addr,
-                config,
-                log: cluster.dir.path().join(format!("datad{id}.log")),
-                child: None,
-            });
+        for _ in 0..spec.datas {
+            cluster.new_data_node()?;
         }
         for d in cluster.metas.iter_mut().chain(cluster.datas.iter_mut()) {
             d.spawn()?;
         }
         cluster.wait_ready(Duration::from_secs(60)).await?;
         Ok(cluster)
+    }
+
+    /// Configures the next data node (id one past the last), not started.
+    fn new_data_node(&mut self) -> anyhow::Result<()> {
+        let id = self.datas.len() as u64 + 1;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let meta_list: Vec<String> = self
+            .metas
+            .iter()
+            .map(|m| format!("\"{}\"", m.addr))
+            .collect();
+        let config = self.dir.path().join(format!("datad{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "id = {id}\nlisten = \"{addr}\"\ndata-dir = \"{}\"\nmeta = [{}]\n\
+                 heartbeat-ms = 200\nresync-check-ms = 100\ncapacity-bytes = {}\n{}\n",
+                self.dir.path().join(format!("datad{id}")).display(),
+                meta_list.join(", "),
+                self.spec.capacity_bytes,
+                self.spec.datad_toml,
+            ),
+        )?;
+        self.datas.push(Daemon {
+            role: Role::Data,
+            id,
+            addr,
+            config,
+            log: self.dir.path().join(format!("datad{id}.log")),
+            child: None,
+        });
+        Ok(())
+    }
+
+    /// Starts one more data node; answers its index in `datas`.
+    pub fn add_data_node(&mut self) -> anyhow::Result<usize> {
+        self.new_data_node()?;
+        let index = self.datas.len() - 1;
+        self.datas[index].spawn()?;
+        Ok(index)
     }
 
     pub fn meta_addrs(&self) -> Vec<String> {

@@ -261,3 +261,56 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
     check_files(&cluster.client(), &files).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_data_server_takes_groups_until_even_and_nothing_is_unreadable_meanwhile(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(Spec { datas: 4, ..spec() }).await?;
+    let client = cluster.client();
+    let files = write_files(&client, 0, 6).await?;
+    let memberships = |map: &pb::ClusterMap| -> Vec<usize> {
+        map.data_nodes
+            .iter()
+            .map(|n| {
+                map.groups
+                    .iter()
+                    .filter(|g| g.chain.contains(&n.id))
+                    .count()
+            })
+            .collect()
+    };
+    let index = cluster.add_data_node()?;
+    let new_id = cluster.datas[index].id;
+    // Reads go on throughout; the loop ends once memberships are even, nothing
+    // moves, and the copies left behind are dropped (each block on exactly 3).
+    let reader = cluster.client();
+    let even = wait_for("groups to spread evenly", HEAL_BOUND * 2, || async {
+        check_files(&reader, &files)
+            .await
+            .expect("a file unreadable during rebalancing");
+        let Ok(map) = client.meta.refresh_map().await else {
+            return false;
+        };
+        let m = memberships(&map);
+        let settled = map
+            .groups
+            .iter()
+            .all(|g| g.syncing.is_empty() && g.chain.len() == 3);
+        let spread = m.iter().max().unwrap_or(&0) - m.iter().min().unwrap_or(&0);
+        settled
+            && m.len() == 5
+            && spread <= 1
+            && replica_counts(&client)
+                .await
+                .is_ok_and(|c| c.len() == 24 && c.values().all(|&n| n == 3))
+    })
+    .await;
+    if let Err(e) = even {
+        let map = client.meta.refresh_map().await?;
+        anyhow::bail!("{e}; memberships {:?}", memberships(&map));
+    }
+    let stat = client.data.stat(&cluster.datas[index].addr).await?;
+    ensure!(stat.blocks > 0, "node {new_id} holds no block");
+    check_files(&cluster.client(), &files).await?;
+    Ok(())
+}
