@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local benchmark cluster: 3 metad (namespace shards replicated 3 ways) and
-# 3 datad (replication 3) on loopback, optionally mounted through FUSE.
+# $DATAS datad (default 3; replication 3) on loopback, optionally mounted
+# through FUSE.
 #   cluster.sh up DIR [MOUNTPOINT [mount options...]]   start (and mount)
 #   cluster.sh down DIR                                 unmount, kill, remove DIR
 # `up` prints `export CAIRN_META=...` for the CLI. State (configs, logs, PIDs,
@@ -10,6 +11,7 @@ set -euo pipefail
 cmd=${1:?up|down}
 dir=${2:?state directory}
 CAIRN=${CAIRN:-${CARGO_TARGET_DIR:-/var/cache/cairn-target}/release/cairn}
+DATAS=${DATAS:-3}
 
 if [ "$cmd" = down ]; then
   if [ -f "$dir/mountpoint" ]; then fusermount3 -uz "$(cat "$dir/mountpoint")" 2>/dev/null || true; fi
@@ -25,6 +27,7 @@ base=$((20000 + RANDOM % 20000))
 peers=""
 for i in 1 2 3; do peers+="{ id = $i, addr = \"127.0.0.1:$((base + i))\" },"; done
 meta="127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))"
+meta_list="\"127.0.0.1:$((base + 1))\", \"127.0.0.1:$((base + 2))\", \"127.0.0.1:$((base + 3))\""
 for i in 1 2 3; do
   cat > "$dir/metad$i.toml" <<TOML
 id = $i
@@ -32,24 +35,24 @@ listen = "127.0.0.1:$((base + i))"
 data-dir = "$dir/metad$i"
 peers = [${peers%,}]
 TOML
+  "$CAIRN" metad --config "$dir/metad$i.toml" > "$dir/metad$i.log" 2>&1 &
+  echo $! >> "$dir/pids"
+done
+for i in $(seq 1 "$DATAS"); do
   cat > "$dir/datad$i.toml" <<TOML
 id = $i
 listen = "127.0.0.1:$((base + 100 + i))"
 data-dir = "$dir/datad$i"
-meta = ["127.0.0.1:$((base + 1))", "127.0.0.1:$((base + 2))", "127.0.0.1:$((base + 3))"]
+meta = [$meta_list]
 TOML
-done
-for i in 1 2 3; do
-  "$CAIRN" metad --config "$dir/metad$i.toml" > "$dir/metad$i.log" 2>&1 &
-  echo $! >> "$dir/pids"
   "$CAIRN" datad --config "$dir/datad$i.toml" > "$dir/datad$i.log" 2>&1 &
-  echo $! >> "$dir/pids"
+  echo $! | tee -a "$dir/pids" > "$dir/datad$i.pid"
 done
 export CAIRN_META=$meta
 ready=""
 for _ in $(seq 1 300); do
   if "$CAIRN" status > "$dir/status.txt" 2>&1 \
-     && [ "$(grep -c ' up ' "$dir/status.txt")" = 3 ] && grep -q '(0 degraded, 0 syncing)' "$dir/status.txt"; then
+     && [ "$(grep -c ' up ' "$dir/status.txt")" = "$DATAS" ] && grep -q '(0 degraded, 0 syncing)' "$dir/status.txt"; then
     ready=1
     break
   fi
