@@ -7,6 +7,7 @@
 # `up` prints `export CAIRN_META=...` for the CLI. State (configs, logs, PIDs,
 # data) lives under DIR; the mount's cache directory is DIR/cache.
 #   CAIRN=path/to/cairn   the binary (default: the release build in the cache)
+#   REPLACE_AFTER_MS=N    metad's replace-after-ms (default: metad's, 10 min)
 set -euo pipefail
 cmd=${1:?up|down}
 dir=${2:?state directory}
@@ -34,6 +35,7 @@ id = $i
 listen = "127.0.0.1:$((base + i))"
 data-dir = "$dir/metad$i"
 peers = [${peers%,}]
+${REPLACE_AFTER_MS:+replace-after-ms = $REPLACE_AFTER_MS}
 TOML
   "$CAIRN" metad --config "$dir/metad$i.toml" > "$dir/metad$i.log" 2>&1 &
   echo $! >> "$dir/pids"

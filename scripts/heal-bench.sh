@@ -3,7 +3,8 @@
 # 5 datad (replication 3) on loopback. Stores SIZE_MB through the client
 # library, reads it back healthy, SIGKILLs datad 1, and reports
 #   - the time until the chains drop it (data-node-timeout) and until every
-#     group serves 3 replicas again (`cairn status`: 0 degraded, 0 syncing);
+#     group serves 3 replicas again (`cairn status`: 0 degraded, 0 syncing),
+#     with replace-after-ms 0 (by default metad waits 10 min for a reboot);
 #   - the MB/s copied once resync began, beside this disk's own copy rate
 #     (dd with fsync of the same file, measured in the same run);
 #   - a full read of the file during recovery as a share of the healthy one.
@@ -14,7 +15,7 @@ size=${1:-2048}
 CAIRN=${CAIRN:-${CARGO_TARGET_DIR:-/var/cache/cairn-target}/release/cairn}
 work=$(mktemp -d /var/tmp/cairn-heal.XXXXXX)
 trap '"$here/cluster.sh" down "$work/cl" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-eval "$(DATAS=5 "$here/cluster.sh" up "$work/cl")"
+eval "$(DATAS=5 REPLACE_AFTER_MS=0 "$here/cluster.sh" up "$work/cl")"
 
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }

@@ -95,6 +95,11 @@ impl ChainFence {
         }
     }
 
+    /// Whether shard 0 has answered this node at least once.
+    pub fn learned(&self) -> bool {
+        self.table.as_ref().is_some_and(|t| t.borrow().answers > 0)
+    }
+
     /// The chains this node is a member of, as shard 0 last answered them.
     pub fn member_groups(&self) -> Vec<pb::PlacementGroup> {
         let Some(table) = &self.table else {

@@ -192,7 +192,9 @@ impl Resync {
         if !stale.is_empty() {
             self.resync(&stale).await;
         }
-        if self.sweep_due.is_some_and(|due| due <= Instant::now()) {
+        // Not before shard 0 has heard this node: a node back from an absence
+        // rejoins its chains through its first heartbeat.
+        if self.fence.learned() && self.sweep_due.is_some_and(|due| due <= Instant::now()) {
             let kept = self.sweep().await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "resync: sweep failed; retrying later");
                 1

@@ -75,6 +75,10 @@ pub struct ReplicaStates {
     pub syncing: Vec<u64>,
     /// Members that leave once `replication` others serve (a rebalancing move).
     pub leaving: Vec<u64>,
+    /// Former members out of the write path (no heartbeat) since a time (ms),
+    /// holding their place until `replace-after-ms`: back sooner, they rejoin
+    /// syncing; later, another node takes the place.
+    pub absent: Vec<(u64, i64)>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -99,6 +103,9 @@ pub enum MapCommand {
         groups: Vec<(u32, u64)>,
         now_ms: i64,
     },
+    /// [`MapCommand::CheckLiveness`], with how long a member that left waits
+    /// before it is replaced (kept for later rebuilds).
+    Liveness { now_ms: i64, replace_after_ms: i64 },
 }
 
 pub fn layout(txn: &Txn) -> Result<Option<Layout>, MetaError> {
@@ -190,6 +197,15 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
             Ok(Reply::None)
         }
         MapCommand::CheckLiveness { now_ms } => {
+            rebuild_chains(txn, *now_ms)?;
+            rebalance(txn, *now_ms)?;
+            Ok(Reply::None)
+        }
+        MapCommand::Liveness {
+            now_ms,
+            replace_after_ms,
+        } => {
+            txn.put_as(keys::REPLACE_AFTER.to_vec(), replace_after_ms)?;
             rebuild_chains(txn, *now_ms)?;
             rebalance(txn, *now_ms)?;
             Ok(Reply::None)
@@ -291,7 +307,16 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         return Ok(());
     }
     let active = |id: &u64| live.contains(&(*id, NodeState::Active));
-    let want = (layout.replication as usize).min(live.iter().filter(|(id, _)| active(id)).count());
+    let replace_after: i64 = txn.get_as(keys::REPLACE_AFTER)?.unwrap_or(0);
+    // Nodes that may hold an absent member's place: active, only not heard from.
+    let mut resting = Vec::new();
+    for n in data_nodes(txn)? {
+        if node_state(txn, n.id)? == NodeState::Active && !active(&n.id) {
+            resting.push(n.id);
+        }
+    }
+    let active_count = live.iter().filter(|(id, _)| active(id)).count();
+    let want = (layout.replication as usize).min(active_count + resting.len());
     for g in 0..layout.groups {
         // The group's preferred order: live nodes rotated by the group id, so
         // chain heads (and load) spread over the nodes.
@@ -315,7 +340,23 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         let mut states = ReplicaStates {
             syncing: old_states.syncing.clone(),
             leaving: old_states.leaving.clone(),
+            absent: old_states.absent.clone(),
         };
+        // Members gone silent keep their place for `replace_after`; an absent
+        // one heard from again rejoins, syncing what it missed.
+        for id in old.iter().flat_map(|o| &o.chain) {
+            if !members.contains(id) && replace_after > 0 && resting.contains(id) {
+                states.absent.push((*id, now_ms));
+            }
+        }
+        states.absent.retain(|(id, since)| {
+            let back = active(id) && !members.contains(id);
+            if back {
+                members.push(*id);
+                states.syncing.push(*id);
+            }
+            !back && resting.contains(id) && now_ms - since < replace_after
+        });
         states.syncing.retain(|id| members.contains(id));
         states.leaving.retain(|id| members.contains(id));
         // Members that stay: active and not moving away.
@@ -324,7 +365,8 @@ fn rebuild_chains(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
         // kept no member has nothing to copy from: its new members serve at once.
         let had_members = !members.is_empty();
         for candidate in preferred.iter().filter(|id| active(id)) {
-            if members.iter().filter(|id| stays(id, &states)).count() >= want {
+            let held = members.iter().filter(|id| stays(id, &states)).count() + states.absent.len();
+            if held >= want {
                 break;
             }
             if !members.contains(candidate) {
@@ -409,6 +451,7 @@ fn rebalance(txn: &mut Txn, now_ms: i64) -> Result<(), MetaError> {
     let states = ReplicaStates {
         syncing: vec![idle],
         leaving: vec![busy],
+        absent: Vec::new(),
     };
     put_states(txn, g, &states)
 }
@@ -710,5 +753,59 @@ mod tests {
             assert!(chains(&db).iter().all(|(_, g, _)| g.chain.len() == 2));
         }
         assert_eq!(memberships(&db), vec![4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn a_silent_member_keeps_its_place_until_replace_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(
+            &db,
+            MapCommand::Init(Layout {
+                groups: 4,
+                replication: 2,
+                block_size: 4 << 20,
+                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            }),
+        );
+        for id in 1..=3 {
+            beat(&db, id, 1000);
+        }
+        settle(&db, 1000);
+        let start = chains(&db);
+        let liveness = |now_ms| MapCommand::Liveness {
+            now_ms,
+            replace_after_ms: 60_000,
+        };
+        // Node 1 goes silent: out of its chains, but no one takes its place.
+        let t1 = 1000 + DEFAULT_DEAD_AFTER_MS;
+        beat(&db, 2, t1 - 1);
+        beat(&db, 3, t1 - 1);
+        run(&db, liveness(t1));
+        for ((id, g, s), (_, was, _)) in chains(&db).iter().zip(&start) {
+            let expect: Vec<u64> = was.chain.iter().copied().filter(|n| *n != 1).collect();
+            assert_eq!(g.chain, expect, "group {id}");
+            assert!(s.is_empty());
+        }
+        // Back within the delay: it rejoins the same chains, syncing.
+        beat(&db, 1, t1 + 1000);
+        for ((id, g, s), (_, was, _)) in chains(&db).iter().zip(&start) {
+            assert_eq!(g.chain.contains(&1), was.chain.contains(&1), "group {id}");
+            assert_eq!(s.contains(&1), was.chain.contains(&1), "group {id}");
+        }
+        settle(&db, t1 + 1000);
+        // Silent again, past the delay: replaced by node 3 or 2, syncing.
+        let t2 = t1 + 1000 + DEFAULT_DEAD_AFTER_MS;
+        beat(&db, 2, t2 - 1);
+        beat(&db, 3, t2 - 1);
+        run(&db, liveness(t2));
+        assert!(chains(&db).iter().all(|(_, g, _)| !g.chain.contains(&1)));
+        beat(&db, 2, t2 + 60_000);
+        beat(&db, 3, t2 + 60_000);
+        run(&db, liveness(t2 + 60_000));
+        for (id, g, _) in chains(&db) {
+            assert_eq!(g.chain.len(), 2, "group {id}: {g:?}");
+            assert!(!g.chain.contains(&1));
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     pub block_size: u32,
     /// A data node this long without a heartbeat leaves the placement chains.
     pub data_node_timeout_ms: u64,
+    /// A chain member that left for lack of heartbeats is replaced only this
+    /// long after; back sooner, it rejoins its chains and syncs. 0: at once.
+    pub replace_after_ms: u64,
     /// A cross-shard transaction in flight this long is finished or rolled back
     /// by its coordinator shard's leader.
     pub txn_recover_after_ms: u64,
@@ -71,6 +74,7 @@ impl Default for Config {
             data_replication: 3,
             block_size: 4 << 20,
             data_node_timeout_ms: 10_000,
+            replace_after_ms: 600_000,
             txn_recover_after_ms: 5_000,
             session_lease_ms: 30_000,
             heartbeat_ms: 100,
@@ -110,6 +114,9 @@ impl Config {
         }
         if self.data_node_timeout_ms < 500 || self.data_node_timeout_ms > i64::MAX as u64 {
             return bad("data-node-timeout-ms must be at least 500");
+        }
+        if self.replace_after_ms > i64::MAX as u64 {
+            return bad("replace-after-ms is too large");
         }
         if self.txn_recover_after_ms < 100 || self.txn_recover_after_ms > i64::MAX as u64 {
             return bad("txn-recover-after-ms must be at least 100");

@@ -110,8 +110,9 @@ impl Worker for Liveness {
         if node.leader_of(MAP_SHARD) != Some(node.id) {
             return Ok(());
         }
-        let check = MapCommand::CheckLiveness {
+        let check = MapCommand::Liveness {
             now_ms: now_ns() / 1_000_000,
+            replace_after_ms: node.config().replace_after_ms as i64,
         };
         node.propose_local(MAP_SHARD, unkeyed(Command::Map(check)))
             .await

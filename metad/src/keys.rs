@@ -88,6 +88,8 @@ pub const MEMBERSHIP: &[u8] = b"mmembership";
 pub const LAYOUT: &[u8] = b"mlayout";
 /// Transactions begun before this time (ms) may no longer prepare here.
 pub const TXN_HORIZON: &[u8] = b"mtxn-horizon";
+/// How long shard 0 waits before replacing a chain member that left (ms).
+pub const REPLACE_AFTER: &[u8] = b"mreplace-after";
 /// The next inode sequence of the shard.
 pub const NEXT_INO: &[u8] = b"nino";
 /// How many inodes the shard holds.

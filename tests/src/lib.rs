@@ -262,7 +262,7 @@ impl Cluster {
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
                      data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\nsession-lease-ms = 3000\n\
-                     election-timeout-ms = 300\n{}\n",
+                     election-timeout-ms = 300\n{}\n{}\n",
                     data_dir.display(),
                     peers.join(", "),
                     spec.data_shards,
@@ -270,6 +270,12 @@ impl Cluster {
                     spec.placement_groups,
                     spec.data_replication,
                     spec.block_size,
+                    // Tests replace a silent data node at once unless they say.
+                    if spec.metad_toml.contains("replace-after-ms") {
+                        ""
+                    } else {
+                        "replace-after-ms = 0"
+                    },
                     spec.metad_toml,
                 ),
             )?;

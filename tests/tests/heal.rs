@@ -314,3 +314,110 @@ async fn a_new_data_server_takes_groups_until_even_and_nothing_is_unreadable_mea
     check_files(&cluster.client(), &files).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_down_briefly_keeps_its_place_rejoins_and_serves_what_it_missed(
+) -> anyhow::Result<()> {
+    let spec = Spec {
+        datas: 4,
+        metad_toml: "replace-after-ms = 600000\n",
+        ..spec()
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    let client = cluster.client();
+    let mut files = write_files(&client, 0, 4).await?;
+    let before = client.meta.refresh_map().await?;
+    let id = cluster.datas[0].id;
+
+    // Down past the dead-node timeout: out of the write path, not replaced.
+    cluster.datas[0].kill();
+    wait_for("node 1 out of every chain", HEAL_BOUND, || async {
+        client.meta.refresh_map().await.is_ok_and(|m| {
+            m.data_nodes.iter().any(|n| n.id == id && !n.alive)
+                && m.groups.iter().all(|g| !g.chain.contains(&id))
+        })
+    })
+    .await?;
+    let absent = client.meta.refresh_map().await?;
+    for (g, was) in absent.groups.iter().zip(&before.groups) {
+        let mut expect: Vec<u64> = was.chain.iter().copied().filter(|n| *n != id).collect();
+        let mut got = g.chain.clone();
+        expect.sort_unstable();
+        got.sort_unstable();
+        ensure!(
+            got == expect,
+            "group {}: {:?} replaced node 1 ({:?} before)",
+            g.id,
+            g.chain,
+            was.chain
+        );
+    }
+    // Writes go on meanwhile (two replicas in its groups).
+    files.extend(write_files(&client, 50, 4).await?);
+
+    // Back: it rejoins every chain it was in, syncs, and serves.
+    cluster.restart(Role::Data, 0)?;
+    cluster.wait_ready(HEAL_BOUND).await?;
+    let after = client.meta.refresh_map().await?;
+    for (g, was) in after.groups.iter().zip(&before.groups) {
+        ensure!(
+            g.chain.contains(&id) == was.chain.contains(&id),
+            "group {}: {:?} (before {:?})",
+            g.id,
+            g.chain,
+            was.chain
+        );
+    }
+    let counts = replica_counts(&client).await?;
+    ensure!(
+        counts.len() == 32 && counts.values().all(|&c| c == 3),
+        "{counts:?}"
+    );
+    // Node 1 holds, and serves intact, every block of its groups, the ones
+    // written while it was away included; nobody else copied anything.
+    let mine = client.data.stat(&cluster.datas[0].addr).await?;
+    ensure!(mine.resync_blocks_copied > 0, "node 1 copied nothing in");
+    for d in &cluster.datas[1..] {
+        ensure!(client.data.stat(&d.addr).await?.resync_blocks_copied == 0);
+    }
+    let channels = Channels::default();
+    let total = after.groups.len() as u32;
+    let its_groups: Vec<u32> = after
+        .groups
+        .iter()
+        .filter(|g| g.chain.contains(&id))
+        .map(|g| g.id)
+        .collect();
+    let listed = channels
+        .data(&cluster.datas[0].addr)?
+        .list_blocks(pb::ListBlocksRequest {
+            groups_total: total,
+            groups: its_groups.clone(),
+            after: None,
+            limit: 4096,
+            at: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    let expected = counts
+        .keys()
+        .filter(|(s, i)| its_groups.contains(&cairn_proto::ids::placement_group(*s, *i, total)))
+        .count();
+    ensure!(
+        listed.blocks.len() == expected,
+        "{} of {expected}",
+        listed.blocks.len()
+    );
+    for b in listed.blocks.iter().filter_map(|b| b.block) {
+        channels
+            .data(&cluster.datas[0].addr)?
+            .get_block(pb::GetBlockRequest {
+                block: Some(b),
+                offset: 0,
+                len: 0,
+            })
+            .await?;
+    }
+    check_files(&cluster.client(), &files).await?;
+    Ok(())
+}
