@@ -85,6 +85,7 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
         problems.push("no placement groups yet".into());
     }
     println!("capacity: {used} of {cap} bytes used");
+    worker_status(&map).await;
     healing_status(&client, &map).await;
     tier_status(&client, &map).await;
     if let Err(e) = client.meta.getattr(ROOT_INO).await {
@@ -98,6 +99,43 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
             println!("problem: {p}");
         }
         bail!("cluster is not serving requests")
+    }
+}
+
+/// Each metad's background workers: runs, failures, the last error, and a
+/// run in progress for long (a job stuck behind a hung peer shows here).
+async fn worker_status(map: &cairn_proto::pb::ClusterMap) {
+    println!("workers:");
+    let channels = cairn_proto::channel::Channels::default();
+    for m in &map.meta_nodes {
+        let reply = match channels.meta(&m.addr) {
+            Ok(mut c) => c.get_workers(cairn_proto::pb::GetWorkersRequest {}).await,
+            Err(e) => {
+                println!("  metad {}: {e}", m.id);
+                continue;
+            }
+        };
+        match reply {
+            Ok(r) => {
+                let line: Vec<String> = r
+                    .into_inner()
+                    .workers
+                    .iter()
+                    .map(|w| {
+                        let mut s = format!("{} {} runs", w.name, w.runs);
+                        if w.failures > 0 {
+                            s += &format!(", {} failed (last: {})", w.failures, w.last_error);
+                        }
+                        if w.busy_ms >= 10_000 {
+                            s += &format!(", running for {} s", w.busy_ms / 1000);
+                        }
+                        s
+                    })
+                    .collect();
+                println!("  metad {}: {}", m.id, line.join("; "));
+            }
+            Err(e) => println!("  metad {}: {}", m.id, e.message()),
+        }
     }
 }
 

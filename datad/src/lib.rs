@@ -626,6 +626,12 @@ mod tests {
         ) -> Result<Response<pb::SetDataNodeStateReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn get_workers(
+            &self,
+            _: Request<pb::GetWorkersRequest>,
+        ) -> Result<Response<pb::GetWorkersReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn get_tier(
             &self,
             _: Request<pb::GetTierRequest>,

@@ -672,14 +672,7 @@ impl Inner {
         if entry.tier.is_local() {
             return Ok(entry);
         }
-        let actual = crc32c::crc32c(data);
-        if actual != entry.crc || data.len() != entry.len as usize {
-            return Err(DataError::ChecksumMismatch {
-                block: id,
-                expected: entry.crc,
-                actual,
-            });
-        }
+        matches_entry(id, &entry, data)?;
         let len = u64::from(entry.len);
         let used = self.used.load(Ordering::Relaxed);
         if self.enforce_capacity && used.saturating_add(len) > self.capacity {
@@ -788,14 +781,7 @@ impl Inner {
         if !entry.tier.is_local() {
             return Ok(false);
         }
-        let actual = crc32c::crc32c(data);
-        if actual != entry.crc || data.len() != entry.len as usize {
-            return Err(DataError::ChecksumMismatch {
-                block: id,
-                expected: entry.crc,
-                actual,
-            });
-        }
+        matches_entry(id, &entry, data)?;
         let path = block_path(&self.blocks_dir, id);
         let tmp = path.with_file_name(format!("{id}.tmp"));
         let result = write_durably(&tmp, &path, data);
@@ -989,6 +975,19 @@ impl Inner {
 
 fn committer_stopped() -> DataError {
     DataError::Internal("index commit thread stopped".into())
+}
+
+/// Checks that `data` is the block `entry` indexes (length and crc32c).
+fn matches_entry(id: BlockId, entry: &BlockInfo, data: &[u8]) -> Result<(), DataError> {
+    let actual = crc32c::crc32c(data);
+    if actual != entry.crc || data.len() != entry.len as usize {
+        return Err(DataError::ChecksumMismatch {
+            block: id,
+            expected: entry.crc,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Writes `data` to `tmp`, fdatasyncs it, renames it to `path` and syncs the

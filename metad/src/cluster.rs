@@ -191,7 +191,10 @@ pub fn apply(txn: &mut Txn, cmd: &MapCommand) -> Result<Reply, MetaError> {
             let mut node = node.clone();
             node.last_heartbeat_ms = *now_ms;
             txn.put_as(keys::data_node(node.id), &node)?;
-            if rebuild {
+            // The first chains wait for the next liveness check, so the data
+            // nodes of a starting cluster, registering one after the other,
+            // all get their share at once instead of by rebalancing.
+            if rebuild && !groups(txn)?.is_empty() {
                 rebuild_chains(txn, *now_ms)?;
             }
             Ok(Reply::None)
@@ -461,6 +464,20 @@ mod tests {
     use super::*;
     use crate::kv::open_db;
 
+    /// A store with shard 0's layout set: `groups` groups, `replication` replicas.
+    fn laid_out(groups: u32, replication: u32) -> (tempfile::TempDir, std::sync::Arc<rocksdb::DB>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let layout = Layout {
+            groups,
+            replication,
+            block_size: 4 << 20,
+            dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+        };
+        run(&db, MapCommand::Init(layout));
+        (dir, db)
+    }
+
     fn run(db: &rocksdb::DB, cmd: MapCommand) -> Reply {
         let mut txn = Txn::new(db, 0);
         let r = apply(&mut txn, &cmd).unwrap();
@@ -482,22 +499,11 @@ mod tests {
 
     #[test]
     fn chains_follow_live_nodes() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        run(
-            &db,
-            MapCommand::Init(Layout {
-                groups: 6,
-                replication: 3,
-                block_size: 4 << 20,
-                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
-            }),
-        );
+        let (_dir, db) = laid_out(6, 3);
         for id in 1..=3 {
             beat(&db, id, 1000);
         }
-        // Nodes 2 and 3 joined chains node 1 was already in.
-        settle(&db, 1000);
+        run(&db, MapCommand::CheckLiveness { now_ms: 1000 });
         let gs = groups(&Txn::new(&db, 0)).unwrap();
         assert_eq!(gs.len(), 6);
         assert!(gs.iter().all(|(_, g)| g.chain.len() == 3));
@@ -573,20 +579,11 @@ mod tests {
 
     #[test]
     fn new_members_sync_before_serving_and_a_draining_node_leaves_only_then() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        run(
-            &db,
-            MapCommand::Init(Layout {
-                groups: 6,
-                replication: 3,
-                block_size: 4 << 20,
-                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
-            }),
-        );
+        let (_dir, db) = laid_out(6, 3);
         for id in 1..=4 {
             beat(&db, id, 1000);
         }
+        run(&db, MapCommand::CheckLiveness { now_ms: 1000 });
         settle(&db, 1000);
         let start = chains(&db);
         assert!(start
@@ -669,23 +666,18 @@ mod tests {
 
     #[test]
     fn a_dead_members_replacement_syncs_and_a_new_chain_serves_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        run(
-            &db,
-            MapCommand::Init(Layout {
-                groups: 4,
-                replication: 2,
-                block_size: 4 << 20,
-                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
-            }),
-        );
-        // The first chains have no earlier members: nothing to sync from.
+        let (_dir, db) = laid_out(4, 2);
+        // The first chains wait for a liveness check; then they have no
+        // earlier members, so nothing to sync from.
         beat(&db, 1, 1000);
+        assert!(chains(&db).is_empty());
+        run(&db, MapCommand::CheckLiveness { now_ms: 1000 });
         assert!(chains(&db)
             .iter()
             .all(|(_, g, s)| g.chain == [1] && s.is_empty()));
+        // A node joining chains that have members syncs into them.
         beat(&db, 2, 1000);
+        assert!(chains(&db).iter().all(|(_, _, s)| s == &[2]));
         settle(&db, 1000);
         assert!(chains(&db)
             .iter()
@@ -704,21 +696,11 @@ mod tests {
 
     #[test]
     fn a_new_node_takes_groups_one_move_at_a_time_until_even() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        run(
-            &db,
-            MapCommand::Init(Layout {
-                groups: 8,
-                replication: 2,
-                block_size: 4 << 20,
-                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
-            }),
-        );
+        let (_dir, db) = laid_out(8, 2);
         for id in 1..=3 {
             beat(&db, id, 1000);
         }
-        settle(&db, 1000);
+        run(&db, MapCommand::CheckLiveness { now_ms: 1000 });
         beat(&db, 4, 1000);
         let memberships = |db: &rocksdb::DB| -> Vec<usize> {
             (1..=4)
@@ -757,21 +739,11 @@ mod tests {
 
     #[test]
     fn a_silent_member_keeps_its_place_until_replace_after() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_db(dir.path()).unwrap();
-        run(
-            &db,
-            MapCommand::Init(Layout {
-                groups: 4,
-                replication: 2,
-                block_size: 4 << 20,
-                dead_after_ms: DEFAULT_DEAD_AFTER_MS,
-            }),
-        );
+        let (_dir, db) = laid_out(4, 2);
         for id in 1..=3 {
             beat(&db, id, 1000);
         }
-        settle(&db, 1000);
+        run(&db, MapCommand::CheckLiveness { now_ms: 1000 });
         let start = chains(&db);
         let liveness = |now_ms| MapCommand::Liveness {
             now_ms,
@@ -783,8 +755,11 @@ mod tests {
         beat(&db, 3, t1 - 1);
         run(&db, liveness(t1));
         for ((id, g, s), (_, was, _)) in chains(&db).iter().zip(&start) {
-            let expect: Vec<u64> = was.chain.iter().copied().filter(|n| *n != 1).collect();
-            assert_eq!(g.chain, expect, "group {id}");
+            let mut expect: Vec<u64> = was.chain.iter().copied().filter(|n| *n != 1).collect();
+            let mut got = g.chain.clone();
+            expect.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, expect, "group {id}");
             assert!(s.is_empty());
         }
         // Back within the delay: it rejoins the same chains, syncing.

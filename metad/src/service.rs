@@ -758,6 +758,29 @@ impl pb::meta_server::Meta for MetaService {
         Ok(GrpcResponse::new(pb::SetDataNodeStateReply {}))
     }
 
+    async fn get_workers(
+        &self,
+        _req: GrpcRequest<pb::GetWorkersRequest>,
+    ) -> GrpcResult<pb::GetWorkersReply> {
+        let workers = self
+            .node
+            .workers
+            .snapshot()
+            .into_iter()
+            .map(|(name, s)| pb::WorkerInfo {
+                name: name.to_string(),
+                runs: s.runs,
+                failures: s.failures,
+                last_error: s.last_error.unwrap_or_default(),
+                busy_ms: s.busy_since.map_or(0, |t| t.elapsed().as_millis() as u64),
+            })
+            .collect();
+        Ok(GrpcResponse::new(pb::GetWorkersReply {
+            node: self.node.id,
+            workers,
+        }))
+    }
+
     async fn get_tier(&self, _req: GrpcRequest<pb::GetTierRequest>) -> GrpcResult<pb::TierConfig> {
         let config = self.node.read(MAP_SHARD, tier::config).await?;
         Ok(GrpcResponse::new(config))

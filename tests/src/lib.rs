@@ -347,8 +347,10 @@ impl Cluster {
         Client::new(self.meta_addrs())
     }
 
-    /// Waits until every shard has a leader, every running data node is live and
-    /// every placement chain is complete, and the root directory answers.
+    /// Waits until every shard has a leader, every running data node is live,
+    /// every placement chain is complete and settled (no member syncing), the
+    /// running nodes are in chains evenly (rebalancing done), and the root
+    /// directory answers.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let meta = MetaClient::new(self.meta_addrs(), Default::default())
             .with_deadline(Duration::from_secs(2));
@@ -377,7 +379,22 @@ impl Cluster {
                                 .any(|n| n.id == *id && running_datas.contains(&n.addr))
                         })
                 });
-            leaders && live && chains && meta.getattr(ROOT_INO).await.is_ok()
+            // Rebalancing done: chain memberships of the running nodes even.
+            let memberships: Vec<usize> = map
+                .data_nodes
+                .iter()
+                .filter(|n| running_datas.contains(&n.addr))
+                .map(|n| {
+                    map.groups
+                        .iter()
+                        .filter(|g| g.chain.contains(&n.id))
+                        .count()
+                })
+                .collect();
+            let even = memberships.iter().max().unwrap_or(&0)
+                - memberships.iter().min().unwrap_or(&0)
+                <= 1;
+            leaders && live && chains && even && meta.getattr(ROOT_INO).await.is_ok()
         })
         .await;
         if let Err(e) = result {
