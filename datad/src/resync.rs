@@ -213,6 +213,7 @@ impl Resync {
             }
         };
         let started = Instant::now();
+        let mut round = 0;
         let mut failed: Vec<u32> = Vec::new();
         for (addr, groups) in peers_of(&map, self.node_id, stale) {
             let at: Vec<pb::GroupVersion> = stale
@@ -223,7 +224,7 @@ impl Resync {
                     version: g.version,
                 })
                 .collect();
-            if let Err(e) = self.copy_from(&addr, &map, at, started).await {
+            if let Err(e) = self.copy_from(&addr, &map, at, started, &mut round).await {
                 tracing::warn!(peer = %addr, ?groups, error = %e, "resync: peer not synced; retrying");
                 failed.extend(groups);
             }
@@ -297,9 +298,14 @@ impl Resync {
             }
         }
         for (addr, groups) in peers {
-            match self.list(&addr, total, groups).await {
-                Ok(ids) => {
-                    listed.insert(addr, ids);
+            match self.list(&addr, total, groups, Vec::new()).await {
+                Ok(blocks) => {
+                    let ids = blocks.iter().filter_map(|b| b.block.as_ref());
+                    let ids = ids.map(|b| BlockId {
+                        slice_id: b.slice_id,
+                        index: b.index,
+                    });
+                    listed.insert(addr, ids.collect());
                 }
                 Err(e) => tracing::debug!(peer = %addr, error = %e, "sweep: listing failed"),
             }
@@ -335,15 +341,17 @@ impl Resync {
         Ok(kept)
     }
 
-    /// Every block the peer at `addr` holds of `groups`.
+    /// Every block the peer at `addr` holds of `groups`, listed once it
+    /// knows the chain versions `at` (none: at once).
     async fn list(
         &self,
         addr: &str,
         total: u32,
         groups: Vec<u32>,
-    ) -> Result<std::collections::HashSet<BlockId>, String> {
+        at: Vec<pb::GroupVersion>,
+    ) -> Result<Vec<pb::ListedBlock>, String> {
         let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
-        let mut out = std::collections::HashSet::new();
+        let mut out = Vec::new();
         let mut after = None;
         loop {
             let page = client
@@ -352,20 +360,12 @@ impl Resync {
                     groups: groups.clone(),
                     after,
                     limit: PAGE,
-                    at: Vec::new(),
+                    at: at.clone(),
                 })
                 .await
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
-            out.extend(
-                page.blocks
-                    .iter()
-                    .filter_map(|b| b.block.as_ref())
-                    .map(|b| BlockId {
-                        slice_id: b.slice_id,
-                        index: b.index,
-                    }),
-            );
+            out.extend(page.blocks);
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(out),
@@ -380,76 +380,59 @@ impl Resync {
     }
 
     /// Copies in every block of the groups `at` the peer at `addr` holds and
-    /// this node lacks.
+    /// this node lacks; `round` counts the bytes this round copied, for pacing.
     async fn copy_from(
         &self,
         addr: &str,
         map: &pb::ClusterMap,
         at: Vec<pb::GroupVersion>,
         started: Instant,
+        round: &mut u64,
     ) -> Result<(), String> {
         let groups: Vec<u32> = at.iter().map(|g| g.group).collect();
+        let listed = self.list(addr, map.groups.len() as u32, groups, at).await?;
         let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
-        let mut after = None;
-        loop {
-            let page = client
-                .list_blocks(pb::ListBlocksRequest {
-                    groups_total: map.groups.len() as u32,
-                    groups: groups.clone(),
-                    after,
-                    limit: PAGE,
-                    at: at.clone(),
-                })
+        for listed in listed {
+            let Some(b) = listed.block else { continue };
+            let id = BlockId {
+                slice_id: b.slice_id,
+                index: b.index,
+            };
+            if self
+                .store
+                .info(id)
                 .await
-                .map_err(|s| s.message().to_string())?
-                .into_inner();
-            for listed in page.blocks {
-                let Some(b) = listed.block else { continue };
-                let id = BlockId {
-                    slice_id: b.slice_id,
-                    index: b.index,
-                };
-                if self
-                    .store
-                    .info(id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some()
-                {
-                    continue;
-                }
-                let reply = client
-                    .get_block(pb::GetBlockRequest {
-                        block: Some(b),
-                        offset: 0,
-                        len: 0,
-                    })
-                    .await;
-                let data = match reply {
-                    Ok(r) => r.into_inner().data,
-                    // Deleted since the listing: nothing to copy.
-                    Err(s) if s.code() == tonic::Code::NotFound => continue,
-                    Err(s) => return Err(format!("block {id}: {}", s.message())),
-                };
-                if crc32c::crc32c(&data) != listed.crc32c || data.len() != listed.len as usize {
-                    return Err(format!("block {id}: copy does not match its listing"));
-                }
-                let len = data.len() as u64;
-                self.store
-                    .put(id, data, listed.crc32c)
-                    .await
-                    .map_err(|e| format!("storing block {id}: {e}"))?;
-                let c = &self.counters;
-                c.blocks_copied.fetch_add(1, Ordering::Relaxed);
-                let copied = c.bytes_copied.fetch_add(len, Ordering::Relaxed) + len;
-                let wait = pace_delay(copied, self.bytes_per_s, started.elapsed());
-                tokio::time::sleep(wait).await;
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                continue;
             }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => return Ok(()),
+            let request = pb::GetBlockRequest {
+                block: Some(b),
+                offset: 0,
+                len: 0,
+            };
+            let data = match client.get_block(request).await {
+                Ok(r) => r.into_inner().data,
+                // Deleted since the listing: nothing to copy.
+                Err(s) if s.code() == tonic::Code::NotFound => continue,
+                Err(s) => return Err(format!("block {id}: {}", s.message())),
+            };
+            if crc32c::crc32c(&data) != listed.crc32c || data.len() != listed.len as usize {
+                return Err(format!("block {id}: copy does not match its listing"));
             }
+            let len = data.len() as u64;
+            self.store
+                .put(id, data, listed.crc32c)
+                .await
+                .map_err(|e| format!("storing block {id}: {e}"))?;
+            let c = &self.counters;
+            c.blocks_copied.fetch_add(1, Ordering::Relaxed);
+            c.bytes_copied.fetch_add(len, Ordering::Relaxed);
+            *round += len;
+            tokio::time::sleep(pace_delay(*round, self.bytes_per_s, started.elapsed())).await;
         }
+        Ok(())
     }
 }
 

@@ -682,12 +682,7 @@ impl Inner {
             )));
         }
         let path = block_path(&self.blocks_dir, id);
-        let tmp = path.with_file_name(format!("{id}.tmp"));
-        let result = write_durably(&tmp, &path, data);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        write_durably(id, &path, data)?;
         entry.tier = Tier::Staged;
         self.commit_blocking(vec![IndexWrite::PutBlock(id, entry)])?;
         self.used.fetch_add(len, Ordering::Relaxed);
@@ -783,12 +778,7 @@ impl Inner {
         }
         matches_entry(id, &entry, data)?;
         let path = block_path(&self.blocks_dir, id);
-        let tmp = path.with_file_name(format!("{id}.tmp"));
-        let result = write_durably(&tmp, &path, data);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        write_durably(id, &path, data)?;
         Ok(true)
     }
 
@@ -863,12 +853,7 @@ impl Inner {
                 Written::New(entry)
             }
         };
-        let tmp = path.with_file_name(format!("{id}.tmp"));
-        let result = write_durably(&tmp, &path, data);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result?;
+        write_durably(id, &path, data)?;
         Ok(outcome)
     }
 
@@ -990,9 +975,19 @@ fn matches_entry(id: BlockId, entry: &BlockInfo, data: &[u8]) -> Result<(), Data
     Ok(())
 }
 
-/// Writes `data` to `tmp`, fdatasyncs it, renames it to `path` and syncs the
-/// directory so that the rename survives a crash.
-fn write_durably(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), DataError> {
+/// Writes block `id`'s `data` aside, fdatasyncs it, renames it to `path` and
+/// syncs the directory so that the rename survives a crash; a failed write
+/// leaves no temporary file.
+fn write_durably(id: BlockId, path: &Path, data: &[u8]) -> Result<(), DataError> {
+    let tmp = path.with_file_name(format!("{id}.tmp"));
+    let result = write_aside(&tmp, path, data);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_aside(tmp: &Path, path: &Path, data: &[u8]) -> Result<(), DataError> {
     let mut file = File::create(tmp)?;
     file.write_all(data)?;
     file.sync_data()?;
