@@ -5,6 +5,7 @@ mod bench_s3;
 mod bench_tier;
 mod daemons;
 mod fs;
+mod fsck;
 mod mount;
 mod node;
 mod s3;
@@ -70,6 +71,9 @@ enum Command {
         #[command(subcommand)]
         command: node::NodeCommand,
     },
+    /// Check every block the namespace needs against the data servers' copies
+    /// (missing, damaged, under-replicated, orphaned); --repair fixes what can be.
+    Fsck(fsck::FsckArgs),
     /// Hot/cold tiering: the cold backend, policies, runs, status, restores.
     Tier {
         #[command(subcommand)]
@@ -156,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Warmup(args) => mount::warmup(seeds, args).await,
             Command::Status => status::run(seeds).await,
             Command::Node { command } => node::run(seeds, command).await,
+            Command::Fsck(args) => fsck::run(seeds, args).await,
             Command::Tier { command } => tier::run(seeds, command).await,
             Command::Bench(args) => bench::run(seeds, args).await,
             Command::BenchS3(args) => bench_s3::run(seeds, args).await,

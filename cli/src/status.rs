@@ -139,7 +139,8 @@ async fn worker_status(map: &cairn_proto::pb::ClusterMap) {
     }
 }
 
-/// Per live data node: its chains in sync (resync) and what its scrubber found.
+/// Per live data node: its chains in sync (resync), what its scrubber found
+/// and the orphan blocks it deleted.
 async fn healing_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
     println!("healing:");
     for n in map.data_nodes.iter().filter(|n| n.alive) {
@@ -156,12 +157,14 @@ async fn healing_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
                     ),
                 };
                 println!(
-                    "  data node {}: groups in sync {}/{}, {} blocks copied in, {} left-behind copies dropped; {scrub}",
+                    "  data node {}: groups in sync {}/{}, {} blocks copied in, {} left-behind copies dropped; {scrub}; orphans: {} passes, {} blocks deleted",
                     n.id,
                     s.resync_groups_synced,
                     s.resync_groups_member,
                     s.resync_blocks_copied,
-                    s.resync_blocks_dropped
+                    s.resync_blocks_dropped,
+                    s.orphan_passes,
+                    s.orphan_blocks_deleted,
                 );
             }
             Err(e) => println!("  data node {}: {e}", n.id),

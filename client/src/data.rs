@@ -138,6 +138,58 @@ impl DataClient {
         Ok(reply.into_inner().blocks)
     }
 
+    /// A page of the blocks a datad indexes, each copy's state checked with
+    /// `verify` (`cairn fsck`).
+    pub async fn scan_blocks(
+        &self,
+        addr: &str,
+        after: Option<pb::BlockId>,
+        limit: u32,
+        verify: bool,
+    ) -> Result<pb::ScanBlocksReply> {
+        let request = pb::ScanBlocksRequest {
+            after,
+            limit,
+            verify,
+        };
+        let reply = self
+            .bulk
+            .data(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?
+            .scan_blocks(request)
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(reply.into_inner())
+    }
+
+    /// Has the datad at `addr` replace its damaged or missing copies of
+    /// `blocks` with good ones from `sources`.
+    pub async fn repair_blocks(
+        &self,
+        addr: &str,
+        blocks: Vec<pb::BlockId>,
+        sources: Vec<String>,
+    ) -> Result<pb::RepairBlocksReply> {
+        let reply = self
+            .bulk
+            .data(addr)
+            .map_err(|e| ClientError::Invalid(format!("address {addr}: {e}")))?
+            .repair_blocks(pb::RepairBlocksRequest { blocks, sources })
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(reply.into_inner())
+    }
+
+    /// Deletes `blocks` (and their cold copies) on the datad at `addr`.
+    pub async fn delete_blocks(&self, addr: &str, blocks: Vec<pb::BlockId>) -> Result<u32> {
+        let reply = self
+            .grpc(addr)?
+            .delete_blocks(pb::DeleteBlocksRequest { blocks })
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(reply.into_inner().deleted)
+    }
+
     /// A datad's counters (space, blocks, cold tier).
     pub async fn stat(&self, addr: &str) -> Result<pb::DataStatReply> {
         let reply = self

@@ -441,7 +441,25 @@ impl FileReader {
     }
 
     /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    /// A block no replica serves may belong to a layout that changed since
+    /// this reader loaded it (the slice was overwritten and freed): the
+    /// layout is read again and the read tried once more.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Bytes> {
+        match self.read_once(offset, len).await {
+            Err(ClientError::Data(why)) => {
+                tracing::debug!(ino = self.ino, %why, "block unreadable: reloading the layout");
+                self.chunks.clear();
+                self.cache.clear();
+                for (_, fetch) in self.ahead.drain() {
+                    fetch.abort();
+                }
+                self.read_once(offset, len).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(&mut self, offset: u64, len: usize) -> Result<Bytes> {
         if offset >= self.size {
             return Ok(Bytes::new());
         }

@@ -983,6 +983,46 @@ impl MetaClient {
         Ok(())
     }
 
+    /// A page of data shard `shard`'s slice references after the cursor
+    /// `after` (empty: from the start).
+    pub async fn list_slice_refs(
+        &self,
+        shard: ShardId,
+        after: bytes::Bytes,
+        limit: u32,
+    ) -> Result<pb::ListSliceRefsReply> {
+        self.call(shard, |mut c| {
+            let after = after.clone();
+            async move {
+                c.list_slice_refs(pb::ListSliceRefsRequest {
+                    shard,
+                    after,
+                    limit,
+                })
+                .await
+            }
+        })
+        .await
+    }
+
+    /// Which of `ids` some file shows or a deletion queue holds (every data
+    /// shard asked at its leader).
+    pub async fn slice_refs(&self, ids: Vec<u64>) -> Result<Vec<u64>> {
+        let reply = self
+            .call(MAP_SHARD, |mut c| {
+                let slice_ids = ids.clone();
+                async move {
+                    c.slice_refs(pb::SliceRefsRequest {
+                        slice_ids,
+                        shard: MAP_SHARD,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(reply.referenced)
+    }
+
     /// A fresh slice id (fetched from shard 0 in batches).
     pub async fn next_slice_id(&self) -> Result<u64> {
         let mut ids = self.slice_ids.lock().await;

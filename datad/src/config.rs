@@ -43,6 +43,12 @@ pub struct Config {
     /// Blocks whose file was written less than this many seconds ago wait for
     /// the next pass.
     pub scrub_skip_younger_s: u64,
+    /// Seconds between the starts of two orphan passes (blocks no file
+    /// refers to are deleted, see `orphans.rs`); 0 turns them off.
+    pub orphan_check_interval_s: u64,
+    /// Blocks written less than this many seconds ago are never judged
+    /// orphans: an upload waits that long for its commit.
+    pub orphan_grace_s: u64,
     /// How often, in milliseconds, the chains this node is in are compared
     /// with the versions it synced (see `resync.rs`); a changed chain is
     /// synced then.
@@ -130,6 +136,8 @@ impl Default for Config {
             scrub_interval_s: 86_400,
             scrub_rate_mb_s: 64,
             scrub_skip_younger_s: 3600,
+            orphan_check_interval_s: 21_600,
+            orphan_grace_s: 86_400,
             resync_check_ms: 2000,
             resync_rate_mb_s: 200,
             cold: ColdConfig::default(),
@@ -199,6 +207,14 @@ impl Config {
     /// The heartbeat period.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// When orphan passes run, or `None` when they are off.
+    pub fn orphans(&self) -> Option<crate::orphans::Pacing> {
+        (self.orphan_check_interval_s > 0).then(|| crate::orphans::Pacing {
+            interval: Duration::from_secs(self.orphan_check_interval_s),
+            grace: Duration::from_secs(self.orphan_grace_s),
+        })
     }
 
     /// The scrubber's pacing, or `None` when it is off.

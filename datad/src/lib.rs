@@ -7,7 +7,9 @@
 //! metad with a periodic heartbeat ([`heartbeat`] over [`meta`]), moves blocks to
 //! and from the cluster's cold tier ([`tier`] over [`cold`]), and re-reads every
 //! block in the background, repairing damaged copies from other replicas
-//! ([`scrub`]), and copies in the blocks of chains it newly joined ([`resync`]).
+//! ([`scrub`]), copies in the blocks of chains it newly joined ([`resync`]),
+//! deletes blocks no file refers to ([`orphans`]), and answers `cairn fsck`
+//! ([`fsck`]).
 //!
 //! [`run`] is the whole daemon; [`serve`] is the same on a listener the caller
 //! bound (tests use ephemeral ports).
@@ -16,8 +18,11 @@ pub mod cold;
 pub mod config;
 pub mod error;
 pub mod fence;
+pub mod fsck;
 pub mod heartbeat;
 pub mod meta;
+pub mod orphans;
+pub mod periodic;
 pub mod resync;
 pub mod scrub;
 pub mod service;
@@ -41,6 +46,7 @@ use tonic::transport::Server;
 
 use crate::fence::ChainFence;
 use crate::heartbeat::Heartbeat;
+use crate::orphans::Orphans;
 use crate::resync::Resync;
 use crate::scrub::Scrubber;
 use crate::tier::Tiering;
@@ -100,10 +106,19 @@ pub async fn serve(
     };
     // A node with metads heartbeats to them and resyncs the chains it joins.
     let heartbeat_stop = shutdown.child_token();
-    let (heartbeat, resync) = if config.meta.is_empty() {
+    let (heartbeat, resync, orphans) = if config.meta.is_empty() {
         tracing::warn!("no metad addresses configured: this node will not register");
-        (None, None)
+        (None, None, None)
     } else {
+        let orphans = match config.orphans() {
+            Some(pacing) => {
+                let job =
+                    Orphans::new(config.id, Arc::clone(&tiering), pacing, config.meta.clone());
+                service = service.with_orphans(job.counters());
+                Some(tokio::spawn(job.run(jobs_stop.clone())))
+            }
+            None => None,
+        };
         let resync = Resync::new(
             config.id,
             store.clone(),
@@ -125,6 +140,7 @@ pub async fn serve(
         (
             Some(tokio::spawn(beat.run(heartbeat_stop.clone()))),
             Some(tokio::spawn(resync.run(jobs_stop.clone()))),
+            orphans,
         )
     };
     let incoming = TcpIncoming::from_listener(listener, true, None)
@@ -140,7 +156,7 @@ pub async fn serve(
     heartbeat_stop.cancel();
     jobs_stop.cancel();
     cold_stop.cancel();
-    for (job, task) in [("scrub", scrub), ("resync", resync)] {
+    for (job, task) in [("scrub", scrub), ("resync", resync), ("orphans", orphans)] {
         if let Some(task) = task {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "{job} task failed");
@@ -606,6 +622,18 @@ mod tests {
             &self,
             _: Request<pb::AllocSliceIdsRequest>,
         ) -> Result<Response<pb::AllocSliceIdsReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn slice_refs(
+            &self,
+            _: Request<pb::SliceRefsRequest>,
+        ) -> Result<Response<pb::SliceRefsReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn list_slice_refs(
+            &self,
+            _: Request<pb::ListSliceRefsRequest>,
+        ) -> Result<Response<pb::ListSliceRefsReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
         async fn renew_session(

@@ -33,7 +33,6 @@ use std::time::UNIX_EPOCH;
 use cairn_proto::channel::Channels;
 use cairn_proto::ids::placement_group;
 use cairn_proto::pb;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::DataError;
@@ -162,28 +161,9 @@ impl Scrubber {
     /// leaves nothing half done: a repair in progress finishes on the blocking
     /// pool before the store closes.
     pub async fn run(self, stop: CancellationToken) {
-        let interval = self.pacing.interval;
-        let jitter_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ self.node_id)
-            % (interval.as_millis().max(1) as u64);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(jitter_ms)) => {}
-        }
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        crate::periodic::every(self.pacing.interval, self.node_id, &stop, || async {
             let started = Instant::now();
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.pass() => r,
-            };
-            match result {
+            match self.pass().await {
                 Ok(r) => {
                     let now_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -205,7 +185,8 @@ impl Scrubber {
                 }
                 Err(e) => tracing::warn!(error = %e, "scrub pass failed; next pass starts on time"),
             }
-        }
+        })
+        .await
     }
 
     /// One full pass over the store, paced; fails only when the index cannot
@@ -320,30 +301,17 @@ impl Scrubber {
         id: BlockId,
         info: &BlockInfo,
     ) -> Result<bytes::Bytes, String> {
-        let mut client = self.peers.data(addr).map_err(|e| e.to_string())?;
-        let reply = client
-            .get_block(pb::GetBlockRequest {
-                block: Some(pb::BlockId {
-                    slice_id: id.slice_id,
-                    index: id.index,
-                }),
-                offset: 0,
-                len: 0,
-            })
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+        let (data, crc) = crate::fsck::fetch(&self.peers, addr, id).await?;
         // The store checks the bytes' crc32c again before writing them.
-        if reply.block_crc32c != info.crc || reply.data.len() != info.len as usize {
+        if crc != info.crc || data.len() != info.len as usize {
             return Err(format!(
-                "its copy ({} bytes, crc32c {:#010x}) is not the one indexed here ({} bytes, {:#010x})",
-                reply.data.len(),
-                reply.block_crc32c,
+                "its copy ({} bytes, crc32c {crc:#010x}) is not the one indexed here ({} bytes, {:#010x})",
+                data.len(),
                 info.len,
                 info.crc
             ));
         }
-        Ok(reply.data)
+        Ok(data)
     }
 }
 

@@ -26,6 +26,7 @@ use tonic::Status;
 
 use crate::error::DataError;
 use crate::fence::ChainFence;
+use crate::orphans::OrphanCounters;
 use crate::resync::ResyncCounters;
 use crate::scrub::ScrubCounters;
 use crate::store::BlockId;
@@ -52,11 +53,15 @@ pub struct DataService {
     scrub: Option<Arc<ScrubCounters>>,
     /// The resync job's counters; `None` on a standalone node.
     resync: Option<Arc<ResyncCounters>>,
+    /// The orphan collector's counters; `None` when it does not run.
+    orphans: Option<Arc<OrphanCounters>>,
 }
 
 /// Most blocks one `TierBlocks` or `DeleteBlocks` request may name (and one
 /// `ListBlocks` answer hold, about).
 const MAX_BLOCKS_PER_REQUEST: usize = 4096;
+/// Most data servers one `RepairBlocks` may name as sources.
+const MAX_SOURCES: usize = 64;
 /// Index pages of `MAX_BLOCKS_PER_REQUEST` one `ListBlocks` call scans at most.
 const LIST_SCAN_PAGES: usize = 16;
 
@@ -72,12 +77,19 @@ impl DataService {
             peers: Arc::new(Channels::with_timeouts(CONNECT_TIMEOUT, FORWARD_TIMEOUT)),
             scrub: None,
             resync: None,
+            orphans: None,
         }
     }
 
     /// Reports the resync job's counters in `Stat`.
     pub fn with_resync(mut self, counters: Arc<ResyncCounters>) -> DataService {
         self.resync = Some(counters);
+        self
+    }
+
+    /// Reports the orphan collector's counters in `Stat`.
+    pub fn with_orphans(mut self, counters: Arc<OrphanCounters>) -> DataService {
+        self.orphans = Some(counters);
         self
     }
 
@@ -228,6 +240,11 @@ impl Data for DataService {
         let scrub = |f: fn(&ScrubCounters) -> &AtomicU64| {
             self.scrub.as_ref().map(|c| f(c).load(Ordering::Relaxed))
         };
+        let orphans = |f: fn(&OrphanCounters) -> &AtomicU64| {
+            self.orphans
+                .as_ref()
+                .map_or(0, |c| f(c).load(Ordering::Relaxed))
+        };
         let resync = |f: fn(&ResyncCounters) -> &AtomicU64| {
             self.resync
                 .as_ref()
@@ -260,6 +277,8 @@ impl Data for DataService {
             resync_blocks_copied: resync(|c| &c.blocks_copied),
             resync_bytes_copied: resync(|c| &c.bytes_copied),
             resync_blocks_dropped: resync(|c| &c.blocks_dropped),
+            orphan_passes: orphans(|c| &c.passes),
+            orphan_blocks_deleted: orphans(|c| &c.blocks_deleted),
         }))
     }
 
@@ -306,6 +325,34 @@ impl Data for DataService {
             blocks,
             next: after.map(pb_block_id),
         }))
+    }
+
+    async fn scan_blocks(
+        &self,
+        request: Request<pb::ScanBlocksRequest>,
+    ) -> Result<Response<pb::ScanBlocksReply>, Status> {
+        let req = request.into_inner();
+        let after = req.after.map(|b| block_id(Some(b))).transpose()?;
+        let limit = (req.limit as usize).clamp(1, MAX_BLOCKS_PER_REQUEST);
+        let (blocks, next) = crate::fsck::scan(&self.tiering, after, limit, req.verify).await?;
+        Ok(Response::new(pb::ScanBlocksReply {
+            blocks,
+            next: next.map(pb_block_id),
+        }))
+    }
+
+    async fn repair_blocks(
+        &self,
+        request: Request<pb::RepairBlocksRequest>,
+    ) -> Result<Response<pb::RepairBlocksReply>, Status> {
+        let req = request.into_inner();
+        let ids = block_ids(req.blocks)?;
+        if req.sources.len() > MAX_SOURCES {
+            return Err(DataError::Invalid(format!("more than {MAX_SOURCES} sources")).into());
+        }
+        let (repaired, failures) =
+            crate::fsck::repair(&self.tiering, &self.peers, ids, &req.sources).await;
+        Ok(Response::new(pb::RepairBlocksReply { repaired, failures }))
     }
 
     async fn tier_blocks(

@@ -432,6 +432,13 @@ impl BlockStore {
             .await
     }
 
+    /// When a block's local file was last written; `None` when it has none
+    /// (a cold block, or a missing file).
+    pub async fn modified(&self, id: BlockId) -> Option<SystemTime> {
+        let path = block_path(&self.inner.blocks_dir, id);
+        tokio::fs::metadata(path).await.ok()?.modified().ok()
+    }
+
     /// Where a block's file lives (tests damage it on purpose).
     #[cfg(test)]
     pub(crate) fn block_path(&self, id: BlockId) -> PathBuf {

@@ -113,6 +113,11 @@ impl Tiering {
         self.backend.read().ok().and_then(|b| b.clone())
     }
 
+    /// The size of a block's cold object (`None`: there is none).
+    pub async fn cold_size(&self, id: BlockId) -> Result<Option<u64>, DataError> {
+        Ok(self.cold()?.size(id, &self.shutdown).await?)
+    }
+
     fn cold(&self) -> Result<ColdStore, DataError> {
         self.backend().ok_or_else(|| {
             DataError::Cold(ColdError::Permanent("no cold backend configured".into()))

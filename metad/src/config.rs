@@ -49,6 +49,10 @@ pub struct Config {
     pub txn_recover_after_ms: u64,
     /// How long a client's open files stay referenced without a renewal.
     pub session_lease_ms: u64,
+    /// How long a freed slice waits before its blocks are deleted, so a
+    /// reader still holding the old layout (another mount's open file)
+    /// finishes reading it.
+    pub gc_delay_ms: u64,
     /// Raft heartbeat interval.
     pub heartbeat_ms: u64,
     /// Raft election timeout (a random value in [min, 2 * min)).
@@ -77,6 +81,7 @@ impl Default for Config {
             replace_after_ms: 600_000,
             txn_recover_after_ms: 5_000,
             session_lease_ms: 30_000,
+            gc_delay_ms: 60_000,
             heartbeat_ms: 100,
             election_timeout_ms: 600,
             snapshot_after_logs: 5000,
@@ -123,6 +128,9 @@ impl Config {
         }
         if self.session_lease_ms < 1000 || self.session_lease_ms > i64::MAX as u64 {
             return bad("session-lease-ms must be at least 1000");
+        }
+        if self.gc_delay_ms > i64::MAX as u64 {
+            return bad("gc-delay-ms is too large");
         }
         if self.heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.heartbeat_ms {
             return bad("election-timeout-ms must be at least 3 heartbeats");

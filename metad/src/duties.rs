@@ -19,6 +19,7 @@ use cairn_proto::ids::ROOT_INO;
 use crate::cluster;
 use crate::cluster::MapCommand;
 use crate::error::MetaError;
+use crate::fs;
 use crate::fs::FsCommand;
 use crate::keys;
 use crate::node::now_ns;
@@ -35,7 +36,7 @@ pub fn start(node: &Arc<MetaNode>, shutdown: &CancellationToken) -> Vec<JoinHand
         worker::spawn(Liveness, node.clone(), shutdown.clone()),
         worker::spawn(TxnRecovery::default(), node.clone(), shutdown.clone()),
         worker::spawn(Sessions, node.clone(), shutdown.clone()),
-        worker::spawn(Gc, node.clone(), shutdown.clone()),
+        worker::spawn(Gc::default(), node.clone(), shutdown.clone()),
         worker::spawn(ReplyTrim::default(), node.clone(), shutdown.clone()),
     ]
 }
@@ -178,8 +179,13 @@ impl Worker for Sessions {
     }
 }
 
-/// Deletes the blocks of freed slices on the data servers.
-struct Gc;
+/// Deletes the blocks of freed slices on the data servers, each once it has
+/// waited `gc-delay-ms` in the queue (counted from when this leader first saw
+/// it: a new leader starts counting afresh, which only waits longer).
+#[derive(Default)]
+struct Gc {
+    seen: Mutex<HashMap<ShardId, HashMap<u64, Instant>>>,
+}
 
 impl Worker for Gc {
     fn name(&self) -> &'static str {
@@ -191,9 +197,35 @@ impl Worker for Gc {
     }
 
     async fn run(&self, node: &MetaNode) -> Result<(), MetaError> {
+        let delay = Duration::from_millis(node.config().gc_delay_ms);
         let mut result = Ok(());
         for shard in led_namespace_shards(node) {
-            if let Err(e) = crate::gc::collect(node, shard).await {
+            let queue = match node
+                .read(shard, |txn| fs::gc_queue(txn, crate::gc::BATCH))
+                .await
+            {
+                Ok(queue) => queue,
+                Err(e) => {
+                    result = Err(e);
+                    continue;
+                }
+            };
+            let ripe: Vec<(u64, u32)> = {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                let old = seen.remove(&shard).unwrap_or_default();
+                let now = Instant::now();
+                let firsts: HashMap<u64, Instant> = queue
+                    .iter()
+                    .map(|(id, _)| (*id, old.get(id).copied().unwrap_or(now)))
+                    .collect();
+                let ripe = queue
+                    .into_iter()
+                    .filter(|(id, _)| firsts[id].elapsed() >= delay)
+                    .collect();
+                seen.insert(shard, firsts);
+                ripe
+            };
+            if let Err(e) = crate::gc::collect(node, shard, &ripe).await {
                 result = Err(e);
             }
         }

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::error::MetaError;
 use crate::keys;
 use crate::kv::Txn;
+use crate::slices::paint;
 use crate::types::Errno;
 
 /// Longest xattr value.
@@ -600,14 +601,7 @@ fn delete_inode(txn: &mut Txn, ino: u64) -> Result<(), MetaError> {
     for (k, _) in txn.scan(&keys::xattr_prefix(ino), b"", usize::MAX)? {
         txn.delete(k);
     }
-    for (k, v) in txn.scan(&keys::chunk_prefix(ino), b"", usize::MAX)? {
-        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
-        for s in slices.iter().filter(|s| s.slice_id != 0) {
-            txn.put_as(keys::gc(s.slice_id), &s.size)?;
-        }
-        txn.delete(k);
-    }
-    Ok(())
+    crate::slices::drop_chunks(txn, ino)
 }
 
 /// Applies one namespace command.
@@ -953,8 +947,6 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             let inode = regular_file(txn, *ino)?;
             check_size(*length)?;
             for (chunk, slices) in chunks {
-                let k = keys::chunk(*ino, *chunk);
-                let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
                 for s in slices {
                     if u64::from(s.pos) + u64::from(s.len) > CHUNK_SIZE
                         || u64::from(s.off) + u64::from(s.len) > u64::from(s.size)
@@ -962,8 +954,9 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
                         return Err(err(EINVAL, "slice out of bounds"));
                     }
                 }
+                let mut list = crate::slices::chunk_slices(txn, *ino, *chunk)?;
                 list.extend_from_slice(slices);
-                txn.put_as(k, &list)?;
+                crate::slices::settle(txn, *ino, *chunk, &list)?;
             }
             written(txn, *ino, inode, *length, *mtime)
         }
@@ -1023,7 +1016,7 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
             let chunk = chunk_of_key(&k)?;
             let start = u64::from(chunk) * CHUNK_SIZE;
             let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
-            for seg in visible_segments(&slices) {
+            for seg in paint(&slices) {
                 let seg_start = start + u64::from(seg.pos);
                 if seg.slice_id == 0 || seg_start >= source.size {
                     continue;
@@ -1031,8 +1024,8 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
                 let len = u64::from(seg.len).min(source.size - seg_start);
                 place(&mut added, end + seg_start, len, seg);
             }
-            txn.delete(k);
         }
+        crate::slices::drop_chunks(txn, src)?;
         end = new_end;
         source.size = 0;
         source.mtime = mtime;
@@ -1040,10 +1033,9 @@ fn concat(txn: &mut Txn, target: u64, sources: &[u64], mtime: i64) -> FsResult {
         put_inode(txn, src, &source)?;
     }
     for (chunk, slices) in added {
-        let k = keys::chunk(target, chunk);
-        let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
+        let mut list = crate::slices::chunk_slices(txn, target, chunk)?;
         list.extend(slices);
-        txn.put_as(k, &list)?;
+        crate::slices::settle(txn, target, chunk, &list)?;
     }
     written(txn, target, inode, end, mtime)
 }
@@ -1076,10 +1068,9 @@ fn append(txn: &mut Txn, ino: u64, slices: &[(u64, u32)], mtime: i64) -> FsResul
         end = new_end;
     }
     for (chunk, slices) in added {
-        let k = keys::chunk(ino, chunk);
-        let mut list: Vec<SliceRec> = txn.get_as(&k)?.unwrap_or_default();
+        let mut list = crate::slices::chunk_slices(txn, ino, chunk)?;
         list.extend(slices);
-        txn.put_as(k, &list)?;
+        crate::slices::settle(txn, ino, chunk, &list)?;
     }
     written(txn, ino, inode, end, mtime)
 }
@@ -1119,7 +1110,7 @@ pub fn stored_bytes(txn: &Txn, ino: u64, inode: &Inode) -> Result<Option<u64>, M
     let mut total = 0;
     for (chunk, slices) in layers {
         let start = u64::from(chunk) * CHUNK_SIZE;
-        for s in visible_segments(&slices).iter().filter(|s| s.slice_id != 0) {
+        for s in paint(&slices).iter().filter(|s| s.slice_id != 0) {
             let a = (start + u64::from(s.pos)).min(inode.size);
             let b = (start + u64::from(s.pos) + u64::from(s.len)).min(inode.size);
             total += b - a;
@@ -1131,39 +1122,6 @@ pub fn stored_bytes(txn: &Txn, ino: u64, inode: &Inode) -> Result<Option<u64>, M
 /// The chunk number in a chunk key.
 pub(crate) fn chunk_of_key(k: &[u8]) -> Result<u32, MetaError> {
     keys::u32_at(k, 9).ok_or_else(|| MetaError::Storage("malformed chunk key".into()))
-}
-
-/// Paints a chunk's slices in order (later overlays earlier) into the
-/// non-overlapping segments a reader sees, sorted by position; holes
-/// (slice 0) are segments too.
-pub(crate) fn visible_segments(slices: &[SliceRec]) -> Vec<SliceRec> {
-    let mut segs: Vec<SliceRec> = Vec::new();
-    for s in slices {
-        let (a, b) = (s.pos, s.pos + s.len);
-        let mut next = Vec::with_capacity(segs.len() + 2);
-        for g in segs {
-            let (ga, gb) = (g.pos, g.pos + g.len);
-            if gb <= a || ga >= b {
-                next.push(g);
-                continue;
-            }
-            if ga < a {
-                next.push(SliceRec { len: a - ga, ..g });
-            }
-            if gb > b {
-                next.push(SliceRec {
-                    pos: b,
-                    off: g.off + (b - ga),
-                    len: gb - b,
-                    ..g
-                });
-            }
-        }
-        next.push(*s);
-        next.sort_by_key(|g| g.pos);
-        segs = next;
-    }
-    segs
 }
 
 /// Adds `len` bytes of `seg`'s slice object (from `seg.off`) at file offset
@@ -1233,34 +1191,22 @@ fn set_attr(txn: &mut Txn, ino: u64, set: &SetAttrs, now: i64) -> FsResult {
 /// zeros.
 fn truncate_chunks(txn: &mut Txn, ino: u64, size: u64) -> Result<(), MetaError> {
     let first_dropped = size.div_ceil(CHUNK_SIZE);
-    let mut kept = std::collections::HashSet::new();
-    let mut dropped = Vec::new();
     for (k, v) in txn.scan(&keys::chunk_prefix(ino), b"", usize::MAX)? {
         let chunk = chunk_of_key(&k)?;
-        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
         if u64::from(chunk) >= first_dropped {
-            dropped.extend(slices.iter().map(|s| (s.slice_id, s.size)));
-            txn.delete(k);
-        } else {
-            kept.extend(slices.iter().map(|s| s.slice_id));
-            if u64::from(chunk) == size / CHUNK_SIZE {
-                let pos = (size % CHUNK_SIZE) as u32;
-                let hole_len = (CHUNK_SIZE as u32) - pos;
-                let mut slices = slices;
-                slices.push(SliceRec {
-                    slice_id: 0,
-                    pos,
-                    len: hole_len,
-                    off: 0,
-                    size: hole_len,
-                });
-                txn.put_as(k, &slices)?;
-            }
-        }
-    }
-    for (slice_id, slice_size) in dropped {
-        if slice_id != 0 && !kept.contains(&slice_id) {
-            txn.put_as(keys::gc(slice_id), &slice_size)?;
+            crate::slices::set_chunk(txn, ino, chunk, Vec::new())?;
+        } else if u64::from(chunk) == size / CHUNK_SIZE {
+            let pos = (size % CHUNK_SIZE) as u32;
+            let hole_len = (CHUNK_SIZE as u32) - pos;
+            let mut slices: Vec<SliceRec> = crate::kv::decode(&v)?;
+            slices.push(SliceRec {
+                slice_id: 0,
+                pos,
+                len: hole_len,
+                off: 0,
+                size: hole_len,
+            });
+            crate::slices::settle(txn, ino, chunk, &slices)?;
         }
     }
     Ok(())
@@ -1563,29 +1509,98 @@ mod tests {
             .get_as(&keys::chunk(f, 0))
             .unwrap()
             .unwrap();
-        assert_eq!(slices.len(), 2);
-        assert_eq!((slices[1].slice_id, slices[1].pos), (0, 10));
+        // Painted: the cut data leaves the list, and the hole with it.
+        assert_eq!(slices, vec![SliceRec { len: 10, ..slice }]);
+        let queued = |db: &rocksdb::DB| gc_queue(&Txn::new(db, 1), 10).unwrap();
+        assert!(queued(&db).is_empty());
+        let set = SetAttrs {
+            size: Some(0),
+            ..Default::default()
+        };
+        run(
+            &db,
+            1,
+            FsCommand::SetAttr {
+                ino: f,
+                set,
+                now: 7,
+            },
+        )
+        .unwrap();
+        assert!(Txn::new(&db, 1).get(&keys::chunk(f, 0)).unwrap().is_none());
+        assert_eq!(queued(&db), vec![(9, 1000)]);
     }
 
+    /// The slice references free exactly what no chunk shows: a covering
+    /// overwrite frees the slice it hides, a partial one frees nothing, a
+    /// concatenation frees the source's hidden slices and keeps the rest.
     #[test]
-    fn visible_segments_paint_later_over_earlier() {
-        let s = |slice_id, pos, len, off| SliceRec {
+    fn slices_are_freed_when_no_chunk_shows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let (f, _) = attr(create(&db, ROOT_INO, "f", Kind::File).unwrap());
+        let (g, _) = attr(create(&db, ROOT_INO, "g", Kind::File).unwrap());
+        let slice = |slice_id, pos, len| SliceRec {
             slice_id,
             pos,
             len,
-            off,
-            size: 1000,
+            off: 0,
+            size: len,
         };
-        let segs = visible_segments(&[s(1, 0, 100, 0), s(2, 20, 10, 5), s(0, 90, 50, 0)]);
-        assert_eq!(
-            segs,
-            vec![
-                s(1, 0, 20, 0),
-                s(2, 20, 10, 5),
-                s(1, 30, 60, 30),
-                s(0, 90, 50, 0)
-            ]
-        );
+        let commit = |ino, s: SliceRec| {
+            let cmd = FsCommand::Commit {
+                ino,
+                chunks: vec![(0, vec![s])],
+                length: 1000,
+                mtime: 5,
+            };
+            run(&db, 1, cmd).unwrap();
+        };
+        let queued = || -> Vec<u64> {
+            let q = gc_queue(&Txn::new(&db, 1), 100).unwrap();
+            q.into_iter().map(|(id, _)| id).collect()
+        };
+        // Shown by a chunk (queued slices count as referenced: the queue frees them).
+        let shown = || {
+            let all = crate::slices::referenced(&Txn::new(&db, 1), &[1, 2, 3, 4, 5]).unwrap();
+            let queued = queued();
+            all.into_iter()
+                .filter(|id| !queued.contains(id))
+                .collect::<Vec<u64>>()
+        };
+        commit(f, slice(1, 0, 1000));
+        commit(f, slice(2, 0, 1000));
+        assert_eq!((queued(), shown()), (vec![1], vec![2]));
+        commit(f, slice(3, 100, 10));
+        let list = crate::slices::chunk_slices(&Txn::new(&db, 1), f, 0).unwrap();
+        assert_eq!(list.len(), 3, "{list:?}");
+        assert_eq!((queued(), shown()), (vec![1], vec![2, 3]));
+        commit(g, slice(4, 0, 1000));
+        commit(g, slice(5, 0, 1000));
+        assert_eq!(queued(), vec![1, 4]);
+        let cmd = FsCommand::Concat {
+            target: f,
+            sources: vec![g],
+            mtime: 6,
+        };
+        run(&db, 1, cmd).unwrap();
+        assert_eq!((queued(), shown()), (vec![1, 4], vec![2, 3, 5]));
+        let set = SetAttrs {
+            size: Some(0),
+            ..Default::default()
+        };
+        run(
+            &db,
+            1,
+            FsCommand::SetAttr {
+                ino: f,
+                set,
+                now: 7,
+            },
+        )
+        .unwrap();
+        assert_eq!((queued(), shown()), (vec![1, 2, 3, 4, 5], vec![]));
     }
 
     #[test]

@@ -1,29 +1,35 @@
-//! Block garbage collection. Deleting a file's last link (or truncating whole
-//! chunks away) queues its slices in the shard's deletion queue in the same Raft
-//! command, so nothing references them any more. The shard's leader takes a batch
-//! of queued slices, deletes their blocks on every live data server, and only
-//! then dequeues them; a failed round is retried on the next tick, and deleting a
-//! block twice is harmless. A data server that is down during the round keeps
-//! its copies (an orphan scrubber is future work).
+//! Block garbage collection. A slice that no chunk shows any more (the file
+//! deleted, truncated, overwritten, punched: `crate::slices`) is queued in the
+//! shard's deletion queue by the same Raft command. The shard's leader takes a
+//! batch of queued slices that have waited `gc-delay-ms` (so readers holding
+//! the old layout finish), deletes their blocks on every live data server, and
+//! only then dequeues them; a failed round is retried on the next tick, and
+//! deleting a block twice is harmless. Copies on a data server that was down
+//! during the round, and blocks of slices never committed, are collected by
+//! the data servers themselves (`cairn_datad::orphans`), which ask
+//! `SliceRefs` before deleting what no file refers to.
 
 use cairn_proto::ids::ShardId;
 use cairn_proto::pb;
 
 use crate::error::MetaError;
-use crate::fs;
 use crate::fs::FsCommand;
 use crate::node::MetaNode;
 use crate::types::Command;
 use crate::types::Request;
 
 /// Slices handled per round.
-const BATCH: usize = 256;
+pub const BATCH: usize = 256;
 
-/// Runs one round on `shard` (led by this node); answers how many slices it freed.
-pub async fn collect(node: &MetaNode, shard: ShardId) -> Result<usize, MetaError> {
-    let queue = node.read(shard, |txn| fs::gc_queue(txn, BATCH)).await?;
+/// Deletes the blocks of `queue` (slices of `shard`'s deletion queue, which
+/// this node leads: id and size) on every live data server, then dequeues them.
+pub async fn collect(
+    node: &MetaNode,
+    shard: ShardId,
+    queue: &[(u64, u32)],
+) -> Result<(), MetaError> {
     if queue.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let map = node.cluster_map().await?;
     if map.block_size == 0 {
@@ -61,5 +67,5 @@ pub async fn collect(node: &MetaNode, shard: ShardId) -> Result<usize, MetaError
         cmd: Command::Fs(FsCommand::DequeueSlices { ids }),
     };
     node.propose_local(shard, dequeue).await?;
-    Ok(queue.len())
+    Ok(())
 }

@@ -18,9 +18,6 @@
 //! are kept only in chunk 0 over inline data, the one layer they can hide
 //! (elsewhere a missing segment reads as zeros already).
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
-
 use cairn_proto::ids::CHUNK_SIZE;
 use cairn_proto::status::EFBIG;
 use cairn_proto::status::EINVAL;
@@ -101,49 +98,27 @@ fn zero_inline(txn: &mut Txn, ino: u64, from: u64, to: u64) -> Result<(), MetaEr
     Ok(())
 }
 
-/// Cuts file bytes [from, to) out of every chunk they touch; queues the
-/// slices no chunk shows any more.
+/// Cuts file bytes [from, to) out of every chunk they touch; the slices no
+/// chunk shows any more are freed (`crate::slices`).
 fn zero_chunks(txn: &mut Txn, ino: u64, from: u64, to: u64) -> Result<(), MetaError> {
-    let has_inline = txn.get(&keys::inline(ino))?.is_some();
     let (first, last) = ((from / CHUNK_SIZE) as u32, ((to - 1) / CHUNK_SIZE) as u32);
-    let mut gone: BTreeMap<u64, u32> = BTreeMap::new();
-    let mut kept: BTreeSet<u64> = BTreeSet::new();
     for (k, v) in txn.scan(&keys::chunk_prefix(ino), b"", usize::MAX)? {
         let chunk = crate::fs::chunk_of_key(&k)?;
-        let slices: Vec<SliceRec> = crate::kv::decode(&v)?;
         if chunk < first || chunk > last {
-            kept.extend(slices.iter().map(|s| s.slice_id));
             continue;
         }
         let start = u64::from(chunk) * CHUNK_SIZE;
         let a = (from.max(start) - start) as u32;
         let b = (to.min(start + CHUNK_SIZE) - start) as u32;
-        let hole = SliceRec {
+        let mut layers: Vec<SliceRec> = crate::kv::decode(&v)?;
+        layers.push(SliceRec {
             slice_id: 0,
             pos: a,
             len: b - a,
             off: 0,
             size: b - a,
-        };
-        let mut layers = slices.clone();
-        layers.push(hole);
-        let keep_holes = chunk == 0 && has_inline;
-        let now: Vec<SliceRec> = crate::fs::visible_segments(&layers)
-            .into_iter()
-            .filter(|s| s.slice_id != 0 || keep_holes)
-            .collect();
-        kept.extend(now.iter().map(|s| s.slice_id));
-        gone.extend(slices.iter().map(|s| (s.slice_id, s.size)));
-        if now.is_empty() {
-            txn.delete(k);
-        } else {
-            txn.put_as(k, &now)?;
-        }
-    }
-    for (slice_id, size) in gone {
-        if slice_id != 0 && !kept.contains(&slice_id) {
-            txn.put_as(keys::gc(slice_id), &size)?;
-        }
+        });
+        crate::slices::settle(txn, ino, chunk, &layers)?;
     }
     Ok(())
 }

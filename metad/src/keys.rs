@@ -18,6 +18,7 @@
 //! | `s` | client | session lease expiry |
 //! | `r` | client, seq, step (u8) | remembered reply |
 //! | `q` | slice | slice waiting for block deletion: its size |
+//! | `S` | slice, ino, chunk (u32) | a chunk shows the slice: its size (`crate::slices`) |
 //! | `k` / `K` | ino / client, ino | file locks of an inode / their index |
 //! | `t` / `p` / `a` / `L` | txn id / txn id / txn id / locked key | 2PC record / intent / tombstone / key lock |
 //! | `N` / `G` | node id / group id | data node / placement group (shard 0) |
@@ -37,6 +38,7 @@ pub const OPENER: u8 = b'O';
 pub const SESSION: u8 = b's';
 pub const REPLY: u8 = b'r';
 pub const GC: u8 = b'q';
+pub const SLICE_REF: u8 = b'S';
 pub const LOCK_TABLE: u8 = b'k';
 pub const LOCK_HELD: u8 = b'K';
 pub const TXN_RECORD: u8 = b't';
@@ -52,7 +54,7 @@ pub const NODE_STATE: u8 = b'W';
 pub const GROUP_STATES: u8 = b'Y';
 
 /// Every tag, for the distinctness test and for readers of raw dumps.
-pub const TAGS: [u8; 25] = [
+pub const TAGS: [u8; 26] = [
     INODE,
     DENTRY,
     CHUNK,
@@ -65,6 +67,7 @@ pub const TAGS: [u8; 25] = [
     SESSION,
     REPLY,
     GC,
+    SLICE_REF,
     LOCK_TABLE,
     LOCK_HELD,
     TXN_RECORD,
@@ -159,6 +162,19 @@ pub fn reply(client: u64, seq: u64, step: u8) -> Vec<u8> {
 }
 pub fn gc(slice_id: u64) -> Vec<u8> {
     key(GC, &[&slice_id.to_be_bytes()])
+}
+pub fn slice_ref_prefix(slice_id: u64) -> Vec<u8> {
+    key(SLICE_REF, &[&slice_id.to_be_bytes()])
+}
+pub fn slice_ref(slice_id: u64, ino: u64, chunk: u32) -> Vec<u8> {
+    key(
+        SLICE_REF,
+        &[
+            &slice_id.to_be_bytes(),
+            &ino.to_be_bytes(),
+            &chunk.to_be_bytes(),
+        ],
+    )
 }
 pub fn lock_table(ino: u64) -> Vec<u8> {
     key(LOCK_TABLE, &[&ino.to_be_bytes()])

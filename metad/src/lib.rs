@@ -12,6 +12,8 @@
 //! - `fs`: namespace commands as a shard applies them;
 //! - `cluster`: shard 0's cluster map (data nodes, placement groups, slice ids);
 //! - `txn`: two-phase commit records, intents and locks for cross-shard operations;
+//! - `slices`: chunk slice lists (painted) and the slice references that
+//!   free a slice's blocks when no chunk shows it;
 //! - `holes`: fallocate: allocation, and ranges zeroed as holes whose
 //!   hidden slices are freed;
 //! - `locks`: advisory file locks (fcntl and flock) of an inode;
@@ -38,6 +40,7 @@ pub mod locks;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod slices;
 pub mod store;
 pub mod tier;
 pub mod txn;

@@ -427,6 +427,49 @@ impl MetaNode {
         .await
     }
 
+    /// Which of `ids` some file shows: on `shard` (read here, its leader), or
+    /// on every data shard at its leader when `shard` is 0.
+    pub async fn slice_refs(&self, shard: ShardId, ids: Vec<u64>) -> Result<Vec<u64>, MetaError> {
+        if shard != MAP_SHARD {
+            return self
+                .read(shard, |txn| crate::slices::referenced(txn, &ids))
+                .await;
+        }
+        let mut out = Vec::new();
+        for s in 1..=self.config.data_shards {
+            let ids = &ids;
+            let found = self
+                .with_leader(s, |target| async move {
+                    match target {
+                        None => {
+                            self.read(s, |txn| crate::slices::referenced(txn, ids))
+                                .await
+                        }
+                        Some(addr) => {
+                            let mut client = self
+                                .channels
+                                .meta(&addr)
+                                .map_err(|e| MetaError::Peer(e.to_string()))?;
+                            let req = pb::SliceRefsRequest {
+                                slice_ids: ids.clone(),
+                                shard: s,
+                            };
+                            let reply = client
+                                .slice_refs(req)
+                                .await
+                                .map_err(|st| self.wire_error(s, &st))?;
+                            Ok(reply.into_inner().referenced)
+                        }
+                    }
+                })
+                .await?;
+            out.extend(found);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The cluster map, read at shard 0 on this node (which must lead it).
     pub async fn cluster_map_local(&self) -> Result<pb::ClusterMap, MetaError> {
         let (layout, nodes, groups) = self

@@ -45,6 +45,8 @@ use prost::Message;
 
 /// Most entries one ReadDir answers.
 const READDIR_MAX: u32 = 10_000;
+/// Most slice ids one SliceRefs asks about (and one ListSliceRefs page holds).
+pub const SLICE_REFS_MAX: usize = 4096;
 /// Most slice ids one AllocSliceIds hands out.
 const ALLOC_MAX: u32 = 100_000;
 
@@ -883,6 +885,50 @@ impl pb::meta_server::Meta for MetaService {
             }
             _ => Err(Status::internal("slice allocation answered nothing")),
         }
+    }
+
+    async fn slice_refs(
+        &self,
+        req: GrpcRequest<pb::SliceRefsRequest>,
+    ) -> GrpcResult<pb::SliceRefsReply> {
+        let req = req.into_inner();
+        if req.slice_ids.len() > SLICE_REFS_MAX {
+            return Err(MetaError::Invalid(format!("at most {SLICE_REFS_MAX} slice ids")).into());
+        }
+        if req.shard > self.node.config().data_shards {
+            return Err(MetaError::Invalid(format!("no shard {}", req.shard)).into());
+        }
+        let referenced = self.node.slice_refs(req.shard, req.slice_ids).await?;
+        Ok(GrpcResponse::new(pb::SliceRefsReply { referenced }))
+    }
+
+    async fn list_slice_refs(
+        &self,
+        req: GrpcRequest<pb::ListSliceRefsRequest>,
+    ) -> GrpcResult<pb::ListSliceRefsReply> {
+        let req = req.into_inner();
+        if req.shard == MAP_SHARD || req.shard > self.node.config().data_shards {
+            return Err(MetaError::Invalid(format!("no data shard {}", req.shard)).into());
+        }
+        let limit = (req.limit as usize).clamp(1, SLICE_REFS_MAX);
+        let (refs, next) = self
+            .node
+            .read(req.shard, |txn| {
+                crate::slices::list_refs(txn, &req.after, limit)
+            })
+            .await?;
+        Ok(GrpcResponse::new(pb::ListSliceRefsReply {
+            refs: refs
+                .into_iter()
+                .map(|r| pb::SliceRef {
+                    slice_id: r.slice_id,
+                    ino: r.ino,
+                    chunk: r.chunk,
+                    size: r.size,
+                })
+                .collect(),
+            next: next.unwrap_or_default().into(),
+        }))
     }
 }
 

@@ -262,7 +262,7 @@ impl Cluster {
                      data-shards = {}\nreplication = {}\nplacement-groups = {}\n\
                      data-replication = {}\nblock-size = {}\nheartbeat-ms = 50\n\
                      data-node-timeout-ms = 2000\ntxn-recover-after-ms = 2000\nsession-lease-ms = 3000\n\
-                     election-timeout-ms = 300\n{}\n{}\n",
+                     election-timeout-ms = 300\n{}\n{}\n{}\n",
                     data_dir.display(),
                     peers.join(", "),
                     spec.data_shards,
@@ -275,6 +275,12 @@ impl Cluster {
                         ""
                     } else {
                         "replace-after-ms = 0"
+                    },
+                    // ... and free deleted data at once unless they say.
+                    if spec.metad_toml.contains("gc-delay-ms") {
+                        ""
+                    } else {
+                        "gc-delay-ms = 0"
                     },
                     spec.metad_toml,
                 ),

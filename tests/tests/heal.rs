@@ -146,6 +146,9 @@ async fn a_data_server_lost_for_good_is_replaced_and_every_block_has_3_replicas_
         copied += client.data.stat(&d.addr).await?.resync_blocks_copied;
     }
     ensure!(copied > 0, "nothing was copied");
+    // fsck agrees: every block has its good copies on live nodes.
+    let (clean, out) = cairn(&cluster, &["fsck"])?;
+    ensure!(clean && out.contains("fsck: clean"), "{out}");
     Ok(())
 }
 

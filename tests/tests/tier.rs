@@ -280,6 +280,9 @@ async fn tree_goes_cold_reads_back_restores_expires_and_is_collected() {
     );
     assert_eq!(cold.keys().await.unwrap().len(), 4 + 1 + 3);
     check(&cluster, &cold, &files).await;
+    // fsck counts a cold copy good once its object is found in the cold tier.
+    let out = ok(cairn(&cluster, &["fsck"]));
+    assert!(out.contains("fsck: clean"), "{out}");
 
     let status = ok(cairn(&cluster, &["status"]));
     assert!(
