@@ -230,7 +230,14 @@ impl Resync {
             }
         }
         for g in stale {
-            if !failed.contains(&g.id) {
+            // Synced only from a live serving member: syncing peers alone may
+            // all lack what the chain's last serving member holds.
+            let served = g.chain.iter().any(|id| {
+                *id != self.node_id
+                    && !g.syncing.contains(id)
+                    && map.data_nodes.iter().any(|n| n.id == *id && n.alive)
+            });
+            if served && !failed.contains(&g.id) {
                 self.state.lock().insert(g.id, g.version);
                 tracing::info!(group = g.id, version = g.version, "resync: group in sync");
             }
