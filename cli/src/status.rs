@@ -73,14 +73,27 @@ pub async fn run(seeds: Vec<String>) -> anyhow::Result<()> {
     };
     let degraded = map.groups.iter().filter(|g| serving(g) < want).count();
     let syncing = map.groups.iter().filter(|g| !g.syncing.is_empty()).count();
+    // Waiting: every serving member is down; writes to the group fail until
+    // one is back (no syncing member may take its place).
+    let waiting = map
+        .groups
+        .iter()
+        .filter(|g| serving(g) == 0 && g.chain.iter().any(|id| !g.syncing.contains(id)))
+        .count();
     println!(
-        "placement groups: {} ({} degraded, {} syncing), replication {}, block size {}",
+        "placement groups: {} ({} degraded, {} syncing, {} waiting for a serving member), replication {}, block size {}",
         map.groups.len(),
         degraded,
         syncing,
+        waiting,
         map.replication,
         map.block_size
     );
+    if waiting > 0 {
+        problems.push(format!(
+            "{waiting} placement groups wait for a down data server: writes to them fail"
+        ));
+    }
     if map.groups.is_empty() {
         problems.push("no placement groups yet".into());
     }
@@ -149,7 +162,8 @@ async fn healing_status(client: &Client, map: &cairn_proto::pb::ClusterMap) {
                 let scrub = match s.scrub_passes {
                     None => "scrub off".to_string(),
                     Some(passes) => format!(
-                        "scrub: {passes} passes, {} blocks checked, {} bad, {} repaired, {} unrepairable",
+                        "scrub: {passes} deep and {} light passes, {} blocks checked, {} bad, {} repaired, {} unrepairable",
+                        s.scrub_light_passes.unwrap_or(0),
                         s.scrub_blocks_checked.unwrap_or(0),
                         s.scrub_bad_found.unwrap_or(0),
                         s.scrub_repaired.unwrap_or(0),

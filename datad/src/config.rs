@@ -34,10 +34,14 @@ pub struct Config {
     pub capacity_bytes: u64,
     /// Period of the heartbeat to metad, in milliseconds.
     pub heartbeat_ms: u64,
-    /// Seconds between the starts of two full scrub passes (every stored block
-    /// re-read and its crc32c checked, damaged copies repaired from another
-    /// replica); 0 turns the scrubber off.
+    /// Seconds between the starts of two deep scrub passes (every stored
+    /// block re-read and its crc32c checked, damaged copies repaired from
+    /// another replica); 0: none.
     pub scrub_interval_s: u64,
+    /// Seconds between light scrub passes (each local file's presence and
+    /// length checked against the index, no data read), in between deep
+    /// ones; 0: none. Both 0 turns the scrubber off.
+    pub scrub_light_interval_s: u64,
     /// Most bytes per second the scrubber reads, in MB (10^6 bytes).
     pub scrub_rate_mb_s: u64,
     /// Blocks whose file was written less than this many seconds ago wait for
@@ -133,7 +137,8 @@ impl Default for Config {
             meta: vec!["127.0.0.1:7000".to_string()],
             capacity_bytes: 0,
             heartbeat_ms: 1000,
-            scrub_interval_s: 86_400,
+            scrub_interval_s: 604_800,
+            scrub_light_interval_s: 86_400,
             scrub_rate_mb_s: 64,
             scrub_skip_younger_s: 3600,
             orphan_check_interval_s: 21_600,
@@ -219,10 +224,13 @@ impl Config {
 
     /// The scrubber's pacing, or `None` when it is off.
     pub fn scrub(&self) -> Option<crate::scrub::Pacing> {
-        (self.scrub_interval_s > 0).then(|| crate::scrub::Pacing {
-            interval: Duration::from_secs(self.scrub_interval_s),
-            bytes_per_s: self.scrub_rate_mb_s.saturating_mul(1_000_000),
-            skip_younger: Duration::from_secs(self.scrub_skip_younger_s),
+        (self.scrub_interval_s > 0 || self.scrub_light_interval_s > 0).then(|| {
+            crate::scrub::Pacing {
+                interval: Duration::from_secs(self.scrub_interval_s),
+                light_interval: Duration::from_secs(self.scrub_light_interval_s),
+                bytes_per_s: self.scrub_rate_mb_s.saturating_mul(1_000_000),
+                skip_younger: Duration::from_secs(self.scrub_skip_younger_s),
+            }
         })
     }
 }

@@ -54,7 +54,7 @@ pub async fn scan(
                 Err(e) => (pb::CopyState::Unchecked, e.to_string()),
             }
         } else {
-            match store.verify(id, Duration::ZERO).await? {
+            match store.verify(id, Duration::ZERO, true).await? {
                 Verified::Intact(_) => (pb::CopyState::Intact, String::new()),
                 Verified::Damaged(why) => (pb::CopyState::Damaged, why),
                 // Deleted or moved to the cold tier since it was listed.
@@ -106,7 +106,7 @@ pub async fn repair(
             continue;
         }
         if indexed.is_some() {
-            match store.verify(id, Duration::ZERO).await {
+            match store.verify(id, Duration::ZERO, true).await {
                 Ok(Verified::Damaged(_)) => {}
                 Ok(_) => continue,
                 Err(e) => {

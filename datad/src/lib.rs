@@ -100,7 +100,7 @@ pub async fn serve(
             Some(tokio::spawn(scrubber.run(jobs_stop.clone())))
         }
         None => {
-            tracing::info!("scrubbing is off (scrub-interval-s = 0)");
+            tracing::info!("scrubbing is off (scrub-interval-s and scrub-light-interval-s 0)");
             None
         }
     };

@@ -1,12 +1,16 @@
-//! The scrubber of one datad: a paced background job that re-reads every
-//! block stored locally, checks it against its index entry (length and
-//! crc32c), and replaces a damaged copy with a good one from another replica.
+//! The scrubber of one datad: a paced background job that checks every
+//! block stored locally against its index entry and replaces a damaged copy
+//! with a good one from another replica.
 //!
-//! - Passes: a full pass over the index starts every `scrub-interval-s`
-//!   (the first one after a random part of that, so the nodes of a cluster do
-//!   not all scrub at once). A pass walks the index in block-id order, in
-//!   batches, and reads at most `scrub-rate-mb-s`; files written less than
-//!   `scrub-skip-younger-s` ago and cold blocks (no local file) are skipped.
+//! - Passes: a *deep* pass (every file re-read, length and crc32c checked)
+//!   starts every `scrub-interval-s` (default weekly), a *light* pass (each
+//!   file's presence and length, from its metadata, no data read) every
+//!   `scrub-light-interval-s` (default daily) in between; the first pass
+//!   comes after a random part of the shorter interval, so the nodes of a
+//!   cluster do not all scrub at once. A pass walks the index in block-id
+//!   order, in batches; a deep one reads at most `scrub-rate-mb-s`. Files
+//!   written less than `scrub-skip-younger-s` ago and cold blocks (no local
+//!   file) are skipped.
 //! - Damage is a file that is missing, unreadable, of the wrong length, or
 //!   fails its crc32c. A damaged copy is never served meanwhile: every read
 //!   verifies the whole block (`crate::store`), so a `GetBlock` of it answers
@@ -52,8 +56,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How the scrubber paces itself (from [`crate::Config::scrub`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pacing {
-    /// Time between the starts of two passes.
+    /// Time between the starts of two deep passes (zero: none).
     pub interval: Duration,
+    /// Time between the starts of two passes, light ones in between deep
+    /// ones (zero: no light passes).
+    pub light_interval: Duration,
     /// Most bytes read per second.
     pub bytes_per_s: u64,
     /// Files modified less than this ago wait for a later pass.
@@ -63,8 +70,10 @@ pub struct Pacing {
 /// What the scrubber has done since the node started.
 #[derive(Debug, Default)]
 pub struct ScrubCounters {
-    /// Full passes finished.
+    /// Deep passes finished.
     pub passes: AtomicU64,
+    /// Light passes finished.
+    pub light_passes: AtomicU64,
     /// Blocks whose file was read and checked.
     pub blocks_checked: AtomicU64,
     /// Bytes those blocks hold.
@@ -161,18 +170,43 @@ impl Scrubber {
     /// leaves nothing half done: a repair in progress finishes on the blocking
     /// pool before the store closes.
     pub async fn run(self, stop: CancellationToken) {
-        crate::periodic::every(self.pacing.interval, self.node_id, &stop, || async {
+        let (deep_every, light_every) = (self.pacing.interval, self.pacing.light_interval);
+        let period = [deep_every, light_every]
+            .into_iter()
+            .filter(|d| !d.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(86_400));
+        let last_deep: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        crate::periodic::every(period, self.node_id, &stop, || async {
             let started = Instant::now();
-            match self.pass().await {
+            let deep = {
+                let mut last = last_deep.lock().unwrap_or_else(|p| p.into_inner());
+                let due = !deep_every.is_zero()
+                    && last.is_none_or(|at| at.elapsed() + period / 2 >= deep_every);
+                if due {
+                    *last = Some(started);
+                }
+                due
+            };
+            if !deep && light_every.is_zero() {
+                return;
+            }
+            match self.pass(deep).await {
                 Ok(r) => {
                     let now_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    self.counters.passes.fetch_add(1, Ordering::Relaxed);
+                    let passes = if deep {
+                        &self.counters.passes
+                    } else {
+                        &self.counters.light_passes
+                    };
+                    passes.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .last_pass_end_ms
                         .store(now_ms, Ordering::Relaxed);
                     tracing::info!(
+                        deep,
                         blocks = r.blocks_checked,
                         bytes = r.bytes_checked,
                         skipped_young = r.skipped_young,
@@ -189,9 +223,9 @@ impl Scrubber {
         .await
     }
 
-    /// One full pass over the store, paced; fails only when the index cannot
-    /// be read.
-    pub async fn pass(&self) -> Result<PassReport, DataError> {
+    /// One pass over the store (deep: data re-read, paced; light: presence
+    /// and length only); fails only when the index cannot be read.
+    pub async fn pass(&self, deep: bool) -> Result<PassReport, DataError> {
         let mut report = PassReport::default();
         let started = Instant::now();
         let mut map: Option<pb::ClusterMap> = None;
@@ -206,7 +240,11 @@ impl Scrubber {
                 if !info.tier.is_local() {
                     continue;
                 }
-                match self.store.verify(id, self.pacing.skip_younger).await? {
+                match self
+                    .store
+                    .verify(id, self.pacing.skip_younger, deep)
+                    .await?
+                {
                     Verified::NotLocal => continue,
                     Verified::Young => {
                         report.skipped_young += 1;
@@ -233,7 +271,7 @@ impl Scrubber {
                         }
                     }
                 }
-                let len = u64::from(info.len);
+                let len = if deep { u64::from(info.len) } else { 0 };
                 report.blocks_checked += 1;
                 report.bytes_checked += len;
                 self.counters.blocks_checked.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +370,7 @@ mod tests {
     fn pacing(skip_younger: Duration) -> Pacing {
         Pacing {
             interval: Duration::from_secs(1),
+            light_interval: Duration::ZERO,
             bytes_per_s: 1 << 40,
             skip_younger,
         }
@@ -431,12 +470,12 @@ mod tests {
 
         // Young files are left for a later pass.
         let young = Scrubber::new(1, store.clone(), pacing(Duration::from_secs(3600)), vec![]);
-        let report = young.pass().await.unwrap();
+        let report = young.pass(true).await.unwrap();
         assert_eq!(report.skipped_young, 5);
         assert_eq!(report.blocks_checked, 0);
 
         let scrubber = Scrubber::new(1, store.clone(), pacing(Duration::ZERO), vec![]);
-        let clean = scrubber.pass().await.unwrap();
+        let clean = scrubber.pass(true).await.unwrap();
         assert_eq!(
             clean,
             PassReport {
@@ -454,17 +493,22 @@ mod tests {
         fs::write(store.block_path(id(9, 2)), &blocks[2].1[..100]).unwrap();
         fs::remove_file(store.block_path(id(9, 4))).unwrap();
 
+        // A light pass sees the short and the missing file, not the flip.
+        let light = scrubber.pass(false).await.unwrap();
+        assert_eq!((light.blocks_checked, light.bytes_checked), (5, 0));
+        assert_eq!((light.bad_found, light.unrepairable), (2, 2));
+
         // A standalone node knows no replica: found, counted, left damaged.
-        let report = scrubber.pass().await.unwrap();
+        let report = scrubber.pass(true).await.unwrap();
         assert_eq!(report.blocks_checked, 5);
         assert_eq!(report.bad_found, 3);
         assert_eq!(report.unrepairable, 3);
         assert_eq!(report.repaired, 0);
         let c = scrubber.counters();
-        assert_eq!(c.blocks_checked.load(Ordering::Relaxed), 10);
+        assert_eq!(c.blocks_checked.load(Ordering::Relaxed), 15);
         assert_eq!(c.bytes_checked.load(Ordering::Relaxed), 2 * total);
-        assert_eq!(c.bad_found.load(Ordering::Relaxed), 3);
-        assert_eq!(c.unrepairable.load(Ordering::Relaxed), 3);
+        assert_eq!(c.bad_found.load(Ordering::Relaxed), 5);
+        assert_eq!(c.unrepairable.load(Ordering::Relaxed), 5);
 
         // Meanwhile the damaged copies are never served.
         assert!(matches!(
@@ -492,7 +536,7 @@ mod tests {
             assert_eq!(&fs::read(store.block_path(*b)).unwrap()[..], &data[..]);
             assert_eq!(store.get(*b, 0, 0).await.unwrap().data, *data);
         }
-        let report = scrubber.pass().await.unwrap();
+        let report = scrubber.pass(true).await.unwrap();
         assert_eq!((report.blocks_checked, report.bad_found), (5, 0));
 
         // A block deleted meanwhile is never brought back by a repair.

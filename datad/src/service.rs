@@ -266,6 +266,7 @@ impl Data for DataService {
             fetched_from_cold: counters.fetched_from_cold.load(Ordering::Relaxed),
             cold_failures: counters.failures.load(Ordering::Relaxed),
             scrub_passes: scrub(|c| &c.passes),
+            scrub_light_passes: scrub(|c| &c.light_passes),
             scrub_blocks_checked: scrub(|c| &c.blocks_checked),
             scrub_bytes_checked: scrub(|c| &c.bytes_checked),
             scrub_bad_found: scrub(|c| &c.bad_found),

@@ -415,9 +415,16 @@ impl BlockStore {
     /// a file modified less than `skip_younger` ago is not read. Holds the
     /// block's stripe, so a concurrent put, delete or tier move is never
     /// mistaken for damage.
-    pub async fn verify(&self, id: BlockId, skip_younger: Duration) -> Result<Verified, DataError> {
-        self.with_stripe(id, move |inner| inner.verify_blocking(id, skip_younger))
-            .await
+    pub async fn verify(
+        &self,
+        id: BlockId,
+        skip_younger: Duration,
+        deep: bool,
+    ) -> Result<Verified, DataError> {
+        self.with_stripe(id, move |inner| {
+            inner.verify_blocking(id, skip_younger, deep)
+        })
+        .await
     }
 
     /// Replaces a block's damaged or missing local file with `data`, which must
@@ -727,7 +734,12 @@ impl Inner {
     }
 
     /// Called with the block's stripe held.
-    fn verify_blocking(&self, id: BlockId, skip_younger: Duration) -> Result<Verified, DataError> {
+    fn verify_blocking(
+        &self,
+        id: BlockId,
+        skip_younger: Duration,
+        deep: bool,
+    ) -> Result<Verified, DataError> {
         let Some(entry) = self.entry(id)? else {
             return Ok(Verified::NotLocal);
         };
@@ -735,8 +747,8 @@ impl Inner {
             return Ok(Verified::NotLocal);
         }
         let path = block_path(&self.blocks_dir, id);
-        let modified = match fs::metadata(&path) {
-            Ok(meta) => meta.modified().ok(),
+        let (modified, size) = match fs::metadata(&path) {
+            Ok(meta) => (meta.modified().ok(), meta.len()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Verified::Damaged("file missing".into()))
             }
@@ -750,6 +762,15 @@ impl Inner {
         });
         if young {
             return Ok(Verified::Young);
+        }
+        if !deep {
+            if size != u64::from(entry.len) {
+                return Ok(Verified::Damaged(format!(
+                    "{size} bytes, expected {}",
+                    entry.len
+                )));
+            }
+            return Ok(Verified::Intact(entry.len));
         }
         let data = match fs::read(&path) {
             Ok(d) => d,

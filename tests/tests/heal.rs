@@ -227,7 +227,7 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
     };
     // Every poll checks that no block known before has fewer than 3 copies.
     let below = std::sync::Mutex::new(Vec::new());
-    wait_for("node 1 to leave every chain", HEAL_BOUND, || async {
+    let drained = wait_for("node 1 to leave every chain", HEAL_BOUND, || async {
         if let Ok(counts) = replica_counts(&client).await {
             for (b, _) in before
                 .iter()
@@ -242,7 +242,22 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
                 .all(|g| !g.chain.contains(&1) && g.syncing.is_empty())
         })
     })
-    .await?;
+    .await;
+    if let Err(e) = drained {
+        let map = client.meta.refresh_map().await?;
+        let moving: Vec<_> = map
+            .groups
+            .iter()
+            .filter(|g| g.chain.contains(&1) || !g.syncing.is_empty())
+            .collect();
+        let logs: Vec<String> = cluster
+            .metas
+            .iter()
+            .chain(&cluster.datas)
+            .map(|d| d.log_tail())
+            .collect();
+        anyhow::bail!("{e}; still moving: {moving:?}\n{}", logs.join("\n"));
+    }
     files.extend(writer.await??);
     let below = below.into_inner().unwrap();
     ensure!(
