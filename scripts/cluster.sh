@@ -54,7 +54,7 @@ export CAIRN_META=$meta
 ready=""
 for _ in $(seq 1 300); do
   if "$CAIRN" status > "$dir/status.txt" 2>&1 \
-     && [ "$(grep -c ' up ' "$dir/status.txt")" = "$DATAS" ] && grep -q '(0 degraded, 0 syncing)' "$dir/status.txt"; then
+     && [ "$(grep -c ' up ' "$dir/status.txt")" = "$DATAS" ] && grep -q '(0 degraded, 0 syncing,' "$dir/status.txt"; then
     ready=1
     break
   fi

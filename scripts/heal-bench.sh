@@ -41,7 +41,7 @@ wait_status ' [1-9][0-9]* syncing'
 began=$(now)
 t=$(now); "$CAIRN" fs get /data "$work/back"; during=$(rate "$size" "$t" "$(now)")
 cmp -s "$work/src" "$work/back" || { echo "read during recovery differs" >&2; exit 1; }
-wait_status '(0 degraded, 0 syncing)'
+wait_status '(0 degraded, 0 syncing,'
 done_at=$(now)
 copied_mb=$("$CAIRN" status | awk '/blocks copied in/ { for (i = 1; i < NF; i++) if ($(i + 1) == "blocks" && $(i + 2) == "copied") n += $i } END { print n * 4 }')
 
