@@ -439,6 +439,21 @@ impl Cluster {
         d.spawn()
     }
 
+    /// Runs the `cairn` CLI against this cluster: whether it exited 0, and
+    /// its stdout and stderr.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let out = std::process::Command::new(cairn_bin()?)
+            .args(args)
+            .env("CAIRN_META", self.meta_addrs().join(","))
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
     /// The data directory of a metadata node.
     pub fn meta_dir(&self, index: usize) -> PathBuf {
         self.dir

@@ -147,7 +147,7 @@ async fn a_data_server_lost_for_good_is_replaced_and_every_block_has_3_replicas_
     }
     ensure!(copied > 0, "nothing was copied");
     // fsck agrees: every block has its good copies on live nodes.
-    let (clean, out) = cairn(&cluster, &["fsck"])?;
+    let (clean, out) = cluster.cli(&["fsck"])?;
     ensure!(clean && out.contains("fsck: clean"), "{out}");
     Ok(())
 }
@@ -194,20 +194,6 @@ async fn a_rolling_restart_of_every_data_server_loses_no_read_and_no_write() -> 
     Ok(())
 }
 
-/// Runs the `cairn` CLI against the cluster; answers (success, stdout + stderr).
-fn cairn(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let out = std::process::Command::new(cairn_tests::cairn_bin()?)
-        .args(args)
-        .env("CAIRN_META", cluster.meta_addrs().join(","))
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_removed(
 ) -> anyhow::Result<()> {
@@ -217,9 +203,9 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
     let before = replica_counts(&client).await?;
     ensure!(before.len() == 24 && before.values().all(|&c| c == 3));
 
-    let (ok, out) = cairn(&cluster, &["node", "remove", "1"])?;
+    let (ok, out) = cluster.cli(&["node", "remove", "1"])?;
     ensure!(!ok && out.contains("drain it first"), "{out}");
-    let (ok, out) = cairn(&cluster, &["node", "drain", "1"])?;
+    let (ok, out) = cluster.cli(&["node", "drain", "1"])?;
     ensure!(ok, "{out}");
     let writer = {
         let client = cluster.client();
@@ -265,9 +251,9 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
         "blocks under 3 copies while draining: {below:?}"
     );
 
-    let (ok, out) = cairn(&cluster, &["node", "remove", "1"])?;
+    let (ok, out) = cluster.cli(&["node", "remove", "1"])?;
     ensure!(ok, "{out}");
-    let (ok, out) = cairn(&cluster, &["node", "list"])?;
+    let (ok, out) = cluster.cli(&["node", "list"])?;
     ensure!(
         ok && !out
             .lines()
@@ -283,7 +269,7 @@ async fn a_drained_node_empties_with_redundancy_never_below_target_and_is_remove
     check_files(&cluster.client(), &files).await?;
     // `cairn status` shows the cluster whole (a rebalancing move may be
     // syncing), each node's resync and scrub, and every metad worker.
-    let (ok, out) = cairn(&cluster, &["status"])?;
+    let (ok, out) = cluster.cli(&["status"])?;
     ensure!(ok, "{out}");
     for want in [
         "(0 degraded,",

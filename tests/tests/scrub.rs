@@ -187,18 +187,7 @@ async fn scrub_repairs_a_flipped_byte_and_a_lost_file_from_replicas() -> anyhow:
 
 /// Runs `cairn fsck` with `args`: whether it exited 0, and its output.
 fn fsck(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let out = std::process::Command::new(cairn_tests::cairn_bin()?)
-        .arg("--meta")
-        .arg(cluster.meta_addrs().join(","))
-        .arg("fsck")
-        .args(args)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
+    cluster.cli(&[&["fsck"], args].concat())
 }
 
 /// `cairn fsck` with the scrubber off: a flipped byte on one datad, a block
