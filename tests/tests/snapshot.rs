@@ -1,16 +1,10 @@
 //! A metad follower that missed more than the leader keeps in its log
 //! catches up by a real snapshot transfer: built from the leader's state,
 //! sent in chunks over gRPC, installed in bounded batches, and then holds
-//! every entry, and the group keeps serving with it as one of its quorum;
-//! a metad whose disk died is rebuilt the same way from its peers.
+//! every entry, and the group keeps serving with it as one of its quorum.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::ensure;
 use anyhow::Context;
 
 use cairn_proto::ids::ino_shard;
@@ -117,135 +111,5 @@ async fn lagging_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
     let names = client.meta.readdir(dir).await?;
     let files = names.iter().filter(|e| e.name.starts_with(b"f")).count();
     assert_eq!(files, all + 1);
-    Ok(())
-}
-
-/// A metad whose disk died comes back empty (same id and address) while
-/// clients create files on every shard: it rejoins every group it is in,
-/// the one it first initialized included, catches up from its peers (by
-/// snapshot, their logs being short), holds every acknowledged file, and
-/// then carries the quorum when another metad dies.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_metad_with_an_empty_disk_is_rebuilt_from_its_peers_under_creates() -> anyhow::Result<()>
-{
-    let mut cluster = Cluster::start(Spec {
-        data_shards: 2,
-        metad_toml: SMALL_SNAPSHOTS,
-        ..Spec::one_data_server()
-    })
-    .await?;
-    let client = cluster.client();
-    // A directory on each data shard (placed by name hash).
-    let mut dirs = Vec::new();
-    for i in 0.. {
-        let dir = client
-            .meta
-            .mkdir(ROOT_INO, format!("d{i}").as_bytes(), 0o755)
-            .await?;
-        if !dirs
-            .iter()
-            .any(|d: &u64| ino_shard(*d) == ino_shard(dir.ino))
-        {
-            dirs.push(dir.ino);
-        }
-        if dirs.len() == 2 {
-            break;
-        }
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for (t, &dir) in dirs.iter().enumerate() {
-        let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("w{t}-{:05}", acked.len());
-                client
-                    .meta
-                    .create(dir, name.as_bytes(), 0o644, true)
-                    .await?;
-                acked.push(name);
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok((dir, acked))
-        }));
-    }
-    let creates_past = |n: usize| {
-        let done = done.clone();
-        move || {
-            let reached = done.load(Ordering::Relaxed) >= n;
-            async move { reached }
-        }
-    };
-    // Node 2 (index 1) first initialized shard 1: it loses its disk, under
-    // creates before, while it is down and after it is back.
-    let victim = 1;
-    wait_for("creates", Duration::from_secs(20), creates_past(40)).await?;
-    cluster.metas[victim].kill();
-    std::fs::remove_dir_all(cluster.meta_dir(victim))?;
-    let at = done.load(Ordering::Relaxed);
-    wait_for(
-        "creates while down",
-        Duration::from_secs(20),
-        creates_past(at + 200),
-    )
-    .await?;
-    cluster.restart(Role::Meta, victim)?;
-    let at = done.load(Ordering::Relaxed);
-    wait_for(
-        "creates after",
-        Duration::from_secs(20),
-        creates_past(at + 200),
-    )
-    .await?;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.push(w.await??);
-    }
-    ensure!(
-        acked.iter().all(|(_, names)| names.len() > 10),
-        "too few creates"
-    );
-
-    let db_path = cluster.meta_dir(victim).join("db");
-    wait_for(
-        "the rebuilt metad to hold every acknowledged file",
-        Duration::from_secs(30),
-        || {
-            let (db_path, acked) = (db_path.clone(), acked.clone());
-            async move {
-                let Ok(db) = cairn_metad::kv::open_db_read_only(&db_path) else {
-                    return false;
-                };
-                acked.iter().all(|(dir, names)| {
-                    let txn = cairn_metad::kv::Txn::new(&db, ino_shard(*dir));
-                    names.iter().all(|n| {
-                        matches!(
-                            cairn_metad::fs::get_entry(&txn, *dir, n.as_bytes()),
-                            Ok(Some(_))
-                        )
-                    })
-                })
-            }
-        },
-    )
-    .await
-    .with_context(|| cluster.metas[victim].log_tail())?;
-
-    // Another metad dies: every group now needs the rebuilt one, and serves
-    // every acknowledged file and new creates.
-    cluster.metas[(victim + 1) % 3].kill();
-    for (dir, names) in &acked {
-        client.meta.create(*dir, b"after", 0o644, true).await?;
-        let listed = client.meta.readdir(*dir).await?;
-        for n in names {
-            ensure!(
-                listed.iter().any(|e| e.name == n.as_bytes()),
-                "{n} lost in {dir}"
-            );
-        }
-    }
     Ok(())
 }
