@@ -30,6 +30,8 @@ use tokio::task::JoinSet;
 
 use cairn_proto::ids::CHUNK_SIZE;
 use cairn_proto::pb;
+use cairn_proto::status::ENOENT;
+use cairn_proto::status::ESTALE;
 
 use crate::error::ClientError;
 use crate::meta::Result;
@@ -314,6 +316,17 @@ impl FileWriter {
     }
 }
 
+/// An inode that no longer exists, named by number (an open file deleted
+/// while not held, a stale handle): ESTALE, as NFS says, not ENOENT, which
+/// would claim that the path it was opened by names nothing.
+pub fn gone_is_stale(e: ClientError) -> ClientError {
+    if e.errno() == ENOENT {
+        ClientError::fs(ESTALE, format!("file deleted: {e}"))
+    } else {
+        e
+    }
+}
+
 /// A visible run of a chunk: chunk bytes [start, end) come from `slice` (id 0: zeros).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Segment {
@@ -373,8 +386,8 @@ pub struct FileReader {
     /// Blocks being fetched ahead of a sequential reader.
     ahead: HashMap<(u64, u32), tokio::task::JoinHandle<Result<Bytes>>>,
     next_sequential: u64,
-    /// Whether this reader holds an open reference (see `Client::open_file`).
-    pub(crate) opened: bool,
+    /// The open this reader holds (see [`hold`](Self::hold)).
+    held: Option<u64>,
 }
 
 impl FileReader {
@@ -389,20 +402,35 @@ impl FileReader {
             cache: BTreeMap::new(),
             ahead: HashMap::new(),
             next_sequential: 0,
-            opened: false,
+            held: None,
         }
     }
 
-    /// Releases the open reference, if this reader holds one.
-    pub async fn close(self) -> Result<()> {
-        if self.opened {
-            self.client.meta.close(self.ino).await?;
+    /// Keeps the file's data while this reader lives, even if the file is
+    /// unlinked or renamed over meanwhile, as an open file descriptor does
+    /// (see `MetaClient::track_open`: a long open is registered at metad).
+    pub async fn hold(&mut self) -> Result<()> {
+        if self.held.is_none() {
+            self.held = Some(self.client.meta.track_open(self.ino).await?);
         }
         Ok(())
     }
 
+    /// Ends the reader, releasing what [`hold`](Self::hold) holds; dropping
+    /// it does the same in the background.
+    pub async fn close(mut self) -> Result<()> {
+        match self.held.take() {
+            Some(token) => self.client.meta.untrack_open(token).await,
+            None => Ok(()),
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
     }
 
     async fn segments(&mut self, chunk: u32) -> Result<Arc<Vec<Segment>>> {
@@ -410,7 +438,12 @@ impl FileReader {
             return Ok(s.clone());
         }
         // Fetch a run of chunks at once: large files are read chunk after chunk.
-        let reply = self.client.meta.read_chunks(self.ino, chunk, 4).await?;
+        let reply = self
+            .client
+            .meta
+            .read_chunks(self.ino, chunk, 4)
+            .await
+            .map_err(gone_is_stale)?;
         self.preload(chunk, 4, &reply);
         Ok(self.chunks.get(&chunk).cloned().unwrap_or_default())
     }
@@ -648,6 +681,14 @@ impl Drop for FileReader {
     fn drop(&mut self) {
         for (_, fetch) in self.ahead.drain() {
             fetch.abort();
+        }
+        if let (Some(token), Ok(rt)) = (self.held.take(), tokio::runtime::Handle::try_current()) {
+            let meta = self.client.meta.clone();
+            rt.spawn(async move {
+                if let Err(e) = meta.untrack_open(token).await {
+                    tracing::warn!("closing a dropped reader's file: {e}");
+                }
+            });
         }
     }
 }

@@ -112,8 +112,13 @@ impl Client {
     /// The attributes of the file `ino` and a reader of it, in one metadata
     /// request that also answers the layout of the first chunks (and a small
     /// file's inline data): reading them needs no further metadata request.
+    /// ESTALE if the file no longer exists.
     pub async fn open_reader(self: &Arc<Self>, ino: u64) -> Result<(pb::Attr, FileReader)> {
-        let layout = self.meta.read_chunks(ino, 0, OPEN_LAYOUT_CHUNKS).await?;
+        let layout = self
+            .meta
+            .read_chunks(ino, 0, OPEN_LAYOUT_CHUNKS)
+            .await
+            .map_err(file::gone_is_stale)?;
         let attr = layout
             .attr
             .ok_or_else(|| ClientError::Data("read_chunks answered no attributes".into()))?;
@@ -191,15 +196,30 @@ impl Client {
         Ok(fetched.iter().sum())
     }
 
-    /// Opens the file at `path` for reading.
+    /// Opens the file at `path` for reading, as `open(2)` does: the reader
+    /// reads the file the path named at some instant of this call, and keeps
+    /// reading it (it is held) if the path is then renamed over or unlinked.
     pub async fn open_file(self: &Arc<Self>, path: &str) -> Result<FileReader> {
-        let attr = self.meta.resolve(path).await?;
-        if attr.kind != pb::FileKind::Regular as i32 {
-            return Err(ClientError::fs(
-                cairn_proto::status::EISDIR,
-                format!("{path}: not a regular file"),
-            ));
+        let mut tries = 0;
+        loop {
+            let attr = self.meta.resolve(path).await?;
+            if attr.kind != pb::FileKind::Regular as i32 {
+                return Err(ClientError::fs(
+                    cairn_proto::status::EISDIR,
+                    format!("{path}: not a regular file"),
+                ));
+            }
+            match self.open_reader(attr.ino).await {
+                Ok((_, mut reader)) => {
+                    reader.hold().await?;
+                    return Ok(reader);
+                }
+                // The resolved file was replaced and deleted before its
+                // layout was read (a slow read under a fault can outlast the
+                // grace of an unheld file): the path names another now.
+                Err(e) if e.errno() == cairn_proto::status::ESTALE && tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
         }
-        self.reader(&attr).await
     }
 }

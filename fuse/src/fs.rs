@@ -65,6 +65,7 @@ use fuser::ReplyXattr;
 use fuser::Request;
 use fuser::TimeOrNow;
 
+use cairn_client::file::gone_is_stale;
 use cairn_client::Caller;
 use cairn_client::Client;
 use cairn_client::ClientError;
@@ -893,7 +894,12 @@ impl Filesystem for CairnFs {
         let notifier = self.notifier.clone();
         self.spawn("open", reply, move |c, reply| async move {
             let ino = cairn_ino(ino);
-            tri!(reply, gate.open(&c, ino, flags, fh).await);
+            // A file deleted since the kernel looked its name up answers
+            // ESTALE: the kernel then looks the path up again.
+            tri!(
+                reply,
+                gate.open(&c, ino, flags, fh).await.map_err(gone_is_stale)
+            );
             // Logs of this mount still uploading: the layout read now may
             // predate them, so the first read rebuilds the reader once they
             // are in (not waited for here: opening to write needs no upload).

@@ -33,6 +33,7 @@ pub const ENOTEMPTY: i32 = 39;
 pub const ELOOP: i32 = 40;
 pub const ENODATA: i32 = 61;
 pub const ENOTSUP: i32 = 95;
+pub const ESTALE: i32 = 116;
 
 const ERRNO_KEY: &str = "cairn-errno";
 const LEADER_ID_KEY: &str = "cairn-leader-id";

@@ -291,6 +291,9 @@ impl Store {
         range: Range<u64>,
     ) -> S3Result<ReceiverStream<Result<Bytes, std::io::Error>>> {
         let mut reader = self.client.reader(&attr).await.map_err(s3_err)?;
+        // The object's data stays while it streams, even if it is overwritten
+        // or deleted meanwhile.
+        reader.hold().await.map_err(s3_err)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
             let mut at = range.start;

@@ -496,6 +496,73 @@ async fn unlinked_open_files_live_until_closed_or_lease_expiry() -> anyhow::Resu
     Ok(())
 }
 
+/// A file opened by path is held like an open descriptor: renamed over (its
+/// inode unlinked) and left past the grace that deletes an unheld file, it
+/// still reads whole, while the file it was replaced by is what a new open
+/// of the path reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_opened_by_path_reads_whole_after_it_is_replaced() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::default()).await?;
+    let client = cluster.client();
+    let total_blocks = || async {
+        let map = client.meta.refresh_map().await.ok()?;
+        Some(map.data_nodes.iter().map(|n| n.blocks).sum::<u64>())
+    };
+    // Four files of two blocks, three replicas each.
+    let (old, new) = (random_bytes(6 << 20, 1), random_bytes(6 << 20, 2));
+    for path in ["/f", "/unheld", "/f.new", "/unheld.new"] {
+        write_file(
+            &client,
+            path,
+            if path.ends_with("new") { &new } else { &old },
+        )
+        .await?;
+    }
+    cairn_tests::wait_for(
+        "every block to be reported",
+        Duration::from_secs(20),
+        || async { total_blocks().await == Some(4 * 2 * 3) },
+    )
+    .await?;
+    let mut held = client.open_file("/f").await?;
+    let replaced = held.ino();
+    // An unheld file replaced at the same time shows when the grace is over.
+    let unheld = client.meta.resolve("/unheld").await?.ino;
+    for name in ["f", "unheld"] {
+        let from = format!("{name}.new");
+        client
+            .meta
+            .rename(
+                ROOT_INO,
+                from.as_bytes(),
+                ROOT_INO,
+                name.as_bytes(),
+                pb::RenameMode::Replace,
+            )
+            .await?;
+    }
+    let c = &client;
+    let gone = move |ino: u64| async move {
+        let e = c.meta.getattr(ino).await.err();
+        e.is_some_and(|e| e.errno() == ENOENT)
+    };
+    cairn_tests::wait_for(
+        "the unheld replaced file and its blocks to be deleted",
+        Duration::from_secs(30),
+        || async { gone(unheld).await && total_blocks().await == Some(3 * 2 * 3) },
+    )
+    .await?;
+    assert!(!gone(replaced).await, "a held file outlives the grace");
+    assert_eq!(&held.read_at(0, old.len()).await?[..], &old[..]);
+    held.close().await?;
+    assert_eq!(read_file(&client, "/f").await?, new);
+    cairn_tests::wait_for("the closed file to go", Duration::from_secs(30), || async {
+        gone(replaced).await && total_blocks().await == Some(2 * 2 * 3)
+    })
+    .await?;
+    Ok(())
+}
+
 /// Chain versions come from shard 0 only: a PutBlock naming a version the
 /// cluster map never issued (u64::MAX, the old poison pill) is refused by every
 /// replica, stores nothing, and leaves the fence where shard 0 put it, so
