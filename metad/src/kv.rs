@@ -68,6 +68,9 @@ pub struct Txn<'a> {
     db: &'a DB,
     shard: ShardId,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Whether reads of namespace keys honour cross-shard transactions'
+    /// locks (see `crate::txn::readable`).
+    guarded: bool,
 }
 
 impl<'a> Txn<'a> {
@@ -76,6 +79,19 @@ impl<'a> Txn<'a> {
             db,
             shard,
             writes: BTreeMap::new(),
+            guarded: false,
+        }
+    }
+
+    /// A `Txn` for answering clients: a namespace key that a cross-shard
+    /// transaction has locked reads as it was before the transaction while
+    /// the transaction is undecided, and fails with EAGAIN (the client
+    /// retries) from its decision until this shard applies it. So a reader
+    /// never sees one shard's half of an operation without the other's.
+    pub fn reader(db: &'a DB, shard: ShardId) -> Self {
+        Txn {
+            guarded: true,
+            ..Txn::new(db, shard)
         }
     }
 
@@ -88,6 +104,9 @@ impl<'a> Txn<'a> {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
+        if self.guarded && crate::keys::is_namespace(key) {
+            crate::txn::readable(self, key, None)?;
+        }
         if let Some(staged) = self.writes.get(key) {
             return Ok(staged.clone());
         }
@@ -135,6 +154,9 @@ impl<'a> Txn<'a> {
     /// Up to `limit` entries whose key starts with `prefix` and is greater than
     /// `prefix + after`, in key order, including this transaction's writes.
     pub fn scan(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Pairs, MetaError> {
+        if self.guarded && crate::keys::is_namespace(prefix) {
+            crate::txn::readable(self, prefix, Some(after))?;
+        }
         let mut start = prefix.to_vec();
         start.extend_from_slice(after);
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();

@@ -397,8 +397,7 @@ impl MetaNode {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(shard, (term, now + lease));
         }
-        let txn = Txn::new(&self.db, shard);
-        f(&txn)
+        f(&Txn::reader(&self.db, shard))
     }
 
     /// An inode's attributes, read at its shard's leader wherever that is.

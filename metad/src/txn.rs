@@ -113,6 +113,35 @@ pub fn check_locks(txn: &Txn, owner: Option<u64>) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Whether a client may read namespace key `key` now (with `after`: every key
+/// of prefix `key` past `after`, as a scan reads them). A key locked by a
+/// transaction is read as it stands, the state before the transaction, only
+/// while that transaction is undecided, which only its coordinator knows: so
+/// only when this shard coordinates it and its record still says
+/// `Preparing` (no shard can show its effects yet). Otherwise the reader
+/// waits (EAGAIN) for this shard's finish, a few consensus rounds away, or
+/// recovery's if the coordinator died.
+pub fn readable(txn: &Txn, key: &[u8], after: Option<&[u8]>) -> Result<(), MetaError> {
+    let holders: Vec<u64> = match after {
+        None => txn.get_as(&keys::txn_lock(key))?.into_iter().collect(),
+        Some(after) => txn
+            .scan(&keys::txn_lock(key), after, usize::MAX)?
+            .iter()
+            .map(|(_, v)| crate::kv::decode(v))
+            .collect::<Result<_, _>>()?,
+    };
+    for id in holders {
+        let record: Option<TxnRecord> = txn.get_as(&keys::txn_record(id))?;
+        if record.is_none_or(|r| r.state != TxnState::Preparing) {
+            return Err(MetaError::fs(
+                EAGAIN,
+                "being changed by a cross-shard operation",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every coordinator record of this shard.
 pub fn records(txn: &Txn) -> Result<Vec<(u64, TxnRecord)>, MetaError> {
     let mut out = Vec::new();
@@ -469,6 +498,55 @@ mod tests {
             .is_some());
         run(&db, 1, |t| apply(t, &TxnCommand::Forget { ids: vec![31] })).unwrap();
         assert!(records(&Txn::new(&db, 1)).unwrap().is_empty());
+    }
+
+    /// A reader sees a locked key as it was while the transaction that locked
+    /// it is undecided here, its coordinator's shard; it waits (EAGAIN) once
+    /// the transaction is decided and until it is finished, and for the whole
+    /// of a transaction coordinated elsewhere (its decision unknown here).
+    #[test]
+    fn readers_see_before_an_undecided_transaction_and_wait_for_a_decided_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
+        let read = |name: &str| fs::get_entry(&Txn::reader(&db, 1), ROOT_INO, name.as_bytes());
+        let list = || Txn::reader(&db, 1).scan(&keys::dentry_prefix(ROOT_INO), b"", 10);
+        fn waits<T>(r: Result<T, MetaError>) -> bool {
+            matches!(r, Err(MetaError::Fs(e)) if e.errno == EAGAIN)
+        }
+        let begin = TxnCommand::Begin {
+            id: 31,
+            participants: vec![1, 2],
+            cmds: vec![put_entry("d")],
+            now_ms: 0,
+        };
+        run(&db, 1, |t| apply(t, &begin)).unwrap();
+        assert!(read("d").unwrap().is_none());
+        assert!(list().unwrap().is_empty());
+        let decide = TxnCommand::Decide {
+            id: 31,
+            commit: true,
+        };
+        run(&db, 1, |t| apply(t, &decide)).unwrap();
+        assert!(waits(read("d")));
+        assert!(waits(list()));
+        assert!(waits(fs::get_inode(&Txn::reader(&db, 1), ROOT_INO)));
+        assert!(
+            fs::get_inode(&Txn::new(&db, 1), ROOT_INO).is_ok(),
+            "apply reads freely"
+        );
+        run(&db, 1, |t| apply(t, &finish(31, true))).unwrap();
+        assert!(read("d").unwrap().is_some());
+        assert_eq!(list().unwrap().len(), 1);
+        // Prepared here for a coordinator elsewhere: waited for throughout.
+        run(&db, 1, |t| apply(t, &prepare(32, "e", 0))).unwrap();
+        assert!(waits(read("e")));
+        assert!(
+            read("d").unwrap().is_some(),
+            "a key not locked reads freely"
+        );
+        run(&db, 1, |t| apply(t, &finish(32, false))).unwrap();
+        assert!(read("e").unwrap().is_none());
     }
 
     fn finish(id: u64, commit: bool) -> TxnCommand {

@@ -49,9 +49,27 @@ pub fn cairn_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A port that was free a moment ago.
+/// A port of 127.0.0.1 for a test's daemon, free to bind now and kept for
+/// this process's life: it lies below the kernel's ephemeral range, so no
+/// outgoing connection takes it while a killed daemon is restarted on it,
+/// and it is claimed by a lock on a file that other test processes honour
+/// (released when this process ends, however it ends).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static CLAIMED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("cairn-test-ports");
+    std::fs::create_dir_all(&dir)?;
+    for _ in 0..1000 {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), 20_000..32_000u16);
+        let claim = std::fs::File::create(dir.join(port.to_string()))?;
+        if claim.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(claim);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000..32000")
 }
 
 /// Polls `cond` until it returns true or `timeout` passes.

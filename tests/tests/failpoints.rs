@@ -422,3 +422,80 @@ async fn crossing_directory_renames_never_make_a_cycle() -> anyhow::Result<()> {
     scenario.teardown();
     Ok(())
 }
+
+/// A cross-shard rename is seen whole or not at all. Its coordinator stalls
+/// after the first shard's finish and before the second's; meanwhile a reader
+/// reads one name, then the other (lookups, then listings, both orders): once
+/// the first read shows the rename done, the second must too. A locked entry
+/// reads as before only while its transaction is undecided, and is waited for
+/// once it is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_never_see_half_a_cross_shard_rename() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    let src_name = remote_name(ROOT_INO, "src");
+    let dst_name = (0..)
+        .map(|i| format!("dst{i}"))
+        .find(|n| {
+            let shard = dir_shard(ROOT_INO, n.as_bytes(), DATA_SHARDS);
+            shard != dir_shard(ROOT_INO, src_name.as_bytes(), DATA_SHARDS)
+        })
+        .unwrap_or_default();
+    let src = meta.mkdir(ROOT_INO, src_name.as_bytes(), 0o755).await?.ino;
+    let dst = meta.mkdir(ROOT_INO, dst_name.as_bytes(), 0o755).await?.ino;
+    assert_ne!(ino_shard(src), ino_shard(dst));
+    let reader = cluster.client();
+    // Whether the rename shows at `old` (src/f gone) or `new` (dst/g there),
+    // by lookup or by listing.
+    let shows = |at_new: bool, listing: bool| {
+        let reader = &reader;
+        async move {
+            let (dir, name) = if at_new { (dst, "g") } else { (src, "f") };
+            let present = if listing {
+                let names = reader.readdir(dir).await?;
+                names.iter().any(|e| e.name == name.as_bytes())
+            } else {
+                match reader.lookup(dir, name.as_bytes()).await {
+                    Ok(_) => true,
+                    Err(e) if e.errno() == cairn_proto::status::ENOENT => false,
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+            };
+            anyhow::Ok(present == at_new)
+        }
+    };
+    let mut seen_between = 0;
+    for round in 0..4 {
+        let (listing, new_first) = (round / 2 == 1, round % 2 == 0);
+        meta.create(src, b"f", 0o644, true).await?;
+        fail::cfg("txn::after_finish", "1*sleep(2000)").map_err(anyhow::Error::msg)?;
+        let mover = cluster.client();
+        let rename = tokio::spawn(async move {
+            mover
+                .rename(src, b"f", dst, b"g", pb::RenameMode::Replace)
+                .await
+        });
+        while !rename.is_finished() {
+            let first = shows(new_first, listing).await?;
+            let in_flight = !rename.is_finished();
+            let second = shows(!new_first, listing).await?;
+            anyhow::ensure!(
+                !first || second,
+                "round {round}: the rename shows at one name and not the other"
+            );
+            seen_between += usize::from(first && in_flight);
+        }
+        rename.await??;
+        fail::remove("txn::after_finish");
+        assert!(shows(true, false).await? && shows(false, false).await?);
+        meta.unlink(dst, b"g").await?;
+    }
+    // Reads did fall between the two finishes (in the rounds that read the
+    // shard that finishes first, first).
+    assert!(seen_between > 0, "no read saw the rename half-finished");
+    check_tree(&meta).await?;
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
