@@ -60,6 +60,30 @@ pub fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, MetaE
         .ok_or_else(|| MetaError::Storage(format!("missing column family {name}")))
 }
 
+/// The first key past every key that starts with `prefix` (None: no such
+/// key, the prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Options for an iterator that stops before `end`: without a bound, the
+/// step past a range's last key walks every deleted key after it (closed
+/// opens, purged logs) to find the next live one.
+pub fn bounded(end: Option<Vec<u8>>) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(end) = end {
+        opts.set_iterate_upper_bound(end);
+    }
+    opts
+}
+
 /// Key-value pairs in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -165,10 +189,12 @@ impl<'a> Txn<'a> {
         let full_prefix = shard_key(self.shard, prefix);
         // Read past `limit` by the number of staged deletions so they cannot starve the result.
         let budget = limit.saturating_add(self.writes.len());
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&full_start, Direction::Forward))
-        {
+        let opts = bounded(prefix_end(&full_prefix));
+        for item in self.db.iterator_cf_opt(
+            cf,
+            opts,
+            IteratorMode::From(&full_start, Direction::Forward),
+        ) {
             let (k, v) = item?;
             if !k.starts_with(&full_prefix) || merged.len() >= budget {
                 break;
@@ -215,4 +241,41 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, MetaError> {
 
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
     bincode::deserialize(bytes).map_err(|e| MetaError::Storage(format!("decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
+    /// A scan is bounded by its prefix: keys deleted past it are not walked,
+    /// and a key of the next prefix never shows.
+    #[test]
+    fn scans_stay_inside_their_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let mut txn = Txn::new(&db, 1);
+        txn.put(b"a1".to_vec(), b"x".to_vec());
+        txn.put(b"b1".to_vec(), b"y".to_vec());
+        db.write(txn.into_batch().unwrap()).unwrap();
+        let mut other = Txn::new(&db, 2);
+        other.put(b"a2".to_vec(), b"z".to_vec());
+        db.write(other.into_batch().unwrap()).unwrap();
+        let txn = Txn::new(&db, 1);
+        let keys: Vec<_> = txn
+            .scan(b"a", b"", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"a1".to_vec()]);
+        assert_eq!(txn.scan(b"b", b"1", 10).unwrap().len(), 0);
+    }
 }

@@ -192,10 +192,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let prefix = self.shard.to_be_bytes();
         let mut out = Vec::new();
         let from = log_key(self.shard, start);
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
-        {
+        let end = match range.end_bound() {
+            Bound::Included(&i) if i < u64::MAX => Some(log_key(self.shard, i + 1)),
+            Bound::Excluded(&i) => Some(log_key(self.shard, i)),
+            _ => kv::prefix_end(&prefix),
+        };
+        for item in self.db.iterator_cf_opt(
+            cf,
+            kv::bounded(end),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
             let (k, v) = item.map_err(read_err)?;
             if !k.starts_with(&prefix) {
                 break;
@@ -218,9 +224,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = kv::cf(&self.db, kv::CF_LOG).map_err(read_err)?;
         let upper = log_key(self.shard, u64::MAX);
         let mut last = last_purged;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(log_key(self.shard, 0));
         if let Some(item) = self
             .db
-            .iterator_cf(cf, IteratorMode::From(&upper, Direction::Reverse))
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&upper, Direction::Reverse))
             .next()
         {
             let (k, v) = item.map_err(read_err)?;
