@@ -215,29 +215,28 @@ impl Resync {
         let started = Instant::now();
         let mut round = 0;
         let mut failed: Vec<u32> = Vec::new();
-        for (addr, groups) in peers_of(&map, self.node_id, stale) {
-            let at: Vec<pb::GroupVersion> = stale
-                .iter()
-                .filter(|g| groups.contains(&g.id))
-                .map(|g| pb::GroupVersion {
-                    group: g.id,
-                    version: g.version,
-                })
-                .collect();
-            if let Err(e) = self.copy_from(&addr, &map, at, started, &mut round).await {
-                tracing::warn!(peer = %addr, ?groups, error = %e, "resync: peer not synced; retrying");
-                failed.extend(groups);
+        // The groups with the fewest copies left first: a group down to its
+        // last serving replica is copied before one that lost one of three.
+        for level in riskiest_first(&map, self.node_id, stale) {
+            for (addr, groups) in peers_of(&map, self.node_id, &level) {
+                let at: Vec<pb::GroupVersion> = level
+                    .iter()
+                    .filter(|g| groups.contains(&g.id))
+                    .map(|g| pb::GroupVersion {
+                        group: g.id,
+                        version: g.version,
+                    })
+                    .collect();
+                if let Err(e) = self.copy_from(&addr, &map, at, started, &mut round).await {
+                    tracing::warn!(peer = %addr, ?groups, error = %e, "resync: peer not synced; retrying");
+                    failed.extend(groups);
+                }
             }
         }
         for g in stale {
             // Synced only from a live serving member: syncing peers alone may
             // all lack what the chain's last serving member holds.
-            let served = g.chain.iter().any(|id| {
-                *id != self.node_id
-                    && !g.syncing.contains(id)
-                    && map.data_nodes.iter().any(|n| n.id == *id && n.alive)
-            });
-            if served && !failed.contains(&g.id) {
+            if serving(&map, self.node_id, g) > 0 && !failed.contains(&g.id) {
                 self.state.lock().insert(g.id, g.version);
                 tracing::info!(group = g.id, version = g.version, "resync: group in sync");
             }
@@ -443,6 +442,42 @@ impl Resync {
     }
 }
 
+/// How many live members of `g`'s chain other than `me` serve it (hold all
+/// of its blocks: they are not syncing).
+fn serving(map: &pb::ClusterMap, me: u64, g: &pb::PlacementGroup) -> usize {
+    g.chain
+        .iter()
+        .filter(|id| {
+            **id != me
+                && !g.syncing.contains(id)
+                && map.data_nodes.iter().any(|n| n.id == **id && n.alive)
+        })
+        .count()
+}
+
+/// `stale` in the order to copy: by how many replicas serve each group,
+/// fewest first, in id order within a level.
+fn riskiest_first(
+    map: &pb::ClusterMap,
+    me: u64,
+    stale: &[pb::PlacementGroup],
+) -> Vec<Vec<pb::PlacementGroup>> {
+    let mut levels: BTreeMap<usize, Vec<pb::PlacementGroup>> = BTreeMap::new();
+    for g in stale {
+        levels
+            .entry(serving(map, me, g))
+            .or_default()
+            .push(g.clone());
+    }
+    levels
+        .into_values()
+        .map(|mut level| {
+            level.sort_by_key(|g| g.id);
+            level
+        })
+        .collect()
+}
+
 /// For each other live member of the `stale` groups' chains, its address and
 /// the stale groups it serves, in address order.
 fn peers_of(
@@ -497,5 +532,30 @@ mod tests {
         ]
         .into();
         assert_eq!(peers, expect);
+    }
+
+    /// Node 9 syncs into every group; a group with one serving replica left
+    /// is copied before groups with two, and a group only syncing members
+    /// hold (none serving) comes first: it can be listed, not synced.
+    #[test]
+    fn groups_with_the_fewest_serving_replicas_are_copied_first() {
+        let map = pb::ClusterMap {
+            data_nodes: vec![node(1, true), node(2, true), node(3, false), node(9, true)],
+            ..Default::default()
+        };
+        let mut syncing = group(4, &[2, 9]);
+        syncing.syncing = vec![2, 9];
+        let stale = vec![
+            group(7, &[1, 2, 9]),
+            group(1, &[1, 3, 9]),
+            group(3, &[2, 1, 9]),
+            syncing,
+            group(2, &[3, 2, 9]),
+        ];
+        let order: Vec<Vec<u32>> = riskiest_first(&map, 9, &stale)
+            .iter()
+            .map(|level| level.iter().map(|g| g.id).collect())
+            .collect();
+        assert_eq!(order, vec![vec![4], vec![1, 2], vec![3, 7]]);
     }
 }
