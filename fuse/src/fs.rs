@@ -910,7 +910,7 @@ impl Filesystem for CairnFs {
             if flags & libc::O_ACCMODE != libc::O_WRONLY && relatime_due(&attr, SystemTime::now()) {
                 // An open for reading stands for the read (see relatime_due);
                 // the update is not waited for (this mount's stat waits).
-                c.meta.access_later(attr.ino);
+                c.meta.access_later(&attr);
             }
             let token = tri!(reply, c.meta.track_open(attr.ino).await);
             let shared = Arc::new(Shared {

@@ -96,6 +96,10 @@ pub enum Op {
         ino: u64,
         at: Option<i64>,
     },
+    /// Reads' access-time updates of files of one shard (at least one).
+    AccessTimes {
+        files: Vec<(u64, i64, i64)>,
+    },
     SetXattr {
         ino: u64,
         name: Vec<u8>,
@@ -158,6 +162,7 @@ impl Op {
             | Op::Rmdir { parent, .. }
             | Op::Rename { parent, .. } => ino_shard(*parent),
             Op::Link { new_parent, .. } => ino_shard(*new_parent),
+            Op::AccessTimes { files } => files.first().map_or(0, |f| ino_shard(f.0)),
             Op::SetAttr { ino, .. }
             | Op::Access { ino, .. }
             | Op::SetXattr { ino, .. }
@@ -433,6 +438,7 @@ impl MetaNode {
                 let now = at.unwrap_or(now);
                 local(FsCommand::Access { ino, now }).await
             }
+            Op::AccessTimes { files } => local(FsCommand::AccessTimes { files }).await,
             Op::SetXattr {
                 ino,
                 name,

@@ -297,6 +297,30 @@ pub enum FsCommand {
         f: crate::holes::Fallocate,
         mtime: i64,
     },
+    /// Reads' access-time updates, `(ino, read time, atime the reader saw)`:
+    /// see [`access_times`].
+    AccessTimes {
+        files: Vec<(u64, i64, i64)>,
+    },
+}
+
+/// Most files one [`FsCommand::AccessTimes`] updates.
+pub const ACCESS_TIMES_MAX: usize = 4096;
+
+/// Moves each file's atime forward to the read's time, unless the file is
+/// gone or its atime was set back since the reader saw it (below the atime it
+/// saw: a utimensat into the past, which wins).
+fn access_times(txn: &mut Txn, files: &[(u64, i64, i64)]) -> Result<Reply, MetaError> {
+    for &(ino, atime, seen_atime) in files {
+        let Some(mut inode) = txn.get_as::<Inode>(&keys::inode(ino))? else {
+            continue;
+        };
+        if inode.atime >= seen_atime && atime > inode.atime {
+            inode.atime = atime;
+            put_inode(txn, ino, &inode)?;
+        }
+    }
+    Ok(Reply::None)
 }
 
 /// How deep batches may nest (the coordinator nests none; one level spare).
@@ -973,6 +997,7 @@ pub fn apply(txn: &mut Txn, cmd: &FsCommand) -> FsResult {
             Ok(Reply::Attr { ino: *ino, inode })
         }
         FsCommand::Fallocate { ino, f, mtime } => crate::holes::fallocate(txn, *ino, f, *mtime),
+        FsCommand::AccessTimes { files } => access_times(txn, files),
         FsCommand::AssertParent { ino, parent } => {
             let inode = get_inode(txn, *ino)?;
             if inode.kind != Kind::Dir || inode.parent != *parent {
@@ -1371,6 +1396,61 @@ mod tests {
             Err(MetaError::Fs(e)) => e.errno,
             other => panic!("expected errno, got {other:?}"),
         }
+    }
+
+    /// Batched access times move atime forward to the read's time, never
+    /// back, not over an atime set back since the read, and skip files gone.
+    #[test]
+    fn access_times_yield_to_an_atime_set_back_since_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, FsCommand::InitRoot { now: 0 }).unwrap();
+        let (a, ia) = attr(create(&db, ROOT_INO, "a", Kind::File).unwrap());
+        let (b, ib) = attr(create(&db, ROOT_INO, "b", Kind::File).unwrap());
+        // b's atime is set back after its read (utimensat to time 0).
+        let set = SetAttrs {
+            atime: Some(0),
+            ..Default::default()
+        };
+        run(
+            &db,
+            1,
+            FsCommand::SetAttr {
+                ino: b,
+                set,
+                now: 7,
+            },
+        )
+        .unwrap();
+        let files = vec![
+            (a, 50, ia.atime),
+            (b, 50, ib.atime),
+            (make_ino(1, 999), 50, 0),
+        ];
+        run(&db, 1, FsCommand::AccessTimes { files }).unwrap();
+        let get = |ino| get_inode(&Txn::new(&db, 1), ino).unwrap();
+        assert_eq!((get(a).atime, get(a).ctime), (50, ia.ctime));
+        assert_eq!(get(b).atime, 0, "the explicit atime stays");
+        // A later read's update after this one landed moves it on; an
+        // earlier read's never moves it back.
+        run(
+            &db,
+            1,
+            FsCommand::AccessTimes {
+                files: vec![(a, 60, ia.atime)],
+            },
+        )
+        .unwrap();
+        assert_eq!(get(a).atime, 60);
+        run(
+            &db,
+            1,
+            FsCommand::AccessTimes {
+                files: vec![(a, 55, ia.atime)],
+            },
+        )
+        .unwrap();
+        assert_eq!(get(a).atime, 60);
     }
 
     #[test]

@@ -203,6 +203,27 @@ pub fn op_from_pb(op: PbOp) -> Result<Op, MetaError> {
                 target: s.target.to_vec(),
             }
         }
+        PbOp::AccessTimes(a) => {
+            let files: Vec<(u64, i64, i64)> = a
+                .files
+                .iter()
+                .map(|f| (f.ino, f.atime_ns, f.seen_atime_ns))
+                .collect();
+            let Some(first) = files.first() else {
+                return Err(MetaError::Invalid("access times of no file".into()));
+            };
+            if files.len() > crate::fs::ACCESS_TIMES_MAX {
+                return Err(MetaError::Invalid(
+                    "too many access times in one request".into(),
+                ));
+            }
+            if files.iter().any(|f| ino_shard(f.0) != ino_shard(first.0)) {
+                return Err(MetaError::Invalid(
+                    "access times of files of several shards".into(),
+                ));
+            }
+            Op::AccessTimes { files }
+        }
         PbOp::SetAttr(s) if s.access => Op::Access {
             ino: s.ino,
             at: s.attr.and_then(|a| a.atime_ns),

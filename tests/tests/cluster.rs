@@ -563,6 +563,65 @@ async fn a_file_opened_by_path_reads_whole_after_it_is_replaced() -> anyhow::Res
     Ok(())
 }
 
+/// Reads' access-time updates go in batches, one command per shard per
+/// gathering window, not one consensus round per read, and land for every
+/// client: 200 reads of files spread over every shard cost a few requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_time_updates_of_many_reads_land_in_a_few_batches() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let writer = cluster.client();
+    let mut files = Vec::new();
+    for d in 0..8 {
+        let dir = writer
+            .meta
+            .mkdir(ROOT_INO, format!("d{d}").as_bytes(), 0o755)
+            .await?;
+        for f in 0..25 {
+            let name = format!("f{f}");
+            files.push(
+                writer
+                    .meta
+                    .create(dir.ino, name.as_bytes(), 0o644, true)
+                    .await?,
+            );
+        }
+    }
+    let shards: BTreeSet<u32> = files.iter().map(|a| ino_shard(a.ino)).collect();
+    assert!(shards.len() > 1, "the files span shards");
+    let reader = cluster.client();
+    let before = reader.meta.requests();
+    let read_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64;
+    for attr in &files {
+        reader.meta.access_later(attr);
+    }
+    cairn_tests::wait_for(
+        "every access time to land",
+        Duration::from_secs(20),
+        || async {
+            let mut landed = true;
+            for attr in &files {
+                landed &= writer
+                    .meta
+                    .getattr(attr.ino)
+                    .await
+                    .is_ok_and(|a| a.atime_ns >= read_at);
+            }
+            landed
+        },
+    )
+    .await?;
+    let sent = reader.meta.requests() - before;
+    assert!(
+        sent <= 2 * shards.len() as u64 + 2,
+        "{sent} requests for {} reads on {} shards",
+        files.len(),
+        shards.len()
+    );
+    Ok(())
+}
+
 /// Chain versions come from shard 0 only: a PutBlock naming a version the
 /// cluster map never issued (u64::MAX, the old poison pill) is refused by every
 /// replica, stores nothing, and leaves the fence where shard 0 put it, so
