@@ -170,7 +170,7 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
     };
     let name = pick(rng, &NAMES).as_bytes().to_vec();
     let now = rng.gen_range(0..1_000_000);
-    match rng.gen_range(0..18) {
+    match rng.gen_range(0..20) {
         0 | 1 => FsCommand::Create {
             parent: dir,
             name,
@@ -290,6 +290,12 @@ fn command(rng: &mut StdRng, state: &State, depth: u32) -> FsCommand {
                 zero: rng.gen(),
             },
             mtime: now,
+        },
+        17 => FsCommand::Access { ino, now },
+        18 => FsCommand::AccessTimes {
+            files: (0..rng.gen_range(0..4))
+                .map(|_| (pick(rng, &inos), rng.gen(), rng.gen()))
+                .collect(),
         },
         _ if depth < 2 => FsCommand::Batch(
             (0..rng.gen_range(0..4))
