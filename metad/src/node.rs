@@ -65,6 +65,9 @@ pub fn dir_shard(parent: u64, name: &[u8], data_shards: u32) -> ShardId {
 /// The longest a leader waits for its quorum to commit a command or confirm a
 /// read before answering a transient error.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits here for a locked key's transaction to finish before
+/// answering EAGAIN (recovery of a dead coordinator takes seconds).
+const LOCKED_READ_WAIT: Duration = Duration::from_millis(200);
 
 /// Nanoseconds since the epoch.
 pub fn now_ns() -> i64 {
@@ -368,7 +371,7 @@ impl MetaNode {
     pub async fn read<T>(
         &self,
         shard: ShardId,
-        f: impl FnOnce(&Txn) -> Result<T, MetaError>,
+        f: impl Fn(&Txn) -> Result<T, MetaError>,
     ) -> Result<T, MetaError> {
         let raft = self.leader_raft(shard)?;
         let term = raft.metrics().borrow().current_term;
@@ -397,7 +400,28 @@ impl MetaNode {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(shard, (term, now + lease));
         }
-        f(&Txn::reader(&self.db, shard))
+        // A key locked by a decided cross-shard transaction reads once this
+        // shard applies the transaction's finish, a consensus round away:
+        // wait for the shard's next applies here (a while) rather than send
+        // the client into its back-off.
+        let deadline = now + LOCKED_READ_WAIT;
+        loop {
+            let applied = raft.metrics().borrow().last_applied.map(|id| id.index);
+            match f(&Txn::reader(&self.db, shard)) {
+                Err(MetaError::Fs(e)) if e.errno == EAGAIN && Instant::now() < deadline => {
+                    let next = applied.map_or(0, |i| i + 1);
+                    let wait = raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
+                    if wait
+                        .applied_index_at_least(Some(next), "a locked key's finish")
+                        .await
+                        .is_err()
+                    {
+                        return Err(MetaError::Fs(e));
+                    }
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// An inode's attributes, read at its shard's leader wherever that is.
