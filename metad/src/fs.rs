@@ -1433,24 +1433,11 @@ mod tests {
         assert_eq!(get(b).atime, 0, "the explicit atime stays");
         // A later read's update after this one landed moves it on; an
         // earlier read's never moves it back.
-        run(
-            &db,
-            1,
-            FsCommand::AccessTimes {
-                files: vec![(a, 60, ia.atime)],
-            },
-        )
-        .unwrap();
-        assert_eq!(get(a).atime, 60);
-        run(
-            &db,
-            1,
-            FsCommand::AccessTimes {
-                files: vec![(a, 55, ia.atime)],
-            },
-        )
-        .unwrap();
-        assert_eq!(get(a).atime, 60);
+        for (read_at, expect) in [(60, 60), (55, 60)] {
+            let files = vec![(a, read_at, ia.atime)];
+            run(&db, 1, FsCommand::AccessTimes { files }).unwrap();
+            assert_eq!(get(a).atime, expect);
+        }
     }
 
     #[test]
