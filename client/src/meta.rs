@@ -208,19 +208,26 @@ impl MetaClient {
             .remove(&shard);
     }
 
-    fn note_error(&self, shard: ShardId, status: &tonic::Status) -> ClientError {
+    /// Remembers where `shard`'s leader is after an answer from `addr`: a
+    /// file-system answer (ENOENT included) comes from the leader, a redirect
+    /// names the leader, anything else leaves the leader unknown.
+    fn note_answer(&self, shard: ShardId, addr: &str, answer: Option<&tonic::Status>) {
         let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-        match decode(status) {
-            WireError::NotLeader {
-                leader: Some((_, addr)),
-            } => {
-                leaders.insert(shard, addr);
+        match answer.map(decode) {
+            None | Some(WireError::Errno { .. }) => {
+                if leaders.get(&shard).map(String::as_str) != Some(addr) {
+                    leaders.insert(shard, addr.to_string());
+                }
             }
-            _ => {
+            Some(WireError::NotLeader {
+                leader: Some((_, leader)),
+            }) => {
+                leaders.insert(shard, leader);
+            }
+            Some(_) => {
                 leaders.remove(&shard);
             }
         }
-        from_status(status)
     }
 
     /// Calls `f` on the leader of `shard`, retrying while leaders move.
@@ -240,32 +247,45 @@ impl MetaClient {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         retry(self.backoff, ClientError::is_transient, |attempt| {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let addr = self.target(shard, attempt);
-            let client = self.grpc(&addr);
             let f = &f;
             async move {
-                // A leader that hangs without closing its socket must not hold
-                // the call: the attempt gives up and the next one asks another
-                // node (mutations are exactly-once, so a retry is safe).
-                let answered = tokio::time::timeout(ATTEMPT_TIMEOUT, f(client?))
-                    .await
-                    .map_err(|_| {
-                        self.forget_leader(shard);
-                        ClientError::Unavailable(format!(
-                            "{addr}: no answer within {ATTEMPT_TIMEOUT:?}"
-                        ))
-                    })?;
-                match answered {
-                    Ok(r) => Ok(r.into_inner()),
-                    Err(s) => {
-                        let e = self.note_error(shard, &s);
-                        match decode(&s) {
-                            WireError::Errno { errno, message } if lock && errno == EAGAIN => {
-                                Err(ClientError::Fs { errno, message })
-                            }
-                            _ => Err(e),
+                let mut addr = self.target(shard, attempt);
+                let mut redirected = false;
+                loop {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    // A leader that hangs without closing its socket must not
+                    // hold the call: the attempt gives up and the next one asks
+                    // another node (mutations are exactly-once, so a retry is
+                    // safe).
+                    let answered = tokio::time::timeout(ATTEMPT_TIMEOUT, f(self.grpc(&addr)?))
+                        .await
+                        .map_err(|_| {
+                            self.forget_leader(shard);
+                            ClientError::Unavailable(format!(
+                                "{addr}: no answer within {ATTEMPT_TIMEOUT:?}"
+                            ))
+                        })?;
+                    let s = match answered {
+                        Ok(r) => {
+                            self.note_answer(shard, &addr, None);
+                            return Ok(r.into_inner());
                         }
+                        Err(s) => s,
+                    };
+                    self.note_answer(shard, &addr, Some(&s));
+                    // A redirect to a named leader is followed at once, not
+                    // after the back-off: the leader moved, nothing is wrong.
+                    match decode(&s) {
+                        WireError::NotLeader {
+                            leader: Some((_, leader)),
+                        } if !redirected && leader != addr => {
+                            addr = leader;
+                            redirected = true;
+                        }
+                        WireError::Errno { errno, message } if lock && errno == EAGAIN => {
+                            return Err(ClientError::Fs { errno, message });
+                        }
+                        _ => return Err(from_status(&s)),
                     }
                 }
             }

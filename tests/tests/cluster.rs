@@ -622,6 +622,49 @@ async fn access_time_updates_of_many_reads_land_in_a_few_batches() -> anyhow::Re
     Ok(())
 }
 
+/// A client whose cluster map names an old leader is redirected once and then
+/// stays with the new leader: an ordinary error answer (ENOENT of a lookup
+/// before a create) comes from the leader and must not send the next request
+/// back to the map's old leader (that cost a redirect and a back-off on every
+/// mkdir after its negative lookup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_stays_with_a_moved_leader_after_error_answers() -> anyhow::Result<()> {
+    let cluster = Cluster::start(Spec::one_data_server()).await?;
+    let client = cluster.client();
+    let shard = ino_shard(ROOT_INO);
+    client.meta.map().await?;
+    let old = cluster.leader_of(shard).await?;
+    let old_id = cluster.metas[old].id;
+    cluster.metas[old].pause();
+    let moved = cairn_tests::wait_for("another leader", Duration::from_secs(30), || async {
+        cluster
+            .leader_of(shard)
+            .await
+            .is_ok_and(|i| cluster.metas[i].id != old_id)
+    })
+    .await;
+    cluster.metas[old].resume();
+    moved?;
+    // The client's map still names the old leader: its first request is
+    // redirected (more than once if the old leader's guess is stale too).
+    assert_eq!(errno(client.meta.lookup(ROOT_INO, b"absent").await), ENOENT);
+    for i in 0..5 {
+        let name = format!("d{i}");
+        let before = client.meta.requests();
+        assert_eq!(
+            errno(client.meta.lookup(ROOT_INO, name.as_bytes()).await),
+            ENOENT
+        );
+        client.meta.mkdir(ROOT_INO, name.as_bytes(), 0o755).await?;
+        assert_eq!(
+            client.meta.requests() - before,
+            2,
+            "mkdir {i} was redirected"
+        );
+    }
+    Ok(())
+}
+
 /// Chain versions come from shard 0 only: a PutBlock naming a version the
 /// cluster map never issued (u64::MAX, the old poison pill) is refused by every
 /// replica, stores nothing, and leaves the fence where shard 0 put it, so
