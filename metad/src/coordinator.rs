@@ -197,6 +197,14 @@ impl Steps {
 }
 
 /// Marks an inode changed (its ctime) and nothing else.
+/// How long to hold back a finish on another shard than home: tests set
+/// `return(ms)` to look at a transaction finished on its home shard only.
+fn remote_finish_stall() -> Option<u64> {
+    fail::fail_point!("txn::before_remote_finish", |ms| ms
+        .and_then(|m| m.parse().ok()));
+    None
+}
+
 fn touch(ino: u64, now: i64) -> FsCommand {
     FsCommand::SetAttr {
         ino,
@@ -572,31 +580,22 @@ impl MetaNode {
         }
         let participants: Vec<ShardId> = by_shard.keys().copied().collect();
         let started_ms = now_ns() / 1_000_000;
-        // Round 1: the record, with the home shard's own part prepared.
+        let id = rand::random::<u64>() | 1;
+        // Round 1, all at once: the record with the home shard's own part
+        // prepared, and every other participant's prepare. A prepare that
+        // lands without its record (the coordinator died first) is rolled
+        // back by its shard's recovery (`Resolve`), which leaves a tombstone
+        // that refuses a record landing after it.
         let begin = TxnCommand::Begin {
-            id: rand::random::<u64>() | 1,
+            id,
             participants: participants.clone(),
             cmds: by_shard.remove(&home).unwrap_or_default(),
             now_ms: started_ms,
         };
-        let TxnCommand::Begin { id, .. } = begin else {
-            unreachable!("built as Begin above");
+        let begin = async {
+            fail::fail_point!("txn::lost_begin", |_| Ok(Reply::None));
+            self.propose_local(home, unkeyed(Command::Txn(begin))).await
         };
-        if let Err(e) = self.propose_local(home, unkeyed(Command::Txn(begin))).await {
-            // The home part failed to prepare and nothing was recorded (or,
-            // if the outcome is unknown, recovery aborts what was). A retry's
-            // home part fails on what its earlier attempt did: answer that.
-            if let (MetaError::Fs(_), Some(earlier)) = (&e, self.earlier_commit(home, step).await?)
-            {
-                self.complete(home, earlier).await?;
-                return Ok(Applied::Earlier);
-            }
-            return Err(e);
-        }
-        fail::fail_point!("txn::after_begin", |_| Err(MetaError::Raft(
-            "failpoint txn::after_begin".into()
-        )));
-        // Round 2: every other participant prepares at once.
         let prepares = by_shard.into_iter().map(|(shard, cmds)| {
             let prepare = TxnCommand::Prepare {
                 id,
@@ -606,10 +605,10 @@ impl MetaNode {
             };
             self.propose(shard, unkeyed(Command::Txn(prepare)))
         });
-        let failure = futures::future::join_all(prepares)
-            .await
-            .into_iter()
-            .find_map(Result::err);
+        let (begun, prepared) = futures::join!(begin, futures::future::join_all(prepares));
+        // The home part's failure first: it is the one a retry meets when its
+        // earlier attempt applied (a name that exists now).
+        let failure = std::iter::once(begun).chain(prepared).find_map(Result::err);
         fail::fail_point!("txn::after_prepare", |_| Err(MetaError::Raft(
             "failpoint txn::after_prepare".into()
         )));
@@ -621,7 +620,7 @@ impl MetaNode {
                 return Ok(Applied::Earlier);
             }
         }
-        // Round 3: the decision.
+        // Round 2: the decision.
         let decide = TxnCommand::Decide { id, commit };
         let decide = if commit {
             step.req(DECIDE_STEP, Command::Txn(decide))
@@ -644,7 +643,7 @@ impl MetaNode {
             self.complete(home, decided_id).await?;
             return Ok(Applied::Earlier);
         }
-        // Rounds 4 and 5: the other participants finish at once, then home.
+        // Round 3: every participant finishes at once.
         self.finish_txn(home, id, &participants, committed).await?;
         match (committed, failure) {
             (true, _) => Ok(Applied::Now),
@@ -741,10 +740,11 @@ impl MetaNode {
         Ok(())
     }
 
-    /// Sends the decision to the participants other than `home` at once,
-    /// then to `home` (a new directory's inode exists before its name shows);
-    /// the record is then forgotten in the background (recovery finishes and
-    /// forgets it if this node dies first).
+    /// Sends the decision to every participant at once; the record is then
+    /// forgotten in the background (recovery finishes and forgets it if this
+    /// node dies first). Until a shard finishes, its locked keys answer
+    /// EAGAIN, so no reader or command sees one shard's part without the
+    /// others' (a new directory's name before its inode).
     async fn finish_txn(
         &self,
         home: ShardId,
@@ -753,23 +753,24 @@ impl MetaNode {
         commit: bool,
     ) -> Result<(), MetaError> {
         let now_ms = now_ns() / 1_000_000;
-        let finish = |shard: ShardId| async move {
+        let finishes = participants.iter().map(|&shard| async move {
+            let stall = if shard == home {
+                None
+            } else {
+                remote_finish_stall()
+            };
+            if let Some(ms) = stall {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let finish = TxnCommand::Finish { id, commit, now_ms };
             self.propose(shard, unkeyed(Command::Txn(finish))).await?;
             fail::fail_point!("txn::after_finish", |_| Err(MetaError::Raft(
                 "failpoint txn::after_finish".into()
             )));
             Ok::<(), MetaError>(())
-        };
-        let others = participants
-            .iter()
-            .filter(|&&s| s != home)
-            .map(|&s| finish(s));
-        for result in futures::future::join_all(others).await {
+        });
+        for result in futures::future::join_all(finishes).await {
             result?;
-        }
-        if participants.contains(&home) {
-            finish(home).await?;
         }
         self.finished
             .lock()
@@ -828,6 +829,46 @@ impl MetaNode {
                 if let Err(e) = result {
                     tracing::warn!(shard, id, "recovering transaction: {e}");
                 }
+            }
+            self.recover_prepares(shard, now_ms).await;
+        }
+    }
+
+    /// Rolls back or completes, on `shard` (led here), the prepares of other
+    /// shards' transactions that outlived `txn-recover-after-ms`, as their
+    /// coordinator shard resolves them: a prepare whose record never landed
+    /// (its coordinator died between the two) is rolled back, and the record
+    /// can no longer land.
+    async fn recover_prepares(&self, shard: ShardId, now_ms: i64) {
+        let Ok(intents) = self.read(shard, txn::foreign_intents).await else {
+            return;
+        };
+        for (id, intent) in intents {
+            if now_ms - intent.started_ms < self.config().txn_recover_after_ms as i64 {
+                continue;
+            }
+            let result = async {
+                let resolve = TxnCommand::Resolve { id, now_ms };
+                let reply = self
+                    .propose(intent.coordinator, unkeyed(Command::Txn(resolve)))
+                    .await?;
+                let Reply::Txn {
+                    committed: Some(commit),
+                    ..
+                } = reply
+                else {
+                    // Undecided: the coordinator shard's recovery decides it.
+                    return Ok(());
+                };
+                tracing::info!(shard, id, commit, "recovering a prepare");
+                let finish = TxnCommand::Finish { id, commit, now_ms };
+                self.propose_local(shard, unkeyed(Command::Txn(finish)))
+                    .await
+                    .map(drop)
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(shard, id, "recovering a prepare: {e}");
             }
         }
     }

@@ -92,9 +92,23 @@ pub struct Txn<'a> {
     db: &'a DB,
     shard: ShardId,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Whether reads of namespace keys honour cross-shard transactions'
-    /// locks (see `crate::txn::readable`).
-    guarded: bool,
+    /// How reads of namespace keys honour cross-shard transactions' locks.
+    guard: Guard,
+}
+
+/// How a [`Txn`]'s reads of namespace keys treat keys that a cross-shard
+/// transaction has locked (see `crate::txn::readable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Read what is stored: a transaction's own finish, internal reads.
+    Off,
+    /// A client's read: the state before an undecided transaction, EAGAIN
+    /// from its decision until this shard's finish.
+    Reader,
+    /// A command's read: EAGAIN while the key is locked, so a command never
+    /// decides on a value that a decided transaction is about to change (a
+    /// create in a new directory whose name another shard already shows).
+    Writer,
 }
 
 impl<'a> Txn<'a> {
@@ -103,7 +117,7 @@ impl<'a> Txn<'a> {
             db,
             shard,
             writes: BTreeMap::new(),
-            guarded: false,
+            guard: Guard::Off,
         }
     }
 
@@ -114,9 +128,17 @@ impl<'a> Txn<'a> {
     /// never sees one shard's half of an operation without the other's.
     pub fn reader(db: &'a DB, shard: ShardId) -> Self {
         Txn {
-            guarded: true,
+            guard: Guard::Reader,
             ..Txn::new(db, shard)
         }
+    }
+
+    /// Runs `f` with this transaction's reads guarded as `guard`.
+    pub fn guarded<T>(&mut self, guard: Guard, f: impl FnOnce(&mut Self) -> T) -> T {
+        let before = std::mem::replace(&mut self.guard, guard);
+        let out = f(self);
+        self.guard = before;
+        out
     }
 
     pub fn shard(&self) -> ShardId {
@@ -128,8 +150,8 @@ impl<'a> Txn<'a> {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        if self.guarded && crate::keys::is_namespace(key) {
-            crate::txn::readable(self, key, None)?;
+        if self.guard != Guard::Off && crate::keys::is_namespace(key) {
+            crate::txn::readable(self, key, None, self.guard)?;
         }
         if let Some(staged) = self.writes.get(key) {
             return Ok(staged.clone());
@@ -178,8 +200,8 @@ impl<'a> Txn<'a> {
     /// Up to `limit` entries whose key starts with `prefix` and is greater than
     /// `prefix + after`, in key order, including this transaction's writes.
     pub fn scan(&self, prefix: &[u8], after: &[u8], limit: usize) -> Result<Pairs, MetaError> {
-        if self.guarded && crate::keys::is_namespace(prefix) {
-            crate::txn::readable(self, prefix, Some(after))?;
+        if self.guard != Guard::Off && crate::keys::is_namespace(prefix) {
+            crate::txn::readable(self, prefix, Some(after), self.guard)?;
         }
         let mut start = prefix.to_vec();
         start.extend_from_slice(after);

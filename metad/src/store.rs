@@ -75,6 +75,7 @@ use crate::error::MetaError;
 use crate::keys;
 use crate::kv;
 use crate::kv::shard_key;
+use crate::kv::Guard;
 use crate::kv::Txn;
 use crate::types::Command;
 use crate::types::Errno;
@@ -426,10 +427,12 @@ impl StateMachine {
             Command::TrimReplies { before_index } => {
                 trim_replies(txn, *before_index).map(|()| crate::fs::Reply::None)
             }
-            Command::Fs(cmd) => crate::fs::apply(txn, cmd).and_then(|reply| {
-                crate::txn::check_locks(txn, None)?;
-                Ok(reply)
-            }),
+            Command::Fs(cmd) => txn
+                .guarded(Guard::Writer, |txn| crate::fs::apply(txn, cmd))
+                .and_then(|reply| {
+                    crate::txn::check_locks(txn, None)?;
+                    Ok(reply)
+                }),
             Command::Map(cmd) => crate::cluster::apply(txn, cmd),
             Command::Txn(cmd) => crate::txn::apply(txn, cmd),
             Command::Lock(cmd) => crate::locks::apply(txn, cmd),

@@ -4,30 +4,35 @@
 //! - The coordinator shard (the home shard of the operation) records the
 //!   transaction (`t<id>`: participants, state `Preparing`) and prepares its
 //!   own part in the same command.
-//! - Each other participant shard *prepares* (all at once): it runs the
+//! - At the same time each other participant shard *prepares*: it runs the
 //!   transaction's commands for that shard on a scratch transaction to check
 //!   they succeed, then stores them as an intent (`p<id>`) and locks every key
 //!   they would write (`L<key>`). Nothing else may write a locked key (it gets
 //!   EAGAIN and retries), so the commands still succeed when the decision comes.
 //! - The coordinator *decides* commit (every participant prepared) or abort; the
 //!   first decision recorded wins.
-//! - Each participant *finishes*, the other participants all at once and the
-//!   coordinator's shard last (so a new directory's inode exists before its
-//!   name is visible): on commit it applies its commands, on abort it drops
-//!   them; either way it unlocks and leaves a tombstone (`a<id>`, the finish
-//!   time), so a prepare that arrives late (after recovery aborted the
-//!   transaction, or after it finished) is refused instead of locking keys
-//!   that nobody would ever unlock.
+//! - Every participant *finishes* at once: on commit it applies its commands,
+//!   on abort it drops them; either way it unlocks and leaves a tombstone
+//!   (`a<id>`, the finish time), so a prepare that arrives late (after
+//!   recovery aborted the transaction, or after it finished) is refused
+//!   instead of locking keys that nobody would ever unlock. Shards finish in
+//!   any order: until a shard has, its locked keys answer EAGAIN to readers
+//!   (once decided) and to every command's reads (see [`readable`]), so
+//!   nothing acts on one shard's part without the other's (a create in a new
+//!   directory whose name shows before its inode).
 //! - The coordinator forgets records once every participant finished, many in
 //!   one command, off the operation's path.
 //!
-//! So a cross-shard operation costs five consensus rounds one after another
-//! (record, prepares, decision, other finishes, home finish) whatever the
-//! number of shards.
+//! So a cross-shard operation costs three consensus rounds one after another
+//! (record and prepares, decision, finishes) whatever the number of shards.
 //!
 //! Recovery: a coordinator leader finds records older than a few seconds,
 //! decides abort for those still preparing, and (re)sends finish to every
-//! participant. Finish and decide are idempotent, so recovery may race a live
+//! participant. A participant leader finds prepares older than that and asks
+//! the coordinator shard to *resolve* them: the decision if there is one;
+//! abort if no record exists (the coordinator died before its record
+//! landed), with a tombstone there that refuses the record if it lands
+//! later. Finish and decide are idempotent, so recovery may race a live
 //! coordinator safely. A decide for commit that finds the record aborted (or
 //! already gone, which only recovery's abort does to an undecided record)
 //! answers abort, and that answer is never remembered for the client's retry
@@ -47,6 +52,7 @@ use crate::fs;
 use crate::fs::FsCommand;
 use crate::fs::Reply;
 use crate::keys;
+use crate::kv::Guard;
 use crate::kv::Txn;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +72,10 @@ pub struct TxnRecord {
 
 /// A participant's prepared commands.
 #[derive(Serialize, Deserialize, Debug, Clone)]
-struct Intent {
-    coordinator: ShardId,
+pub struct Intent {
+    pub coordinator: ShardId,
+    /// When the transaction began (its coordinator's clock).
+    pub started_ms: i64,
     cmds: Vec<FsCommand>,
     locked: Vec<Vec<u8>>,
 }
@@ -91,6 +99,12 @@ pub enum TxnCommand {
     },
     /// Coordinator: record the decision (the first one wins).
     Decide { id: u64, commit: bool },
+    /// Coordinator, for a participant whose prepare outlived
+    /// `txn-recover-after-ms`: the decision if there is one; none while the
+    /// record is preparing (the coordinator's own recovery decides it); abort
+    /// when no record exists, leaving a tombstone so that the transaction's
+    /// Begin, if it is still on its way, is refused.
+    Resolve { id: u64, now_ms: i64 },
     /// Participant: apply or drop the intent, unlock, leave a tombstone.
     Finish { id: u64, commit: bool, now_ms: i64 },
     /// Coordinator: drop the records of finished transactions.
@@ -113,15 +127,24 @@ pub fn check_locks(txn: &Txn, owner: Option<u64>) -> Result<(), MetaError> {
     Ok(())
 }
 
-/// Whether a client may read namespace key `key` now (with `after`: every key
-/// of prefix `key` past `after`, as a scan reads them). A key locked by a
-/// transaction is read as it stands, the state before the transaction, only
-/// while that transaction is undecided, which only its coordinator knows: so
-/// only when this shard coordinates it and its record still says
-/// `Preparing` (no shard can show its effects yet). Otherwise the reader
-/// waits (EAGAIN) for this shard's finish, a few consensus rounds away, or
-/// recovery's if the coordinator died.
-pub fn readable(txn: &Txn, key: &[u8], after: Option<&[u8]>) -> Result<(), MetaError> {
+/// Whether namespace key `key` may be read now (with `after`: every key of
+/// prefix `key` past `after`, as a scan reads them), as `guard` says.
+///
+/// A client's read ([`Guard::Reader`]) of a key locked by a transaction reads
+/// it as it stands, the state before the transaction, only while that
+/// transaction is undecided, which only its coordinator knows: so only when
+/// this shard coordinates it and its record still says `Preparing` (no shard
+/// can show its effects yet). Otherwise the reader waits (EAGAIN) for this
+/// shard's finish, a few consensus rounds away, or recovery's if the
+/// coordinator died. A command's read ([`Guard::Writer`]) of a locked key is
+/// always EAGAIN: the participants finish in any order, so another shard may
+/// already show what this key is about to become.
+pub fn readable(
+    txn: &Txn,
+    key: &[u8],
+    after: Option<&[u8]>,
+    guard: Guard,
+) -> Result<(), MetaError> {
     let holders: Vec<u64> = match after {
         None => txn.get_as(&keys::txn_lock(key))?.into_iter().collect(),
         Some(after) => txn
@@ -131,8 +154,11 @@ pub fn readable(txn: &Txn, key: &[u8], after: Option<&[u8]>) -> Result<(), MetaE
             .collect::<Result<_, _>>()?,
     };
     for id in holders {
-        let record: Option<TxnRecord> = txn.get_as(&keys::txn_record(id))?;
-        if record.is_none_or(|r| r.state != TxnState::Preparing) {
+        let undecided = || -> Result<bool, MetaError> {
+            let record: Option<TxnRecord> = txn.get_as(&keys::txn_record(id))?;
+            Ok(record.is_some_and(|r| r.state == TxnState::Preparing))
+        };
+        if guard == Guard::Writer || !undecided()? {
             return Err(MetaError::fs(
                 EAGAIN,
                 "being changed by a cross-shard operation",
@@ -142,18 +168,31 @@ pub fn readable(txn: &Txn, key: &[u8], after: Option<&[u8]>) -> Result<(), MetaE
     Ok(())
 }
 
-/// Every coordinator record of this shard.
-pub fn records(txn: &Txn) -> Result<Vec<(u64, TxnRecord)>, MetaError> {
+/// Every value under `tag` (records, intents) with its transaction id.
+fn by_id<T: serde::de::DeserializeOwned>(txn: &Txn, tag: u8) -> Result<Vec<(u64, T)>, MetaError> {
     let mut out = Vec::new();
-    for (k, v) in txn.scan(&[keys::TXN_RECORD], b"", usize::MAX)? {
-        let id = u64::from_be_bytes(
-            k[1..9]
-                .try_into()
-                .map_err(|_| MetaError::Storage("malformed txn key".into()))?,
-        );
+    for (k, v) in txn.scan(&[tag], b"", usize::MAX)? {
+        let id = k
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| MetaError::Storage("malformed transaction key".into()))?;
         out.push((id, crate::kv::decode(&v)?));
     }
     Ok(out)
+}
+
+/// Every coordinator record of this shard.
+pub fn records(txn: &Txn) -> Result<Vec<(u64, TxnRecord)>, MetaError> {
+    by_id(txn, keys::TXN_RECORD)
+}
+
+/// Every intent prepared on this shard for a transaction another shard
+/// coordinates.
+pub fn foreign_intents(txn: &Txn) -> Result<Vec<(u64, Intent)>, MetaError> {
+    let mut intents: Vec<(u64, Intent)> = by_id(txn, keys::TXN_INTENT)?;
+    intents.retain(|(_, intent)| intent.coordinator != txn.shard());
+    Ok(intents)
 }
 
 /// How long a finished transaction's tombstone is kept.
@@ -182,6 +221,7 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             cmds,
             now_ms,
         } => {
+            refuse_finished(txn, *id, *now_ms)?;
             if txn.get(&keys::txn_record(*id))?.is_none() {
                 let record = TxnRecord {
                     participants: participants.clone(),
@@ -221,6 +261,21 @@ pub fn apply(txn: &mut Txn, cmd: &TxnCommand) -> Result<Reply, MetaError> {
             }
             Ok(txn_reply(*id, Some(committed)))
         }
+        TxnCommand::Resolve { id, now_ms } => {
+            let committed = match txn.get_as::<TxnRecord>(&keys::txn_record(*id))? {
+                Some(record) => match record.state {
+                    TxnState::Preparing => None,
+                    state => Some(state == TxnState::Committed),
+                },
+                None => {
+                    if txn.get(&keys::txn_tombstone(*id))?.is_none() {
+                        txn.put_as(keys::txn_tombstone(*id), now_ms)?;
+                    }
+                    Some(false)
+                }
+            };
+            Ok(txn_reply(*id, committed))
+        }
         TxnCommand::Finish { id, commit, now_ms } => {
             finish(txn, *id, *commit, *now_ms)?;
             Ok(txn_reply(*id, Some(*commit)))
@@ -256,18 +311,17 @@ fn prepare(
     cmds: &[FsCommand],
     started_ms: i64,
 ) -> Result<(), MetaError> {
-    let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
-    if txn.get(&keys::txn_tombstone(id))?.is_some() || started_ms < horizon {
-        return Err(MetaError::fs(EAGAIN, "transaction already finished"));
-    }
+    refuse_finished(txn, id, started_ms)?;
     if txn.get(&keys::txn_intent(id))?.is_some() {
         return Ok(());
     }
-    // Dry run: the commands must succeed on the current state.
+    // Dry run: the commands must succeed on the current state, without
+    // deciding on a key another transaction is about to change.
     let mut scratch = Txn::new(txn.db(), txn.shard());
-    for c in cmds {
-        fs::apply(&mut scratch, c)?;
-    }
+    scratch.guarded(Guard::Writer, |scratch| {
+        cmds.iter()
+            .try_for_each(|c| fs::apply(scratch, c).map(drop))
+    })?;
     check_locks(&scratch, None)?;
     let locked: Vec<Vec<u8>> = scratch
         .staged_keys()
@@ -279,10 +333,21 @@ fn prepare(
     }
     let intent = Intent {
         coordinator,
+        started_ms,
         cmds: cmds.to_vec(),
         locked,
     };
     txn.put_as(keys::txn_intent(id), &intent)
+}
+
+/// Refuses a transaction that finished here (or was resolved as abandoned),
+/// or began before the trim horizon (its tombstone may be gone).
+fn refuse_finished(txn: &Txn, id: u64, started_ms: i64) -> Result<(), MetaError> {
+    let horizon: i64 = txn.get_as(keys::TXN_HORIZON)?.unwrap_or(i64::MIN);
+    if txn.get(&keys::txn_tombstone(id))?.is_some() || started_ms < horizon {
+        return Err(MetaError::fs(EAGAIN, "transaction already finished"));
+    }
+    Ok(())
 }
 
 /// Applies (`commit`) or drops the intent of `id` if this shard holds one,
@@ -626,6 +691,61 @@ mod tests {
             assert!(matches!(again, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
             assert!(!locked(&db), "a late prepare of {id} locked keys");
         }
+    }
+
+    /// A participant's recovery resolves a prepare at its coordinator shard:
+    /// abort when no record exists, after which the record cannot land (its
+    /// Begin was still on its way); nothing while the record is preparing;
+    /// the decision once there is one. Only prepares of transactions another
+    /// shard coordinates are the participant's to recover.
+    #[test]
+    fn a_prepare_without_its_record_resolves_to_abort_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        run(&db, 1, |t| fs::apply(t, &FsCommand::InitRoot { now: 0 })).unwrap();
+        let resolve = |id| TxnCommand::Resolve { id, now_ms: 100 };
+        let begin = |id, name: &str| TxnCommand::Begin {
+            id,
+            participants: vec![1, 2],
+            cmds: vec![put_entry(name)],
+            now_ms: 0,
+        };
+        let committed = |r: Result<Reply, MetaError>| match r {
+            Ok(Reply::Txn { committed, .. }) => committed,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            committed(run(&db, 1, |t| apply(t, &resolve(41)))),
+            Some(false)
+        );
+        let late = run(&db, 1, |t| apply(t, &begin(41, "a")));
+        assert!(matches!(late, Err(MetaError::Fs(e)) if e.errno == EAGAIN));
+        assert!(records(&Txn::new(&db, 1)).unwrap().is_empty());
+        assert!(!locked(&db));
+
+        run(&db, 1, |t| apply(t, &begin(42, "b"))).unwrap();
+        assert_eq!(committed(run(&db, 1, |t| apply(t, &resolve(42)))), None);
+        let decide = TxnCommand::Decide {
+            id: 42,
+            commit: true,
+        };
+        run(&db, 1, |t| apply(t, &decide)).unwrap();
+        assert_eq!(
+            committed(run(&db, 1, |t| apply(t, &resolve(42)))),
+            Some(true)
+        );
+        run(&db, 1, |t| apply(t, &finish(42, true))).unwrap();
+
+        let foreign = TxnCommand::Prepare {
+            id: 43,
+            coordinator: 2,
+            cmds: vec![put_entry("c")],
+            started_ms: 7,
+        };
+        run(&db, 1, |t| apply(t, &foreign)).unwrap();
+        let intents = foreign_intents(&Txn::new(&db, 1)).unwrap();
+        assert_eq!(intents.len(), 1, "only the prepare coordinated elsewhere");
+        assert_eq!((intents[0].0, intents[0].1.started_ms), (43, 7));
     }
 
     /// Trimming tombstones raises a horizon: a prepare of a transaction that

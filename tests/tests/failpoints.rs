@@ -23,7 +23,7 @@ use cairn_tests::wait_for;
 
 const DATA_SHARDS: u32 = 4;
 const STEPS: [&str; 4] = [
-    "txn::after_begin",
+    "txn::lost_begin",
     "txn::after_prepare",
     "txn::after_decide",
     "txn::after_finish",
@@ -423,8 +423,8 @@ async fn crossing_directory_renames_never_make_a_cycle() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A cross-shard rename is seen whole or not at all. Its coordinator stalls
-/// after the first shard's finish and before the second's; meanwhile a reader
+/// A cross-shard rename is seen whole or not at all. Its coordinator holds the
+/// other shard's finish back 2 s after the home shard's; meanwhile a reader
 /// reads one name, then the other (lookups, then listings, both orders): once
 /// the first read shows the rename done, the second must too. A locked entry
 /// reads as before only while its transaction is undecided, and is waited for
@@ -469,7 +469,7 @@ async fn readers_never_see_half_a_cross_shard_rename() -> anyhow::Result<()> {
     for round in 0..4 {
         let (listing, new_first) = (round / 2 == 1, round % 2 == 0);
         meta.create(src, b"f", 0o644, true).await?;
-        fail::cfg("txn::after_finish", "1*sleep(2000)").map_err(anyhow::Error::msg)?;
+        fail::cfg("txn::before_remote_finish", "1*return(2000)").map_err(anyhow::Error::msg)?;
         let mover = cluster.client();
         let rename = tokio::spawn(async move {
             mover
@@ -487,13 +487,98 @@ async fn readers_never_see_half_a_cross_shard_rename() -> anyhow::Result<()> {
             seen_between += usize::from(first && in_flight);
         }
         rename.await??;
-        fail::remove("txn::after_finish");
+        fail::remove("txn::before_remote_finish");
         assert!(shows(true, false).await? && shows(false, false).await?);
         meta.unlink(dst, b"g").await?;
     }
     // Reads did fall between the two finishes (in the rounds that read the
-    // shard that finishes first, first).
+    // home shard, which finishes first, first).
     assert!(seen_between > 0, "no read saw the rename half-finished");
+    check_tree(&meta).await?;
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
+
+/// A new directory whose name its parent's shard already shows (the other
+/// shard's finish held back 2 s) takes entries at once: a create in it waits
+/// for the directory's inode (EAGAIN, retried) instead of failing with ENOENT
+/// because the inode's shard has not applied the mkdir yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_directory_seen_by_name_takes_entries_at_once() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    let mut seen_early = 0;
+    for round in 0..3 {
+        let name = remote_name(ROOT_INO, &format!("early{round}-"));
+        fail::cfg("txn::before_remote_finish", "1*return(2000)").map_err(anyhow::Error::msg)?;
+        let maker = cluster.client();
+        let mkdir_name = name.clone();
+        let mkdir =
+            tokio::spawn(async move { maker.mkdir(ROOT_INO, mkdir_name.as_bytes(), 0o755).await });
+        let ino = loop {
+            let (entries, _) = meta.readdir_page(ROOT_INO, b"", 1000, false).await?;
+            if let Some(e) = entries.iter().find(|e| e.name == name.as_bytes()) {
+                break e.ino;
+            }
+        };
+        seen_early += usize::from(!mkdir.is_finished());
+        meta.create(ino, b"f", 0o644, true).await?;
+        mkdir.await??;
+        fail::remove("txn::before_remote_finish");
+        meta.lookup(ino, b"f").await?;
+    }
+    assert!(
+        seen_early > 0,
+        "no listing showed a directory before its mkdir ended"
+    );
+    check_tree(&meta).await?;
+    cluster.stop().await;
+    scenario.teardown();
+    Ok(())
+}
+
+/// A transaction's record and its other shards' prepares go out at once. A
+/// coordinator that dies after a prepare landed and before its record did
+/// leaves that prepare's locks behind: the participant's recovery resolves it
+/// at the coordinator shard (no record: abort, and the record can no longer
+/// land) and rolls it back, so a later rename onto the locked name succeeds
+/// instead of waiting forever, and nothing of the lost attempt shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_whose_record_never_landed_is_rolled_back() -> anyhow::Result<()> {
+    let scenario = fail::FailScenario::setup();
+    let cluster = InProcess::start().await?;
+    let meta = cluster.client();
+    let src = meta.mkdir(ROOT_INO, b"src", 0o755).await?.ino;
+    let dst_name = (0..)
+        .map(|i| format!("dst{i}"))
+        .find(|n| dir_shard(ROOT_INO, n.as_bytes(), DATA_SHARDS) != ino_shard(src))
+        .unwrap_or_default();
+    let dst = meta.mkdir(ROOT_INO, dst_name.as_bytes(), 0o755).await?.ino;
+    assert_ne!(ino_shard(src), ino_shard(dst));
+    meta.create(src, b"f", 0o644, true).await?;
+    fail::cfg("txn::lost_begin", "1*return").map_err(anyhow::Error::msg)?;
+    fail::cfg("txn::after_prepare", "1*return").map_err(anyhow::Error::msg)?;
+    let op = pb::mutate_request::Op::Rename(pb::RenameOp {
+        parent: src,
+        name: "f".into(),
+        new_parent: dst,
+        new_name: "g".into(),
+        mode: pb::RenameMode::Replace as i32,
+    });
+    let first = cluster.mutate_once(ino_shard(src), op).await?;
+    assert!(first.is_err(), "the coordinator should have given up");
+    fail::remove("txn::lost_begin");
+    fail::remove("txn::after_prepare");
+    assert!(
+        meta.lookup(src, b"f").await.is_ok(),
+        "the lost attempt showed"
+    );
+    meta.rename(src, b"f", dst, b"g", pb::RenameMode::Replace)
+        .await?;
+    assert!(meta.lookup(dst, b"g").await.is_ok());
+    assert!(meta.lookup(src, b"f").await.is_err());
     check_tree(&meta).await?;
     cluster.stop().await;
     scenario.teardown();
