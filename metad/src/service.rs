@@ -1019,3 +1019,41 @@ impl pb::raft_server::Raft for RaftService {
         encode_payload(msg.shard, &response)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::ids::make_ino;
+
+    fn access_times(inos: &[u64]) -> PbOp {
+        PbOp::AccessTimes(pb::AccessTimesOp {
+            files: inos
+                .iter()
+                .map(|&ino| pb::AccessTime {
+                    ino,
+                    atime_ns: 2,
+                    seen_atime_ns: 1,
+                })
+                .collect(),
+        })
+    }
+
+    /// A batch of access times is refused before it is proposed when it names
+    /// no file, more than `ACCESS_TIMES_MAX`, or files of several shards (it
+    /// is one command on one shard).
+    #[test]
+    fn malformed_access_time_batches_are_refused() {
+        let invalid = |op| matches!(op_from_pb(op), Err(MetaError::Invalid(_)));
+        assert!(invalid(access_times(&[])));
+        let many: Vec<u64> = (1..=crate::fs::ACCESS_TIMES_MAX as u64 + 1)
+            .map(|seq| make_ino(1, seq))
+            .collect();
+        assert!(invalid(access_times(&many)));
+        assert!(invalid(access_times(&[make_ino(1, 5), make_ino(2, 5)])));
+        let most = &many[..crate::fs::ACCESS_TIMES_MAX];
+        match op_from_pb(access_times(most)) {
+            Ok(Op::AccessTimes { files }) => assert_eq!(files.len(), most.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
