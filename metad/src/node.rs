@@ -95,6 +95,14 @@ pub struct MetaNode {
     /// Transactions finished by coordinators led here, by coordinator shard,
     /// whose records are still to be forgotten.
     pub(crate) finished: Mutex<BTreeMap<ShardId, Vec<u64>>>,
+    /// Shards whose store was empty when this node started (a group being
+    /// born, or a disk replaced while the group lived on), with the commit
+    /// index of the first leader append received since (None: none yet).
+    /// Until it has applied that index, or leads the group, it votes only
+    /// for a newborn group's candidate: its empty log loses no log
+    /// comparison, so its vote could elect a leader that lacks entries the
+    /// group committed with this node's lost copies.
+    catching_up: Mutex<HashMap<ShardId, Option<u64>>>,
 }
 
 impl MetaNode {
@@ -133,6 +141,7 @@ impl MetaNode {
             workers: Default::default(),
             inos: Default::default(),
             finished: Default::default(),
+            catching_up: Default::default(),
         };
         for shard in 0..=node.config.data_shards {
             if !node.replicas(shard).contains(&node.id) {
@@ -156,13 +165,26 @@ impl MetaNode {
             .map_err(|e| MetaError::Raft(e.to_string()))?;
             node.rafts.insert(shard, raft);
         }
+        let mut empty = Vec::new();
         for (&shard, raft) in &node.rafts {
-            let replicas = node.replicas(shard);
             let initialized = raft
                 .is_initialized()
                 .await
                 .map_err(|e| MetaError::Raft(e.to_string()))?;
-            if !initialized && replicas.first() == Some(&node.id) {
+            if !initialized {
+                empty.push(shard);
+            }
+        }
+        for &shard in &empty {
+            // A store empty here is a group being born or a replaced disk:
+            // either way this node votes only for a newborn group until it
+            // has caught up (see `catching_up`).
+            node.catching_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(shard, None);
+            let (raft, replicas) = (&node.rafts[&shard], node.replicas(shard));
+            if replicas.first() == Some(&node.id) {
                 let members: BTreeMap<u64, BasicNode> = replicas
                     .iter()
                     .filter_map(|id| node.addr_of(*id).map(|a| (*id, BasicNode::new(a))))
@@ -172,7 +194,69 @@ impl MetaNode {
                     .map_err(|e| MetaError::Raft(e.to_string()))?;
             }
         }
-        Ok(Arc::new(node))
+        let node = Arc::new(node);
+        for shard in empty {
+            tokio::spawn(node.clone().vote_once_leading(shard));
+        }
+        Ok(node)
+    }
+
+    /// Whether this node may vote in `shard`'s election for a candidate whose
+    /// log ends at `candidate_last` (see `catching_up`): while it catches up
+    /// only for a group being born (a log of nothing but its first
+    /// membership), which loses nothing.
+    pub(crate) fn may_vote(&self, shard: ShardId, candidate_last: Option<u64>) -> bool {
+        candidate_last.unwrap_or(0) == 0
+            || !self
+                .catching_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&shard)
+    }
+
+    /// Ends catching up on `shard` once this node leads it (an elected
+    /// leader holds every committed entry).
+    async fn vote_once_leading(self: Arc<Self>, shard: ShardId) {
+        let Some(mut metrics) = self.rafts.get(&shard).map(|r| r.metrics()) else {
+            return;
+        };
+        loop {
+            let leading = metrics.borrow().current_leader == Some(self.id);
+            {
+                let mut catching_up = self.catching_up.lock().unwrap_or_else(|p| p.into_inner());
+                if !catching_up.contains_key(&shard) {
+                    return;
+                }
+                if leading {
+                    catching_up.remove(&shard);
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// After a leader's append (`leader_commit`) or snapshot reached `shard`:
+    /// a shard this node is catching up on votes again once it has applied
+    /// what the leader had committed when first heard.
+    pub(crate) fn heard_from_leader(&self, shard: ShardId, leader_commit: Option<u64>) {
+        let mut catching_up = self.catching_up.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(target) = catching_up.get_mut(&shard) else {
+            return;
+        };
+        if target.is_none() {
+            *target = leader_commit;
+        }
+        let applied = self
+            .rafts
+            .get(&shard)
+            .and_then(|r| r.metrics().borrow().last_applied.map(|l| l.index));
+        if target.is_some_and(|t| applied.is_some_and(|a| a >= t)) {
+            catching_up.remove(&shard);
+            tracing::info!(shard, "caught up after rejoining: voting again");
+        }
     }
 
     /// Stops every Raft replica.

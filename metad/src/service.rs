@@ -986,14 +986,25 @@ impl pb::raft_server::Raft for RaftService {
         req: GrpcRequest<pb::RaftMessage>,
     ) -> GrpcResult<pb::RaftMessage> {
         let msg = req.into_inner();
-        let rpc = decode_payload(&msg)?;
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            decode_payload(&msg)?;
+        let leader_commit = rpc.leader_commit.map(|l| l.index);
         let result = self.raft(msg.shard)?.append_entries(rpc).await;
+        self.node.heard_from_leader(msg.shard, leader_commit);
         encode_payload(msg.shard, &result)
     }
 
     async fn vote(&self, req: GrpcRequest<pb::RaftMessage>) -> GrpcResult<pb::RaftMessage> {
         let msg = req.into_inner();
-        let rpc = decode_payload(&msg)?;
+        let rpc: openraft::raft::VoteRequest<u64> = decode_payload(&msg)?;
+        if !self
+            .node
+            .may_vote(msg.shard, rpc.last_log_id.map(|l| l.index))
+        {
+            return Err(Status::unavailable(
+                "started with an empty store: not voting until caught up",
+            ));
+        }
         let result = self.raft(msg.shard)?.vote(rpc).await;
         encode_payload(msg.shard, &result)
     }
@@ -1005,6 +1016,7 @@ impl pb::raft_server::Raft for RaftService {
         let msg = req.into_inner();
         let rpc = decode_payload(&msg)?;
         let result = self.raft(msg.shard)?.install_snapshot(rpc).await;
+        self.node.heard_from_leader(msg.shard, None);
         encode_payload(msg.shard, &result)
     }
 
