@@ -97,7 +97,9 @@ pub struct MetaNode {
     pub(crate) finished: Mutex<BTreeMap<ShardId, Vec<u64>>>,
     /// Shards whose store was empty when this node started (a group being
     /// born, or a disk replaced while the group lived on), with the commit
-    /// index of the first leader append received since (None: none yet).
+    /// index of the first leader append received since whose leader had
+    /// committed an entry of its own term, so that the index covers every
+    /// entry committed before (None: none yet).
     /// Until it has applied that index, or leads the group, it votes only
     /// for a newborn group's candidate: its empty log loses no log
     /// comparison, so its vote could elect a leader that lacks entries the

@@ -988,7 +988,12 @@ impl pb::raft_server::Raft for RaftService {
         let msg = req.into_inner();
         let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
             decode_payload(&msg)?;
-        let leader_commit = rpc.leader_commit.map(|l| l.index);
+        // A leader's commit index covers every entry committed before its
+        // term only once it has committed one of its own term.
+        let leader_commit = rpc
+            .leader_commit
+            .filter(|c| c.leader_id.term == rpc.vote.leader_id.term)
+            .map(|c| c.index);
         let result = self.raft(msg.shard)?.append_entries(rpc).await;
         self.node.heard_from_leader(msg.shard, leader_commit);
         encode_payload(msg.shard, &result)
