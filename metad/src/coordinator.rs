@@ -807,7 +807,7 @@ impl MetaNode {
                 continue;
             };
             for (id, record) in records {
-                if now_ms - record.started_ms < self.config().txn_recover_after_ms as i64 {
+                if !self.outlived_recovery(record.started_ms, now_ms) {
                     continue;
                 }
                 let result = async {
@@ -834,6 +834,12 @@ impl MetaNode {
         }
     }
 
+    /// Whether a transaction begun at `started_ms` is old enough for
+    /// recovery (`txn-recover-after-ms`): its coordinator died or gave up.
+    fn outlived_recovery(&self, started_ms: i64, now_ms: i64) -> bool {
+        now_ms - started_ms >= self.config().txn_recover_after_ms as i64
+    }
+
     /// Rolls back or completes, on `shard` (led here), the prepares of other
     /// shards' transactions that outlived `txn-recover-after-ms`, as their
     /// coordinator shard resolves them: a prepare whose record never landed
@@ -844,7 +850,7 @@ impl MetaNode {
             return;
         };
         for (id, intent) in intents {
-            if now_ms - intent.started_ms < self.config().txn_recover_after_ms as i64 {
+            if !self.outlived_recovery(intent.started_ms, now_ms) {
                 continue;
             }
             let result = async {

@@ -183,33 +183,22 @@ async fn rebuilt_from_peers(data_shards: u32, victim: usize) -> anyhow::Result<(
             anyhow::Ok((dir, acked))
         }));
     }
-    let creates_past = |n: usize| {
-        let done = done.clone();
-        move || {
-            let reached = done.load(Ordering::Relaxed) >= n;
+    // Waits for `more` creates after the call.
+    let creates = |what: &'static str, more: usize| {
+        let (done, target) = (done.clone(), done.load(Ordering::Relaxed) + more);
+        wait_for(what, Duration::from_secs(20), move || {
+            let reached = done.load(Ordering::Relaxed) >= target;
             async move { reached }
-        }
+        })
     };
     // The victim loses its disk, under creates before, while it is down and
     // after it is back.
-    wait_for("creates", Duration::from_secs(20), creates_past(40)).await?;
+    creates("creates", 40).await?;
     cluster.metas[victim].kill();
     std::fs::remove_dir_all(cluster.meta_dir(victim))?;
-    let at = done.load(Ordering::Relaxed);
-    wait_for(
-        "creates while down",
-        Duration::from_secs(20),
-        creates_past(at + 200),
-    )
-    .await?;
+    creates("creates while down", 200).await?;
     cluster.restart(Role::Meta, victim)?;
-    let at = done.load(Ordering::Relaxed);
-    wait_for(
-        "creates after",
-        Duration::from_secs(20),
-        creates_past(at + 200),
-    )
-    .await?;
+    creates("creates after", 200).await?;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
